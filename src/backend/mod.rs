@@ -1,0 +1,327 @@
+//! Backends bring an instance's lab up, look at it, and tear it down. One trait, chosen at
+//! configure time: [`netns::NetnsBackend`] (network namespaces, for CI and quick labs) and
+//! [`vagrant::VagrantBackend`] (VMs). The resource layer only ever talks to [`Backend`].
+//!
+//! The model is convergence: [`Backend::converge`] makes the lab match a [`LabSpec`] (creating
+//! what is missing, removing nodes the spec no longer lists, leaving the rest untouched), so
+//! create, scale and repair are one idempotent operation that a crashed run can simply repeat.
+
+pub mod netns;
+pub mod vagrant;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use crate::net::{self, Ipv4Net};
+use crate::process::CommandError;
+
+/// What a node does in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Runs the Kubernetes control plane (`<name>-cp-N`, at .10, .11, .12).
+    ControlPlane,
+    /// Runs workloads (`<name>-worker-N`, from .20 up).
+    Worker,
+}
+
+impl Role {
+    /// The role as shown in state (`control-plane`, `worker`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::ControlPlane => "control-plane",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+/// One node (VM or namespace) of a lab.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    /// `<instance>-cp-1`, `<instance>-worker-3`, …
+    pub name: String,
+    /// Control plane or worker.
+    pub role: Role,
+    /// Its address on the instance subnet.
+    pub ip: Ipv4Addr,
+}
+
+/// Offset of the first control plane inside the subnet (.10).
+pub const CONTROL_PLANE_OFFSET: u32 = 10;
+/// Offset of the first worker inside the subnet (.20).
+pub const WORKER_OFFSET: u32 = 20;
+/// Most control planes an instance can have.
+pub const MAX_CONTROL_PLANES: u32 = 3;
+/// Most workers an instance can have.
+pub const MAX_WORKERS: u32 = 10;
+
+/// The nodes of an instance: control planes `<name>-cp-1`… at .10, .11, .12; workers
+/// `<name>-worker-1`… from .20 up. `None` when the subnet is too small to hold them.
+pub fn plan_nodes(
+    instance: &str,
+    subnet: &Ipv4Net,
+    control_planes: u32,
+    workers: u32,
+) -> Option<Vec<NodeSpec>> {
+    let mut nodes = Vec::new();
+    for i in 0..control_planes {
+        nodes.push(NodeSpec {
+            name: format!("{instance}-cp-{}", i + 1),
+            role: Role::ControlPlane,
+            ip: net::nth_address(subnet, CONTROL_PLANE_OFFSET + i)?,
+        });
+    }
+    for i in 0..workers {
+        nodes.push(NodeSpec {
+            name: format!("{instance}-worker-{}", i + 1),
+            role: Role::Worker,
+            ip: net::nth_address(subnet, WORKER_OFFSET + i)?,
+        });
+    }
+    // The broadcast address is never a node.
+    let last = net::nth_address(subnet, (1u32 << (32 - u32::from(subnet.prefix_len()))) - 1)?;
+    if nodes.iter().any(|n| n.ip == last) {
+        return None;
+    }
+    Some(nodes)
+}
+
+/// Options only the Vagrant backend uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VagrantOptions {
+    /// Box name, e.g. `bento/ubuntu-24.04`.
+    pub r#box: String,
+    /// Box version constraint, when pinned.
+    pub box_version: Option<String>,
+    /// vCPUs per VM.
+    pub cpus: u32,
+    /// Memory per VM in MiB.
+    pub memory_mb: u32,
+    /// Kubernetes minor to install, e.g. `1.33`.
+    pub kubernetes_version: String,
+    /// Install and join Kubernetes (false: plain VMs).
+    pub provision: bool,
+}
+
+/// Everything a backend needs to build one instance's lab.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabSpec {
+    /// Instance name (a validated DNS label).
+    pub instance: String,
+    /// Host-only subnet of the instance.
+    pub subnet: Ipv4Net,
+    /// Address of the host side on the subnet (.1).
+    pub gateway: Ipv4Addr,
+    /// Pod CIDR of the cluster.
+    pub pod_cidr: Ipv4Net,
+    /// Service CIDR of the cluster.
+    pub service_cidr: Ipv4Net,
+    /// The instance's own management network (libvirt only).
+    pub mgmt_cidr: Option<Ipv4Net>,
+    /// Nodes, control planes first.
+    pub nodes: Vec<NodeSpec>,
+    /// Vagrant-only options (`None` for netns).
+    pub vagrant: Option<VagrantOptions>,
+}
+
+/// What a backend found of one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Node name.
+    pub name: String,
+    /// `running`, `poweroff`, `not_created`, `missing`, `broken: <why>`… (backend's words).
+    pub state: String,
+    /// Whether the node is up and wired as the spec says.
+    pub healthy: bool,
+}
+
+/// What a backend found of a lab.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LabStatus {
+    /// Whether anything of the lab exists at all (false: the whole lab is gone).
+    pub exists: bool,
+    /// One entry per node of the spec, in spec order.
+    pub nodes: Vec<NodeStatus>,
+    /// Nodes of this instance that exist but are not in the spec (left over by a scale-down).
+    pub extra_nodes: Vec<String>,
+    /// Pieces of the lab itself (bridge, gateway address, networks) that are missing or wrong.
+    pub problems: Vec<String>,
+}
+
+impl LabStatus {
+    /// Everything the spec asks for is there and nothing else.
+    pub fn healthy(&self) -> bool {
+        self.exists
+            && self.problems.is_empty()
+            && self.extra_nodes.is_empty()
+            && self.nodes.iter().all(|n| n.healthy)
+    }
+
+    /// A one-word summary: `running` when healthy, else the first non-running node state,
+    /// `degraded` or `absent`.
+    pub fn summary(&self) -> String {
+        if !self.exists {
+            return "absent".into();
+        }
+        if self.healthy() {
+            return "running".into();
+        }
+        self.nodes
+            .iter()
+            .find(|n| !n.healthy)
+            .map(|n| n.state.clone())
+            .unwrap_or_else(|| "degraded".into())
+    }
+}
+
+/// Limits on a long-running backend operation: a deadline and Terraform's stop signal.
+#[derive(Debug, Clone)]
+pub struct OpControl {
+    /// Give up (and stop what was started) after this long.
+    pub timeout: Duration,
+    /// Cancelled when Terraform sends StopProvider (Ctrl-C).
+    pub cancel: CancellationToken,
+}
+
+impl OpControl {
+    /// A control with a timeout and a fresh (never cancelled) token.
+    pub fn with_timeout(timeout: Duration) -> Self {
+        OpControl {
+            timeout,
+            cancel: CancellationToken::new(),
+        }
+    }
+}
+
+/// Why a backend operation failed.
+#[derive(Debug, Error)]
+pub enum BackendError {
+    /// The backend cannot run on this host as configured (missing capability or tool).
+    #[error("{what}")]
+    Unavailable {
+        /// What is missing.
+        what: String,
+        /// What the user can do about it.
+        fix: String,
+    },
+    /// A host command failed.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// The operation ran past its timeout; what was running has been stopped.
+    #[error("timed out after {}s while running `{running}`; it was stopped", timeout.as_secs())]
+    Timeout {
+        /// The limit that was hit.
+        timeout: Duration,
+        /// The command or step that was running.
+        running: String,
+    },
+    /// Terraform asked the provider to stop; what was running has been stopped.
+    #[error("interrupted by Terraform while running `{running}`; it was stopped")]
+    Cancelled {
+        /// The command or step that was running.
+        running: String,
+    },
+    /// A long-running tool (vagrant) failed: command, exit status and its last lines.
+    #[error("`{cmd}` failed ({status}); last lines of its output:\n{tail}")]
+    ToolFailed {
+        /// The command line.
+        cmd: String,
+        /// Exit status as text.
+        status: String,
+        /// The last lines it printed.
+        tail: String,
+    },
+    /// Files of the lab (Vagrantfile, scripts, kubeconfig) could not be written or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Anything else the backend found wrong, in its own words.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A way of running labs. Implementations must be idempotent: every method may be called
+/// again after a crash or a partial failure and must then finish (or undo) the job.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// `netns` or `vagrant`.
+    fn name(&self) -> &'static str;
+
+    /// Check, without changing anything, that this host can run the backend (capabilities,
+    /// tools). Called at plan time so that a plan fails before anything is touched.
+    async fn preflight(&self) -> Result<(), BackendError>;
+
+    /// Make the lab match `spec`: create what is missing, remove nodes of this instance that
+    /// the spec no longer lists, repair what is broken, leave healthy nodes untouched.
+    /// Returns what exists afterwards.
+    async fn converge(&self, spec: &LabSpec, ctl: &OpControl) -> Result<LabStatus, BackendError>;
+
+    /// Look at the lab without changing anything.
+    async fn observe(&self, spec: &LabSpec) -> Result<LabStatus, BackendError>;
+
+    /// Remove everything of the lab. Succeeds when it is already gone.
+    async fn teardown(&self, spec: &LabSpec, ctl: &OpControl) -> Result<(), BackendError>;
+
+    /// The host-side interface of the instance's subnet (bridge, vboxnet, virbr…), used by
+    /// federation to write forwarding rules. An error when the lab has no such interface.
+    async fn host_interface(&self, spec: &LabSpec) -> Result<String, BackendError>;
+
+    /// The forwarding implementation that federates instances of this backend on this host.
+    fn forwarding(&self) -> std::sync::Arc<dyn crate::hostnet::Forwarding>;
+
+    /// Routes present in each node towards other networks (beyond its own subnet):
+    /// `(node, destination)` pairs. Used to check federation routes for drift.
+    async fn guest_routes(&self, spec: &LabSpec) -> Result<Vec<(String, Ipv4Net)>, BackendError>;
+
+    /// Add (`present = true`) or remove a route to `dest` via the instance gateway in every
+    /// node. Idempotent both ways.
+    async fn set_guest_route(
+        &self,
+        spec: &LabSpec,
+        dest: Ipv4Net,
+        present: bool,
+        ctl: &OpControl,
+    ) -> Result<(), BackendError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_follow_the_naming_and_address_plan() {
+        let subnet: Ipv4Net = "192.168.56.0/24".parse().unwrap();
+        let nodes = plan_nodes("acme", &subnet, 3, 2).unwrap();
+        let got: Vec<_> = nodes.iter().map(|n| (n.name.as_str(), n.ip.to_string())).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("acme-cp-1", "192.168.56.10".to_string()),
+                ("acme-cp-2", "192.168.56.11".to_string()),
+                ("acme-cp-3", "192.168.56.12".to_string()),
+                ("acme-worker-1", "192.168.56.20".to_string()),
+                ("acme-worker-2", "192.168.56.21".to_string()),
+            ]
+        );
+        assert_eq!(nodes[0].role, Role::ControlPlane);
+        assert_eq!(nodes[4].role, Role::Worker);
+    }
+
+    #[test]
+    fn subnet_too_small_for_nodes_is_refused() {
+        let subnet: Ipv4Net = "192.168.56.0/28".parse().unwrap();
+        assert!(plan_nodes("acme", &subnet, 1, 1).is_none());
+        let subnet: Ipv4Net = "192.168.56.0/27".parse().unwrap();
+        assert!(plan_nodes("acme", &subnet, 3, 10).is_some());
+    }
+}

@@ -1,0 +1,1 @@
+//! The `netns` backend (work in progress).

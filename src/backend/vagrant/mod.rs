@@ -1,0 +1,1 @@
+//! The `vagrant` backend (work in progress).

@@ -1,0 +1,1 @@
+//! data sources (work in progress).

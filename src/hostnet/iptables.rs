@@ -1,0 +1,1 @@
+//! hostnet::iptables (work in progress).

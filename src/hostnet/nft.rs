@@ -1,0 +1,1 @@
+//! hostnet::nft (work in progress).

@@ -1,0 +1,1 @@
+//! k8s (work in progress).

@@ -1,0 +1,43 @@
+//! # terraform-provider-homelab
+//!
+//! A Terraform/OpenTofu provider (plugin protocol 6, served by `tf-provider`) for Kubernetes
+//! home labs run as isolated per-client instances on one host. Each instance gets its own
+//! host-only subnet, pod CIDR and service CIDR, pairwise disjoint across the host: instances
+//! cannot reach each other because no route exists between them. Federation is the one opt-in,
+//! audited exception.
+//!
+//! # Layout
+//!
+//! Terraform plumbing (maps state to calls, nothing else):
+//! - [`provider`]: provider schema, configuration, and the map of resources and data sources.
+//! - [`resources`]: `homelab_instance` and `homelab_federation`, lifecycle methods in order.
+//! - [`data_sources`]: `homelab_cidr_allocation`.
+//! - [`diagnostics`]: the one place where domain errors become Terraform diagnostics.
+//! - [`logging`]: `tracing` output in the hclog JSON form Terraform shows under `TF_LOG`.
+//!
+//! Domain (never imports `tf_provider`):
+//! - [`settings`]: validated provider settings (pools, prefixes, TTL, backend choices).
+//! - [`net`]: pure CIDR arithmetic and overlap checks.
+//! - [`registry`]: the instance registry (`<home>/instances.json`): allocation, reservations,
+//!   the file store (lock, atomic write) and its in-memory twin.
+//! - [`audit`]: the append-only, hash-chained event log (`<home>/events.jsonl`).
+//! - [`backend`]: the `Backend` trait; `netns` and `vagrant` implementations.
+//! - [`hostnet`]: the host's own networks, and forwarding rules for federated pairs.
+//! - [`k8s`]: NetworkPolicies for federation, through `kube` on an injected client.
+//! - [`process`]: running host commands with errors that name the command and its stderr.
+//! - [`cli`]: the provider binary's own subcommands (reservations, audit verification, docs).
+
+pub mod audit;
+pub mod backend;
+pub mod cli;
+pub mod data_sources;
+pub mod diagnostics;
+pub mod hostnet;
+pub mod k8s;
+pub mod logging;
+pub mod net;
+pub mod process;
+pub mod provider;
+pub mod registry;
+pub mod resources;
+pub mod settings;

@@ -1,0 +1,1 @@
+//! logging (work in progress).

@@ -1,0 +1,1 @@
+//! settings (work in progress).

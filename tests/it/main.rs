@@ -1,0 +1,16 @@
+//! The one integration-test binary. Modules go from least to most powerful: trait-level tests
+//! of the domain modules, then acceptance tests through the real Terraform CLI.
+
+#[path = "../util/mod.rs"]
+mod util;
+
+mod hostnet;
+mod k8s_fake_api;
+mod netns_backend;
+mod registry_processes;
+mod vagrant_render;
+mod vagrant_runner;
+mod vagrant_vms;
+mod acceptance_foundation;
+mod acceptance_instance;
+mod acceptance_federation;
