@@ -1,1 +1,173 @@
-//! diagnostics (work in progress).
+//! The one place where domain errors become Terraform diagnostics: a summary that says what
+//! happened to what, a detail that says why and what to do next, and the attribute at fault
+//! when there is one.
+
+use tf_provider::{AttributePath, Diagnostic, Diagnostics};
+
+use crate::backend::BackendError;
+use crate::hostnet::HostNetError;
+use crate::registry::{AllocError, RegistryError};
+use crate::settings::SettingError;
+
+/// A domain error as Terraform shows it.
+pub trait Report {
+    /// One line: what failed.
+    fn summary(&self) -> String;
+    /// Why, and what to do next.
+    fn detail(&self) -> String;
+    /// The attribute at fault, if any.
+    fn attribute(&self) -> Option<AttributePath> {
+        None
+    }
+}
+
+/// Add `err` as an error diagnostic. `context` names the operation and object
+/// (`plan of homelab_instance "acme"`), and prefixes the summary.
+pub fn error(diags: &mut Diagnostics, context: &str, err: &dyn Report) {
+    let summary = if context.is_empty() {
+        err.summary()
+    } else {
+        format!("{context}: {}", err.summary())
+    };
+    diags.add_error(Diagnostic::new(
+        summary,
+        err.detail(),
+        err.attribute().unwrap_or_default(),
+    ));
+}
+
+/// Add an error about one attribute.
+pub fn attribute_error(diags: &mut Diagnostics, attribute: &str, summary: String, detail: String) {
+    diags.add_error(Diagnostic::new(summary, detail, AttributePath::new(attribute.to_string())));
+}
+
+/// Add a warning.
+pub fn warning(diags: &mut Diagnostics, summary: String, detail: String) {
+    diags.add_warning(Diagnostic::new(summary, detail, AttributePath::default()));
+}
+
+impl Report for SettingError {
+    fn summary(&self) -> String {
+        format!("Invalid provider setting `{}`", self.attribute)
+    }
+    fn detail(&self) -> String {
+        self.message.clone()
+    }
+    fn attribute(&self) -> Option<AttributePath> {
+        Some(AttributePath::new(self.attribute))
+    }
+}
+
+fn alloc_attribute(e: &AllocError) -> &'static str {
+    match e {
+        AllocError::Conflict { kind, .. }
+        | AllocError::Exhausted { kind, .. }
+        | AllocError::WrongPrefix { kind, .. }
+        | AllocError::NotCanonical { kind, .. } => kind.attribute(),
+    }
+}
+
+impl Report for RegistryError {
+    fn summary(&self) -> String {
+        match self {
+            RegistryError::InvalidName { .. } => "Invalid instance name".into(),
+            RegistryError::Alloc { source: AllocError::Conflict { kind, .. }, .. } => {
+                format!("Isolation check failed: {} overlaps another network", kind.attribute())
+            }
+            RegistryError::Alloc { source: AllocError::Exhausted { kind, .. }, .. } => {
+                format!("Pool exhausted: {}", kind.pool_attribute())
+            }
+            RegistryError::Alloc { source: AllocError::WrongPrefix { kind, .. }, .. } => {
+                format!("Wrong prefix length for {}", kind.attribute())
+            }
+            RegistryError::Alloc { source: AllocError::NotCanonical { kind, .. }, .. } => {
+                format!("Host bits set in {}", kind.attribute())
+            }
+            RegistryError::Corrupt { .. }
+            | RegistryError::UnknownVersion { .. }
+            | RegistryError::Unreadable { .. }
+            | RegistryError::Io { .. } => "Instance registry unusable".into(),
+            RegistryError::Audit(_) => "Event log unusable".into(),
+            RegistryError::AlreadyAllocated { name, .. } => format!("Instance `{name}` already exists"),
+            RegistryError::ReservationLost { name, .. } => {
+                format!("Networks planned for `{name}` were taken after its reservation expired")
+            }
+            RegistryError::ClaimConflict { name, .. } => {
+                format!("Networks planned for `{name}` are no longer free")
+            }
+            RegistryError::NotFound { name } => format!("Instance `{name}` not found"),
+            RegistryError::NotAllocated { name } => format!("Instance `{name}` is not created"),
+            RegistryError::Federated { name, .. } => format!("Instance `{name}` is federated"),
+            RegistryError::AlreadyFederated { a, b } => format!("`{a}` and `{b}` are already federated"),
+        }
+    }
+    fn detail(&self) -> String {
+        self.to_string()
+    }
+    fn attribute(&self) -> Option<AttributePath> {
+        match self {
+            RegistryError::InvalidName { .. } | RegistryError::AlreadyAllocated { .. } => {
+                Some(AttributePath::new("name"))
+            }
+            RegistryError::Alloc { source, .. } | RegistryError::ClaimConflict { source, .. } => {
+                Some(AttributePath::new(alloc_attribute(source)))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Report for BackendError {
+    fn summary(&self) -> String {
+        match self {
+            BackendError::Unavailable { what, .. } => what.clone(),
+            BackendError::Command(_) => "A host command failed".into(),
+            BackendError::Timeout { .. } => "Timed out".into(),
+            BackendError::Cancelled { .. } => "Interrupted".into(),
+            BackendError::ToolFailed { .. } => "Vagrant failed".into(),
+            BackendError::Io { .. } => "Lab files could not be written".into(),
+            BackendError::Other(_) => "Backend error".into(),
+        }
+    }
+    fn detail(&self) -> String {
+        match self {
+            BackendError::Unavailable { what, fix } => format!("{what}\n\n{fix}"),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl Report for HostNetError {
+    fn summary(&self) -> String {
+        match self {
+            HostNetError::NotPermitted(_) => "Not permitted to change the host network".into(),
+            _ => "Host network operation failed".into(),
+        }
+    }
+    fn detail(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// A plain message as a report (for checks done in the resource layer itself).
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Summary.
+    pub summary: String,
+    /// Detail.
+    pub detail: String,
+    /// Attribute at fault.
+    pub attribute: Option<&'static str>,
+}
+
+impl Report for Message {
+    fn summary(&self) -> String {
+        self.summary.clone()
+    }
+    fn detail(&self) -> String {
+        self.detail.clone()
+    }
+    fn attribute(&self) -> Option<AttributePath> {
+        self.attribute.map(AttributePath::new)
+    }
+}

@@ -14,6 +14,7 @@
 //! - [`data_sources`]: `homelab_cidr_allocation`.
 //! - [`diagnostics`]: the one place where domain errors become Terraform diagnostics.
 //! - [`logging`]: `tracing` output in the hclog JSON form Terraform shows under `TF_LOG`.
+//! - [`schema`]: schema building blocks that make every attribute carry a description.
 //!
 //! Domain (never imports `tf_provider`):
 //! - [`settings`]: validated provider settings (pools, prefixes, TTL, backend choices).
@@ -23,15 +24,19 @@
 //! - [`audit`]: the append-only, hash-chained event log (`<home>/events.jsonl`).
 //! - [`backend`]: the `Backend` trait; `netns` and `vagrant` implementations.
 //! - [`hostnet`]: the host's own networks, and forwarding rules for federated pairs.
+//! - [`federation`]: opening, checking and closing a federated pair (host, guests, clusters).
 //! - [`k8s`]: NetworkPolicies for federation, through `kube` on an injected client.
 //! - [`process`]: running host commands with errors that name the command and its stderr.
 //! - [`cli`]: the provider binary's own subcommands (reservations, audit verification, docs).
+//! - [`docs`]: the `docs/` generator (registry layout) from the schema and `examples/`.
 
 pub mod audit;
 pub mod backend;
 pub mod cli;
 pub mod data_sources;
 pub mod diagnostics;
+pub mod docs;
+pub mod federation;
 pub mod hostnet;
 pub mod k8s;
 pub mod logging;
@@ -40,4 +45,22 @@ pub mod process;
 pub mod provider;
 pub mod registry;
 pub mod resources;
+pub mod schema;
 pub mod settings;
+
+/// Serve the provider over Terraform's plugin protocol 6 until Terraform shuts it down.
+///
+/// Ctrl-C in a terminal reaches the whole foreground process group, provider included. Like
+/// providers written in Go, this one does not die of it: Terraform sends StopProvider, which
+/// stops in-flight operations cleanly (see `tf_provider::stop_token`).
+pub async fn serve() -> std::io::Result<()> {
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        while sigint.recv().await.is_some() {
+            tracing::info!("SIGINT received: waiting for Terraform's StopProvider");
+        }
+    });
+    tf_provider::serve("homelab", provider::HomelabProvider::new())
+        .await
+        .map_err(|e| std::io::Error::other(format!("{e:#}")))
+}

@@ -1,1 +1,435 @@
-//! provider (work in progress).
+//! The provider: its schema, its configuration, and the map of resources and data sources.
+//! Configuration turns the HCL `provider "homelab"` block into a [`Configured`] context (the
+//! registry, the backends, the defaults) that every resource and data source reads.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tf_provider::schema::{Block, Description, Schema};
+use tf_provider::value::{Value, ValueEmpty};
+use tf_provider::{Diagnostics, DynamicDataSource, DynamicResource, Provider};
+
+use crate::audit::{Actor, Client};
+use crate::backend::{BackendKind, BackendSet};
+use crate::data_sources::cidr_allocation::CidrAllocationDataSource;
+use crate::diagnostics::{self, Message};
+use crate::registry::file::FileStore;
+use crate::registry::{External, Registry, SystemClock};
+use crate::resources::federation::FederationResource;
+use crate::resources::instance::InstanceResource;
+use crate::schema::{attributes, number, optional, string};
+use crate::settings::{self, RawSettings, Settings};
+
+/// The provider block as Terraform sends it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProviderConfig {
+    /// Registry folder.
+    pub home: Value<String>,
+    /// Host-only pool.
+    pub host_pool: Value<String>,
+    /// Host-only subnet prefix.
+    pub host_prefix: Value<i64>,
+    /// Pod pool.
+    pub pod_pool: Value<String>,
+    /// Pod CIDR prefix.
+    pub pod_prefix: Value<i64>,
+    /// Service pool.
+    pub service_pool: Value<String>,
+    /// Service CIDR prefix.
+    pub service_prefix: Value<i64>,
+    /// Management network pool.
+    pub mgmt_pool: Value<String>,
+    /// Management network prefix.
+    pub mgmt_prefix: Value<i64>,
+    /// Reservation TTL.
+    pub reservation_ttl: Value<String>,
+    /// Default backend.
+    pub default_backend: Value<String>,
+    /// netns lab host namespace.
+    pub netns_host: Value<String>,
+    /// Vagrant executable.
+    pub vagrant_bin: Value<String>,
+    /// `virtualbox` or `libvirt`.
+    pub hypervisor: Value<String>,
+    /// `kvm` or `qemu`.
+    pub libvirt_driver: Value<String>,
+}
+
+fn known<T: Clone>(v: &Value<T>) -> Option<T> {
+    match v {
+        Value::Value(x) => Some(x.clone()),
+        _ => None,
+    }
+}
+
+impl ProviderConfig {
+    fn raw(&self) -> RawSettings {
+        RawSettings {
+            home: known(&self.home),
+            host_pool: known(&self.host_pool),
+            host_prefix: known(&self.host_prefix),
+            pod_pool: known(&self.pod_pool),
+            pod_prefix: known(&self.pod_prefix),
+            service_pool: known(&self.service_pool),
+            service_prefix: known(&self.service_prefix),
+            mgmt_pool: known(&self.mgmt_pool),
+            mgmt_prefix: known(&self.mgmt_prefix),
+            reservation_ttl: known(&self.reservation_ttl),
+        }
+    }
+
+    fn any_unknown(&self) -> bool {
+        [
+            &self.home,
+            &self.host_pool,
+            &self.pod_pool,
+            &self.service_pool,
+            &self.mgmt_pool,
+            &self.reservation_ttl,
+        ]
+        .iter()
+        .any(|v| v.is_unknown())
+            || [&self.host_prefix, &self.pod_prefix, &self.service_prefix, &self.mgmt_prefix]
+                .iter()
+                .any(|v| v.is_unknown())
+    }
+}
+
+/// Backend choices of the provider block, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendChoices {
+    /// Backend of instances that do not set one.
+    pub default_backend: BackendKind,
+    /// netns lab host namespace.
+    pub netns_host: String,
+    /// Vagrant executable.
+    pub vagrant_bin: String,
+    /// `virtualbox` or `libvirt`.
+    pub hypervisor: String,
+    /// `kvm` or `qemu`.
+    pub libvirt_driver: String,
+}
+
+fn check_choice(
+    errors: &mut Vec<Message>,
+    attribute: &'static str,
+    value: Option<String>,
+    default: &str,
+    allowed: &[&str],
+) -> String {
+    let v = value.unwrap_or_else(|| default.to_string());
+    if !allowed.contains(&v.as_str()) {
+        errors.push(Message {
+            summary: format!("Invalid provider setting `{attribute}`"),
+            detail: format!("{v:?} is not one of: {}", allowed.join(", ")),
+            attribute: Some(attribute),
+        });
+    }
+    v
+}
+
+impl BackendChoices {
+    fn from_config(cfg: &ProviderConfig) -> Result<BackendChoices, Vec<Message>> {
+        let mut errors = Vec::new();
+        let default_backend = check_choice(
+            &mut errors,
+            "default_backend",
+            known(&cfg.default_backend),
+            "vagrant",
+            &["netns", "vagrant"],
+        );
+        let hypervisor = check_choice(
+            &mut errors,
+            "hypervisor",
+            known(&cfg.hypervisor),
+            "virtualbox",
+            &["virtualbox", "libvirt"],
+        );
+        let libvirt_driver = check_choice(
+            &mut errors,
+            "libvirt_driver",
+            known(&cfg.libvirt_driver),
+            "kvm",
+            &["kvm", "qemu"],
+        );
+        let netns_host = known(&cfg.netns_host).unwrap_or_else(|| settings::DEFAULT_NETNS_HOST.into());
+        // Node namespaces are named `<netns_host>-<node>`: without '-' in the host name, two lab
+        // hosts can never produce the same node namespace name.
+        let host_ok = !netns_host.is_empty()
+            && netns_host.len() <= 24
+            && netns_host.starts_with(|c: char| c.is_ascii_lowercase())
+            && netns_host.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if !host_ok {
+            errors.push(Message {
+                summary: "Invalid provider setting `netns_host`".into(),
+                detail: format!(
+                    "{netns_host:?} cannot name the lab host namespace: use 1 to 24 lowercase letters and digits, starting with a letter (no '-': node namespaces are named `<netns_host>-<node>`)"
+                ),
+                attribute: Some("netns_host"),
+            });
+        }
+        let vagrant_bin = known(&cfg.vagrant_bin).unwrap_or_else(|| "vagrant".into());
+        if vagrant_bin.is_empty() {
+            errors.push(Message {
+                summary: "Invalid provider setting `vagrant_bin`".into(),
+                detail: "must not be empty".into(),
+                attribute: Some("vagrant_bin"),
+            });
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(BackendChoices {
+            default_backend: BackendKind::parse(&default_backend).expect("checked"),
+            netns_host,
+            vagrant_bin,
+            hypervisor,
+            libvirt_driver,
+        })
+    }
+}
+
+/// Everything resources and data sources need once the provider is configured.
+pub struct Configured {
+    /// Validated settings.
+    pub settings: Settings,
+    /// Backend choices.
+    pub choices: BackendChoices,
+    /// The instance registry.
+    pub registry: Registry,
+    /// The backends.
+    pub backends: Arc<dyn BackendSet>,
+    /// Instances planned for replacement in this process (their create half may reuse the
+    /// networks they already hold).
+    pub replacing: Mutex<HashSet<String>>,
+    /// Host networks to use instead of reading the host's (tests).
+    pub host_networks_override: Option<Vec<External>>,
+}
+
+impl std::fmt::Debug for Configured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Configured")
+            .field("settings", &self.settings)
+            .field("choices", &self.choices)
+            .finish()
+    }
+}
+
+impl Configured {
+    /// The host's own networks (addresses and routes of this namespace), for the isolation check.
+    pub async fn host_networks(&self) -> Result<Vec<External>, crate::hostnet::HostNetError> {
+        if let Some(v) = &self.host_networks_override {
+            return Ok(v.clone());
+        }
+        Ok(crate::hostnet::host_networks()
+            .await?
+            .into_iter()
+            .map(|h| External {
+                cidr: h.cidr,
+                source: h.source,
+            })
+            .collect())
+    }
+}
+
+/// State shared by the provider and its resources: filled in by configure.
+#[derive(Default)]
+pub struct Shared {
+    configured: RwLock<Option<Arc<Configured>>>,
+}
+
+impl Shared {
+    /// A context that is already configured (tests).
+    pub fn with(configured: Configured) -> Arc<Shared> {
+        Arc::new(Shared {
+            configured: RwLock::new(Some(Arc::new(configured))),
+        })
+    }
+
+    /// The configured context, or an error diagnostic when configure has not run.
+    pub fn get(&self, diags: &mut Diagnostics) -> Option<Arc<Configured>> {
+        let c = self.configured.read().expect("provider state lock").clone();
+        if c.is_none() {
+            diags.root_error(
+                "Provider not configured",
+                "The homelab provider has not been configured (its configuration may depend on values unknown until apply). Set the provider block with known values.",
+            );
+        }
+        c
+    }
+
+    fn set(&self, c: Configured) {
+        *self.configured.write().expect("provider state lock") = Some(Arc::new(c));
+    }
+}
+
+/// Builds the backends from the provider's choices (the real host in the binary; fakes in tests).
+pub type BackendFactory = dyn Fn(&Settings, &BackendChoices) -> Arc<dyn BackendSet> + Send + Sync;
+
+/// The homelab provider.
+pub struct HomelabProvider {
+    shared: Arc<Shared>,
+    factory: Arc<BackendFactory>,
+}
+
+impl HomelabProvider {
+    /// The provider with the real backends of this host.
+    pub fn new() -> Self {
+        Self::with_backends(Arc::new(|s: &Settings, c: &BackendChoices| {
+            crate::backend::host_backends(s, c)
+        }))
+    }
+
+    /// The provider with backends from `factory`.
+    pub fn with_backends(factory: Arc<BackendFactory>) -> Self {
+        HomelabProvider {
+            shared: Arc::new(Shared::default()),
+            factory,
+        }
+    }
+
+    /// The provider block's schema (also used by the docs generator).
+    pub fn provider_schema() -> Schema {
+        Schema {
+            version: 1,
+            block: Block {
+                version: 1,
+                description: Description::markdown(
+                    "The homelab provider runs Kubernetes home labs as isolated per-client instances on one host. \
+                     Each instance gets its own host-only subnet, pod CIDR and service CIDR, pairwise disjoint across \
+                     the host, recorded in the instance registry (`<home>/instances.json`) with an audit log \
+                     (`<home>/events.jsonl`).",
+                ),
+                attributes: attributes(vec![
+                    ("home", optional(string(), "Folder of the instance registry and event log. Default: `$HOMELAB_HOME`, else `~/.homelab`. Configurations that share a home share one registry, so their instances never overlap.")),
+                    ("host_pool", optional(string(), "Pool of host-only subnets, a canonical IPv4 CIDR. Default `192.168.56.0/21` (VirtualBox's default permitted host-only range: 8 subnets of /24).")),
+                    ("host_prefix", optional(number(), "Prefix length of each instance subnet taken from `host_pool`. Default 24; at most 27 (nodes sit at .10 to .29).")),
+                    ("pod_pool", optional(string(), "Pool of pod CIDRs, a canonical IPv4 CIDR. Default `10.240.0.0/12` (the /12 holding the well-known 10.244.0.0/16). Allocation starts at the slot holding 10.244.0.0 when the pool contains it, and wraps round.")),
+                    ("pod_prefix", optional(number(), "Prefix length of each pod CIDR. Default 16 (16 instances in the default pool).")),
+                    ("service_pool", optional(string(), "Pool of service CIDRs, a canonical IPv4 CIDR. Default `10.96.0.0/12`: the first instance gets 10.96.0.0/16, the second 10.97.0.0/16.")),
+                    ("service_prefix", optional(number(), "Prefix length of each service CIDR. Default 16.")),
+                    ("mgmt_pool", optional(string(), "Pool of per-instance management networks (Vagrant on libvirt only: each instance gets its own isolated management network). Default `172.30.0.0/16`.")),
+                    ("mgmt_prefix", optional(number(), "Prefix length of each management network. Default 24.")),
+                    ("reservation_ttl", optional(string(), "How long the networks shown in a plan stay reserved for it, as a duration (`30s`, `10m`, `24h`). Default `24h`. An expired reservation is free again; a saved plan applied after its networks were taken fails with the name of the new holder.")),
+                    ("default_backend", optional(string(), "Backend of instances that do not set `backend`: `vagrant` (default) or `netns`.")),
+                    ("netns_host", optional(string(), "Name of the network namespace that is the lab's host for the `netns` backend. 1 to 24 lowercase letters and digits; default `homelab`. Node namespaces are named `<netns_host>-<node>`. The root namespace is never changed.")),
+                    ("vagrant_bin", optional(string(), "Vagrant executable. Default `vagrant` on `PATH`.")),
+                    ("hypervisor", optional(string(), "Hypervisor of the `vagrant` backend: `virtualbox` (default) or `libvirt`.")),
+                    ("libvirt_driver", optional(string(), "libvirt domain type: `kvm` (default) or `qemu` (software emulation, for hosts whose KVM cannot run a stock kernel).")),
+                ]),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+impl Default for HomelabProvider {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn settings_errors(diags: &mut Diagnostics, errors: Vec<settings::SettingError>) {
+    for e in errors {
+        diagnostics::error(diags, "", &e);
+    }
+}
+
+#[async_trait]
+impl Provider for HomelabProvider {
+    type Config<'a> = ProviderConfig;
+    type MetaState<'a> = ValueEmpty;
+
+    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
+        Some(Self::provider_schema())
+    }
+
+    async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::Config<'a>) -> Option<()> {
+        if !config.any_unknown() {
+            if let Err(errors) = settings::validate(&config.raw()) {
+                settings_errors(diags, errors);
+            }
+        }
+        if let Err(errors) = BackendChoices::from_config(&config) {
+            for e in errors {
+                diagnostics::error(diags, "", &e);
+            }
+        }
+        Some(())
+    }
+
+    async fn configure<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        terraform_version: String,
+        config: Self::Config<'a>,
+    ) -> Option<()> {
+        if config.any_unknown() {
+            diags.root_error(
+                "Provider configuration depends on unknown values",
+                "The homelab provider needs its settings at plan time (they decide which networks are allocated). Use values known before apply.",
+            );
+            return None;
+        }
+        let settings = match settings::validate(&config.raw()) {
+            Ok(s) => s,
+            Err(errors) => {
+                settings_errors(diags, errors);
+                return Some(());
+            }
+        };
+        let choices = match BackendChoices::from_config(&config) {
+            Ok(c) => c,
+            Err(errors) => {
+                for e in errors {
+                    diagnostics::error(diags, "", &e);
+                }
+                return Some(());
+            }
+        };
+        let registry = Registry::new(
+            Arc::new(FileStore::new(settings.home.clone())),
+            settings.pools,
+            settings.reservation_ttl,
+            Arc::new(SystemClock),
+            Actor::current(),
+            Client::provider(terraform_version),
+        );
+        let backends = (self.factory)(&settings, &choices);
+        tracing::info!(home = %settings.home.display(), "homelab provider configured");
+        self.shared.set(Configured {
+            settings,
+            choices,
+            registry,
+            backends,
+            replacing: Mutex::new(HashSet::new()),
+            host_networks_override: None,
+        });
+        Some(())
+    }
+
+    fn get_resources(
+        &self,
+        _diags: &mut Diagnostics,
+    ) -> Option<HashMap<String, Box<dyn DynamicResource>>> {
+        let mut m: HashMap<String, Box<dyn DynamicResource>> = HashMap::new();
+        m.insert("instance".into(), Box::new(InstanceResource::new(self.shared.clone())));
+        m.insert("federation".into(), Box::new(FederationResource::new(self.shared.clone())));
+        Some(m)
+    }
+
+    fn get_data_sources(
+        &self,
+        _diags: &mut Diagnostics,
+    ) -> Option<HashMap<String, Box<dyn DynamicDataSource>>> {
+        let mut m: HashMap<String, Box<dyn DynamicDataSource>> = HashMap::new();
+        m.insert(
+            "cidr_allocation".into(),
+            Box::new(CidrAllocationDataSource::new(self.shared.clone())),
+        );
+        Some(m)
+    }
+}

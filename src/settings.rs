@@ -1,1 +1,337 @@
-//! settings (work in progress).
+//! Validated provider settings: the four address pools, reservation TTL, the default backend
+//! and where the registry lives. The provider layer hands raw strings in; what comes out is
+//! either settings every other module can trust, or errors that name the attribute at fault.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::net::{self, Ipv4Net, Pool};
+use crate::registry::{Kind, Pools};
+
+/// Default host-only pool: VirtualBox's default permitted range (8 /24 subnets).
+pub const DEFAULT_HOST_POOL: &str = "192.168.56.0/21";
+/// Default pod pool: the /12 that holds the seed's 10.244.0.0 reserved space.
+pub const DEFAULT_POD_POOL: &str = "10.240.0.0/12";
+/// Default service pool.
+pub const DEFAULT_SERVICE_POOL: &str = "10.96.0.0/12";
+/// Default pool for per-instance libvirt management networks.
+pub const DEFAULT_MGMT_POOL: &str = "172.30.0.0/16";
+/// The pod slot handed out first (the well-known 10.244.0.0/16), the pool wrapping round after.
+pub const POD_POOL_START: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 0);
+/// Default reservation lifetime.
+pub const DEFAULT_RESERVATION_TTL: &str = "24h";
+/// Default lab host namespace of the netns backend.
+pub const DEFAULT_NETNS_HOST: &str = "homelab";
+
+/// One setting that cannot be used, with the attribute it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{attribute}: {message}")]
+pub struct SettingError {
+    /// Provider attribute at fault (`pod_pool`, `host_prefix`, …).
+    pub attribute: &'static str,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl SettingError {
+    fn new(attribute: &'static str, message: impl Into<String>) -> Self {
+        SettingError {
+            attribute,
+            message: message.into(),
+        }
+    }
+}
+
+/// Raw provider configuration, as given (None = not set).
+#[derive(Debug, Clone, Default)]
+pub struct RawSettings {
+    /// `home`
+    pub home: Option<String>,
+    /// `host_pool`
+    pub host_pool: Option<String>,
+    /// `host_prefix`
+    pub host_prefix: Option<i64>,
+    /// `pod_pool`
+    pub pod_pool: Option<String>,
+    /// `pod_prefix`
+    pub pod_prefix: Option<i64>,
+    /// `service_pool`
+    pub service_pool: Option<String>,
+    /// `service_prefix`
+    pub service_prefix: Option<i64>,
+    /// `mgmt_pool`
+    pub mgmt_pool: Option<String>,
+    /// `mgmt_prefix`
+    pub mgmt_prefix: Option<i64>,
+    /// `reservation_ttl`
+    pub reservation_ttl: Option<String>,
+}
+
+/// Settings every module can trust.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Registry folder.
+    pub home: PathBuf,
+    /// The four pools.
+    pub pools: Pools,
+    /// How long a plan-time reservation holds its networks.
+    pub reservation_ttl: Duration,
+}
+
+/// The registry folder when `home` is not set: `$HOMELAB_HOME`, else `~/.homelab`.
+pub fn default_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("HOMELAB_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h);
+    }
+    let base = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    base.join(".homelab")
+}
+
+fn pool_setting(
+    errors: &mut Vec<SettingError>,
+    kind: Kind,
+    cidr: Option<&str>,
+    default_cidr: &str,
+    prefix: Option<i64>,
+    default_prefix: u8,
+    start: Option<Ipv4Addr>,
+) -> Option<Pool> {
+    let pool_attr = kind.pool_attribute();
+    let prefix_attr = kind.prefix_attribute();
+    let cidr = match net::parse_canonical(cidr.unwrap_or(default_cidr)) {
+        Ok(c) => c,
+        Err(e) => {
+            errors.push(SettingError::new(pool_attr, e.to_string()));
+            return None;
+        }
+    };
+    let prefix = match prefix {
+        None => default_prefix,
+        Some(p) if (0..=32).contains(&p) => p as u8,
+        Some(p) => {
+            errors.push(SettingError::new(
+                prefix_attr,
+                format!("{p} is not a prefix length (0 to 32)"),
+            ));
+            return None;
+        }
+    };
+    let built = match start {
+        Some(s) => Pool::starting_at(cidr, prefix, s),
+        None => Pool::new(cidr, prefix),
+    };
+    match built {
+        Ok(p) => Some(p),
+        Err(e) => {
+            errors.push(SettingError::new(prefix_attr, format!("{e} ({pool_attr} = {cidr})")));
+            None
+        }
+    }
+}
+
+/// Validate raw settings. All problems are reported, each naming its attribute.
+pub fn validate(raw: &RawSettings) -> Result<Settings, Vec<SettingError>> {
+    let mut errors = Vec::new();
+    let host = pool_setting(
+        &mut errors,
+        Kind::Subnet,
+        raw.host_pool.as_deref(),
+        DEFAULT_HOST_POOL,
+        raw.host_prefix,
+        24,
+        None,
+    );
+    let pod = pool_setting(
+        &mut errors,
+        Kind::PodCidr,
+        raw.pod_pool.as_deref(),
+        DEFAULT_POD_POOL,
+        raw.pod_prefix,
+        16,
+        Some(POD_POOL_START),
+    );
+    let service = pool_setting(
+        &mut errors,
+        Kind::ServiceCidr,
+        raw.service_pool.as_deref(),
+        DEFAULT_SERVICE_POOL,
+        raw.service_prefix,
+        16,
+        None,
+    );
+    let mgmt = pool_setting(
+        &mut errors,
+        Kind::MgmtCidr,
+        raw.mgmt_pool.as_deref(),
+        DEFAULT_MGMT_POOL,
+        raw.mgmt_prefix,
+        24,
+        None,
+    );
+    if let Some(h) = host {
+        // Nodes sit at .10-.12 and .20-.29 of the subnet: a /27 is the smallest that holds them.
+        if h.prefix > 27 {
+            errors.push(SettingError::new(
+                "host_prefix",
+                format!("a /{} subnet cannot hold the nodes (.10 to .29): use 27 or less", h.prefix),
+            ));
+        }
+    }
+    let ttl = match parse_duration(raw.reservation_ttl.as_deref().unwrap_or(DEFAULT_RESERVATION_TTL)) {
+        Ok(d) if d.is_zero() => {
+            errors.push(SettingError::new("reservation_ttl", "must be longer than 0s"));
+            None
+        }
+        Ok(d) => Some(d),
+        Err(e) => {
+            errors.push(SettingError::new("reservation_ttl", e));
+            None
+        }
+    };
+    let built: Vec<(Kind, Pool)> = [
+        (Kind::Subnet, host),
+        (Kind::PodCidr, pod),
+        (Kind::ServiceCidr, service),
+        (Kind::MgmtCidr, mgmt),
+    ]
+    .into_iter()
+    .filter_map(|(k, p)| p.map(|p| (k, p)))
+    .collect();
+    for (i, (ka, pa)) in built.iter().enumerate() {
+        for (kb, pb) in built.iter().skip(i + 1) {
+            if net::overlaps(&pa.cidr, &pb.cidr) {
+                errors.push(SettingError::new(
+                    kb.pool_attribute(),
+                    format!(
+                        "{} overlaps {} = {}: the pools must be disjoint",
+                        pb.cidr,
+                        ka.pool_attribute(),
+                        pa.cidr
+                    ),
+                ));
+            }
+        }
+    }
+    if let (true, Some(host), Some(pod), Some(service), Some(mgmt), Some(ttl)) =
+        (errors.is_empty(), host, pod, service, mgmt, ttl)
+    {
+        return Ok(Settings {
+            home: raw
+                .home
+                .as_ref()
+                .filter(|h| !h.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(default_home),
+            pools: Pools {
+                host,
+                pod,
+                service,
+                mgmt,
+            },
+            reservation_ttl: ttl,
+        });
+    }
+    Err(errors)
+}
+
+/// Parse a Go-style duration as Terraform users write them: `24h`, `10m`, `90s`, `1h30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("`{text}` is not a duration (examples: 30s, 10m, 24h, 1h30m)");
+    if text.is_empty() {
+        return Err(bad());
+    }
+    let mut total = 0f64;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        if num_len == 0 {
+            return Err(bad());
+        }
+        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += value * scale;
+        rest = &rest[unit_len..];
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+/// Parse and check a CIDR given for an attribute.
+pub fn cidr_setting(attribute: &'static str, text: &str) -> Result<Ipv4Net, SettingError> {
+    net::parse_canonical(text).map_err(|e| SettingError::new(attribute, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_pools() {
+        let s = validate(&RawSettings::default()).unwrap();
+        assert_eq!(s.pools.host.cidr.to_string(), "192.168.56.0/21");
+        assert_eq!(s.pools.host.capacity(), 8);
+        assert_eq!(s.pools.pod.first.to_string(), "10.244.0.0/16");
+        assert_eq!(s.pools.pod.capacity(), 16);
+        assert_eq!(s.pools.service.first.to_string(), "10.96.0.0/16");
+        assert_eq!(s.reservation_ttl, Duration::from_secs(86400));
+    }
+
+    #[test]
+    fn non_canonical_pool_names_attribute_and_suggests_fix() {
+        let raw = RawSettings {
+            pod_pool: Some("10.244.0.0/12".into()),
+            ..Default::default()
+        };
+        let errs = validate(&raw).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].attribute, "pod_pool");
+        assert!(errs[0].message.contains("10.240.0.0/12"), "{}", errs[0].message);
+    }
+
+    #[test]
+    fn overlapping_pools_are_refused() {
+        let raw = RawSettings {
+            service_pool: Some("10.240.0.0/16".into()),
+            ..Default::default()
+        };
+        let errs = validate(&raw).unwrap_err();
+        assert!(errs.iter().any(|e| e.attribute == "service_pool" && e.message.contains("pod_pool")), "{errs:?}");
+    }
+
+    #[test]
+    fn prefix_that_does_not_fit_names_prefix_attribute() {
+        let raw = RawSettings {
+            host_prefix: Some(20),
+            ..Default::default()
+        };
+        let errs = validate(&raw).unwrap_err();
+        assert_eq!(errs[0].attribute, "host_prefix");
+    }
+
+    #[test]
+    fn durations_parse_like_terraform_timeouts() {
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

@@ -7,7 +7,10 @@
 //! create, scale and repair are one idempotent operation that a crashed run can simply repeat.
 
 pub mod netns;
+pub mod set;
 pub mod vagrant;
+
+pub use set::host_backends;
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -324,4 +327,50 @@ mod tests {
         let subnet: Ipv4Net = "192.168.56.0/27".parse().unwrap();
         assert!(plan_nodes("acme", &subnet, 3, 10).is_some());
     }
+}
+
+/// Which backend an instance uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// Network namespaces.
+    Netns,
+    /// Vagrant VMs.
+    Vagrant,
+}
+
+impl BackendKind {
+    /// `netns` / `vagrant`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BackendKind::Netns => "netns",
+            BackendKind::Vagrant => "vagrant",
+        }
+    }
+
+    /// Parse `netns` / `vagrant`.
+    pub fn parse(text: &str) -> Option<BackendKind> {
+        match text {
+            "netns" => Some(BackendKind::Netns),
+            "vagrant" => Some(BackendKind::Vagrant),
+            _ => None,
+        }
+    }
+}
+
+/// The backends this provider can use, chosen at configure time. Tests inject their own.
+pub trait BackendSet: Send + Sync {
+    /// The settings a new instance of `kind` records in the registry (e.g. `netns_host`,
+    /// `hypervisor`), so later operations find its lab even if the provider settings change.
+    fn lab_settings(&self, kind: BackendKind) -> std::collections::BTreeMap<String, String>;
+
+    /// The backend that manages a lab built with `settings`.
+    fn backend(
+        &self,
+        kind: BackendKind,
+        settings: &std::collections::BTreeMap<String, String>,
+    ) -> std::sync::Arc<dyn Backend>;
+
+    /// Whether instances of `kind` on this host need their own management network.
+    fn needs_mgmt_network(&self, kind: BackendKind) -> bool;
 }

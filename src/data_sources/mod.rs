@@ -1,1 +1,3 @@
-//! data sources (work in progress).
+//! Terraform data sources: `homelab_cidr_allocation`.
+
+pub mod cidr_allocation;

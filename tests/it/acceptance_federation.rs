@@ -1,1 +1,265 @@
-//! (work in progress)
+//! Acceptance tests of `homelab_federation` on the `netns` backend: real Terraform, real
+//! namespaces, real nftables. Reachability is measured with pings between node namespaces the
+//! test's own lab host created.
+
+use std::collections::BTreeMap;
+
+use homelab::registry::file::FileStore;
+use homelab::registry::Store;
+
+use crate::util::netns::{namespaces_of, sh, try_sh, LabHostGuard};
+use crate::util::terraform::Workdir;
+
+struct Lab {
+    home: tempfile::TempDir,
+    host: LabHostGuard,
+}
+
+const NAMES: [&str; 3] = ["acme", "globex", "initech"];
+
+impl Lab {
+    fn new() -> Lab {
+        Lab {
+            home: tempfile::Builder::new().prefix("homelab-home-").tempdir().unwrap(),
+            host: LabHostGuard::new(),
+        }
+    }
+
+    fn config(&self, federations: &[(&str, &str)]) -> String {
+        let mut c = format!(
+            "provider \"homelab\" {{\n  home = \"{}\"\n  default_backend = \"netns\"\n  netns_host = \"{}\"\n}}\n",
+            self.home.path().display(),
+            self.host.name
+        );
+        for n in NAMES {
+            c.push_str(&format!("resource \"homelab_instance\" \"{n}\" {{\n  name = \"{n}\"\n  workers = 1\n}}\n"));
+        }
+        for (a, b) in federations {
+            c.push_str(&format!(
+                "resource \"homelab_federation\" \"{a}_{b}\" {{\n  instances = [homelab_instance.{a}.name, homelab_instance.{b}.name]\n  reason = \"test {a} with {b}\"\n}}\n"
+            ));
+        }
+        c
+    }
+
+    fn store(&self) -> FileStore {
+        FileStore::new(self.home.path())
+    }
+
+    /// Node IPs of every instance, from the state.
+    fn nodes(&self, w: &Workdir) -> BTreeMap<String, Vec<(String, String)>> {
+        NAMES
+            .iter()
+            .map(|n| {
+                let s = w.resource(&format!("homelab_instance.{n}")).unwrap();
+                let nodes = s["nodes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| (x["name"].as_str().unwrap().to_string(), x["ip"].as_str().unwrap().to_string()))
+                    .collect();
+                (n.to_string(), nodes)
+            })
+            .collect()
+    }
+
+    /// Which (from, to) instance pairs can reach each other: every node of `from` pings every
+    /// node of `to`.
+    fn matrix(&self, w: &Workdir) -> Vec<(String, String)> {
+        let nodes = self.nodes(w);
+        let mut reach = Vec::new();
+        for (from, fnodes) in &nodes {
+            for (to, tnodes) in &nodes {
+                if from == to {
+                    continue;
+                }
+                let mut all = true;
+                let mut any = false;
+                for (fname, _) in fnodes {
+                    for (_, ip) in tnodes {
+                        let ns = format!("{}-{fname}", self.host.name);
+                        let (ok, _) = try_sh(&["ip", "netns", "exec", &ns, "ping", "-c", "1", "-W", "1", ip]);
+                        all &= ok;
+                        any |= ok;
+                    }
+                }
+                assert_eq!(all, any, "{from} -> {to}: some nodes reach, others do not");
+                if all {
+                    reach.push((from.clone(), to.clone()));
+                }
+            }
+        }
+        reach
+    }
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = list
+        .iter()
+        .flat_map(|(a, b)| [(a.to_string(), b.to_string()), (b.to_string(), a.to_string())])
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn federation_opens_exactly_one_pair_never_transitively_and_closes_again() {
+    let lab = Lab::new();
+    let w = Workdir::new(&lab.config(&[]));
+    w.init();
+    w.apply().ok();
+    // Before: nothing crosses.
+    assert_eq!(lab.matrix(&w), vec![]);
+
+    // acme+globex: exactly that pair, both ways; initech reaches neither, neither reaches it.
+    w.write(&lab.config(&[("acme", "globex")]));
+    let plan = w.tf(&["plan"]).ok();
+    assert!(plan.all().contains("Warning: Federation acme+globex opens a path"), "{}", plan.all());
+    let a = w.resource("homelab_instance.acme").unwrap();
+    let g = w.resource("homelab_instance.globex").unwrap();
+    let line = format!(
+        "acme (subnet {}, pod CIDR {}) <-> globex (subnet {}, pod CIDR {})",
+        a["subnet"].as_str().unwrap(),
+        a["pod_cidr"].as_str().unwrap(),
+        g["subnet"].as_str().unwrap(),
+        g["pod_cidr"].as_str().unwrap()
+    );
+    assert!(plan.all().contains(&line), "plan lacks {line:?}:\n{}", plan.all());
+    w.apply().ok();
+    assert_eq!(lab.matrix(&w), pairs(&[("acme", "globex")]));
+    let fed = w.resource("homelab_federation.acme_globex").unwrap();
+    assert_eq!(fed["id"], "acme+globex");
+    assert_eq!(fed["state"], "complete");
+    assert_eq!(fed["policies"], serde_json::json!([]));
+    assert!(fed["routes"].as_array().unwrap().iter().any(|r| r.as_str().unwrap().contains("accept")), "{fed}");
+    let doc = lab.store().load().unwrap();
+    assert_eq!(doc.instances["acme"].federated, vec!["globex"]);
+    assert_eq!(doc.instances["globex"].federated, vec!["acme"]);
+    // The instance learns of it at its next refresh, and nothing else changes.
+    let r = w.plan_exit();
+    assert_eq!(r.code, 0, "{}", r.all());
+    w.tf(&["apply", "-refresh-only", "-auto-approve"]).ok();
+    let inst = w.resource("homelab_instance.acme").unwrap();
+    assert_eq!(inst["federated_with"], serde_json::json!(["globex"]));
+
+    // + globex+initech: acme still cannot reach initech (no transitivity).
+    w.write(&lab.config(&[("acme", "globex"), ("globex", "initech")]));
+    w.apply().ok();
+    assert_eq!(lab.matrix(&w), pairs(&[("acme", "globex"), ("globex", "initech")]));
+
+    // After destroying the federations: nothing crosses, forwarding is off again.
+    w.write(&lab.config(&[]));
+    w.apply().ok();
+    assert_eq!(lab.matrix(&w), vec![]);
+    let fwd = sh(&["ip", "netns", "exec", &lab.host.name, "sysctl", "-n", "net.ipv4.ip_forward"]);
+    assert_eq!(fwd.trim(), "0");
+    let actions: Vec<String> = lab.store().events().unwrap().into_iter().map(|e| e.action).collect();
+    assert_eq!(actions.iter().filter(|a| *a == "federation.create").count(), 2, "{actions:?}");
+    assert_eq!(actions.iter().filter(|a| *a == "federation.destroy").count(), 2, "{actions:?}");
+    lab.store().verify_events().unwrap();
+    w.destroy().ok();
+    assert!(namespaces_of(&lab.host.name).is_empty());
+}
+
+#[test]
+fn federation_drift_is_repaired_by_the_next_apply() {
+    let lab = Lab::new();
+    let w = Workdir::new(&lab.config(&[("acme", "globex")]));
+    w.init();
+    w.apply().ok();
+    assert_eq!(lab.matrix(&w), pairs(&[("acme", "globex")]));
+    let empty = |w: &Workdir| {
+        let r = w.plan_exit();
+        assert_eq!(r.code, 0, "{}", r.all());
+    };
+    empty(&w);
+
+    // 1. The provider's nftables table flushed out of band.
+    sh(&["ip", "netns", "exec", &lab.host.name, "nft", "flush", "table", "inet", "homelab"]);
+    assert_eq!(lab.matrix(&w), vec![]);
+    let r = w.plan_exit();
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stdout.contains("missing"), "{}", r.stdout);
+    w.apply().ok();
+    assert_eq!(lab.matrix(&w), pairs(&[("acme", "globex")]));
+    empty(&w);
+
+    // 2. A guest route removed.
+    let ns = format!("{}-acme-worker-1", lab.host.name);
+    let globex_subnet = w.resource("homelab_instance.globex").unwrap()["subnet"].as_str().unwrap().to_string();
+    sh(&["ip", "-n", &ns, "route", "del", &globex_subnet]);
+    let r = w.plan_exit();
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stdout.contains(&format!("acme-worker-1: route to {globex_subnet}")), "{}", r.stdout);
+    w.apply().ok();
+    assert_eq!(lab.matrix(&w), pairs(&[("acme", "globex")]));
+    empty(&w);
+
+    // 3. The registry tag removed.
+    let path = lab.home.path().join("instances.json");
+    let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    doc["instances"]["acme"]["federated"] = serde_json::json!([]);
+    std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    let r = w.plan_exit();
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stdout.contains("registry tag"), "{}", r.stdout);
+    w.apply().ok();
+    assert_eq!(lab.store().load().unwrap().instances["acme"].federated, vec!["globex"]);
+    empty(&w);
+    let actions: Vec<String> = lab.store().events().unwrap().into_iter().map(|e| e.action).collect();
+    assert!(actions.contains(&"federation.repair".to_string()), "{actions:?}");
+
+    // A configuration that removes everything destroys the federation first.
+    w.destroy().ok();
+    assert!(namespaces_of(&lab.host.name).is_empty());
+    assert!(lab.store().load().unwrap().instances.is_empty());
+}
+
+#[test]
+fn duplicate_federation_is_refused_at_plan_naming_the_existing_one() {
+    let lab = Lab::new();
+    let w = Workdir::new(&lab.config(&[("acme", "globex")]));
+    w.init();
+    w.apply().ok();
+    // Another folder sharing the home federating the same pair.
+    let other = Workdir::new(&format!(
+        "provider \"homelab\" {{\n  home = \"{}\"\n  default_backend = \"netns\"\n  netns_host = \"{}\"\n}}\nresource \"homelab_federation\" \"again\" {{\n  instances = [\"globex\", \"acme\"]\n}}\n",
+        lab.home.path().display(),
+        lab.host.name
+    ));
+    other.init();
+    let r = other.tf(&["plan"]).failed();
+    assert!(r.all().contains("already federated") && r.all().contains("acme+globex"), "{}", r.all());
+    // The same pair twice in one configuration.
+    let mut twice = lab.config(&[("acme", "globex")]);
+    twice.push_str("resource \"homelab_federation\" \"twice\" {\n  instances = [homelab_instance.globex.name, homelab_instance.acme.name]\n}\n");
+    w.write(&twice);
+    let r = w.tf(&["plan"]).failed();
+    assert!(r.all().contains("already federated"), "{}", r.all());
+    // An instance federated with itself, or a missing instance.
+    let mut bad = lab.config(&[("acme", "globex")]);
+    bad.push_str("resource \"homelab_federation\" \"self\" {\n  instances = [\"acme\", \"acme\"]\n}\n");
+    w.write(&bad);
+    let r = w.tf(&["plan"]).failed();
+    assert!(r.all().contains("exactly two instances"), "{}", r.all());
+    let mut ghost = lab.config(&[("acme", "globex")]);
+    ghost.push_str("resource \"homelab_federation\" \"ghost\" {\n  instances = [\"acme\", \"nobody\"]\n}\n");
+    w.write(&ghost);
+    let r = w.tf(&["plan"]).failed();
+    assert!(r.all().contains("No instance `nobody`"), "{}", r.all());
+    // Destroying an instance the registry still lists as federated is refused by the provider,
+    // naming the federation (here from a folder that imported the instance alone).
+    w.write(&lab.config(&[("acme", "globex")]));
+    let lone = Workdir::new(&format!(
+        "provider \"homelab\" {{\n  home = \"{}\"\n  default_backend = \"netns\"\n  netns_host = \"{}\"\n}}\nresource \"homelab_instance\" \"acme\" {{\n  name = \"acme\"\n  workers = 1\n}}\n",
+        lab.home.path().display(),
+        lab.host.name
+    ));
+    lone.init();
+    lone.tf(&["import", "homelab_instance.acme", "acme"]).ok();
+    let r = lone.destroy().failed();
+    assert!(r.all().contains("federated with globex") && r.all().contains("acme+globex"), "{}", r.all());
+    assert!(namespaces_of(&lab.host.name).contains(&format!("{}-acme-cp-1", lab.host.name)));
+    w.destroy().ok();
+    lab.store().verify_events().unwrap();
+}

@@ -1,2 +1,7 @@
 //! Shared helpers for the integration tests: one file per concern.
 #![allow(dead_code)]
+pub mod terraform;
+pub mod netns;
+pub mod vagrant;
+pub mod vm;
+pub mod worker;

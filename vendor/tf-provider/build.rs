@@ -1,3 +1,4 @@
+#[allow(deprecated)] // homelab patch: upstream build script
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_build::configure()
         .protoc_arg("--experimental_allow_proto3_optional")

@@ -1,1 +1,919 @@
-//! The `vagrant` backend (work in progress).
+//! The `vagrant` backend: each instance's lab as Vagrant VMs on its own host-only network,
+//! with VirtualBox or libvirt (KVM, or QEMU software emulation).
+//!
+//! An instance lives in `<home>/instances/<name>/`: a generated `Vagrantfile` ([`render`]),
+//! the provisioning scripts under `scripts/`, Vagrant's own `.vagrant/` records, and after
+//! provisioning `kubeconfig` (mode 0600). Every operation drives the `vagrant` CLI through
+//! [`runner`] (streamed output, deadline, cancellation, process-group stop) and reads state
+//! back from `vagrant status --machine-readable` ([`status`]). With libvirt, every network of
+//! an instance is isolated (no `<forward>`), including its own management network, and
+//! teardown removes whatever Vagrant left of it in libvirt ([`libvirt`]).
+//!
+//! Optional `exec_prefix` runs every host command (vagrant, virsh, ip) through a wrapper such
+//! as `nsenter --net=… --mount=… --`: that is how the tests keep libvirt in a namespace.
+
+pub mod libvirt;
+pub mod provision;
+pub mod render;
+pub mod runner;
+pub mod status;
+pub mod validate;
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::backend::{
+    Backend, BackendError, LabSpec, LabStatus, NodeSpec, NodeStatus, OpControl, Role,
+    CONTROL_PLANE_OFFSET, WORKER_OFFSET,
+};
+use crate::hostnet::iptables::IptablesForwarding;
+use crate::hostnet::Forwarding;
+use crate::net::{self, Ipv4Net};
+use crate::process::{Cmd, CommandError};
+
+pub use render::{render_scripts, render_vagrantfile, ruby_str, sh_str, RenderError, RenderTarget};
+pub use runner::{Finished, Grace, Limits, ToolCommand};
+pub use status::{parse_status, MachineState, StatusReport};
+pub use validate::{
+    check_instance, check_options, check_virtualbox_subnet, default_options,
+    virtualbox_allowed_ranges, virtualbox_allowed_ranges_here, OptionError, DEFAULT_BOX,
+    DEFAULT_CPUS, DEFAULT_KUBERNETES_VERSION, DEFAULT_MEMORY_MB,
+};
+
+/// Where the VMs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Hypervisor {
+    /// VirtualBox (host-only networks on vboxnet interfaces).
+    #[default]
+    VirtualBox,
+    /// libvirt through the vagrant-libvirt plugin.
+    Libvirt,
+}
+
+impl Hypervisor {
+    /// `virtualbox` / `libvirt`: the attribute value and Vagrant's provider name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Hypervisor::VirtualBox => "virtualbox",
+            Hypervisor::Libvirt => "libvirt",
+        }
+    }
+
+    /// Parse `virtualbox` / `libvirt`.
+    pub fn parse(text: &str) -> Option<Hypervisor> {
+        match text {
+            "virtualbox" => Some(Hypervisor::VirtualBox),
+            "libvirt" => Some(Hypervisor::Libvirt),
+            _ => None,
+        }
+    }
+}
+
+/// libvirt's domain type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LibvirtDriver {
+    /// Hardware virtualisation.
+    #[default]
+    Kvm,
+    /// Software emulation (TCG), for hosts whose KVM cannot boot a stock kernel.
+    Qemu,
+}
+
+impl LibvirtDriver {
+    /// `kvm` / `qemu`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LibvirtDriver::Kvm => "kvm",
+            LibvirtDriver::Qemu => "qemu",
+        }
+    }
+
+    /// Parse `kvm` / `qemu`.
+    pub fn parse(text: &str) -> Option<LibvirtDriver> {
+        match text {
+            "kvm" => Some(LibvirtDriver::Kvm),
+            "qemu" => Some(LibvirtDriver::Qemu),
+            _ => None,
+        }
+    }
+}
+
+/// How the Vagrant backend runs on this host.
+#[derive(Debug, Clone)]
+pub struct VagrantConfig {
+    /// The `vagrant` program (default `vagrant` on PATH).
+    pub vagrant_bin: PathBuf,
+    /// VirtualBox or libvirt.
+    pub hypervisor: Hypervisor,
+    /// kvm or qemu (libvirt only).
+    pub libvirt_driver: LibvirtDriver,
+    /// The registry folder; instance folders are `<home>/instances/<name>/`.
+    pub home: PathBuf,
+    /// Extra environment for every vagrant run (e.g. `VAGRANT_HOME`).
+    pub env: Vec<(String, String)>,
+    /// Prefix for every host command (vagrant, virsh, ip), e.g. `nsenter --net=… --`.
+    pub exec_prefix: Vec<String>,
+    /// Network namespace holding the lab's host side (libvirt's bridges), for forwarding;
+    /// `None`: the current one.
+    pub host_netns: Option<String>,
+    /// libvirt connection URI.
+    pub libvirt_uri: String,
+    /// Bring machines up in parallel (libvirt); off by default, as Vagrant advises.
+    pub parallel: bool,
+    /// Grace periods when stopping a vagrant run.
+    pub grace: Grace,
+}
+
+impl VagrantConfig {
+    /// Defaults (VirtualBox, `vagrant` on PATH) for a registry at `home`.
+    pub fn new(home: impl Into<PathBuf>) -> Self {
+        VagrantConfig {
+            vagrant_bin: PathBuf::from("vagrant"),
+            hypervisor: Hypervisor::VirtualBox,
+            libvirt_driver: LibvirtDriver::Kvm,
+            home: home.into(),
+            env: Vec::new(),
+            exec_prefix: Vec::new(),
+            host_netns: None,
+            libvirt_uri: "qemu:///system".to_string(),
+            parallel: false,
+            grace: Grace::default(),
+        }
+    }
+}
+
+/// Timeout of the short read-only commands (status, virsh, ssh probes).
+const QUICK: Duration = Duration::from_secs(120);
+
+/// The Vagrant backend. See the module documentation.
+#[derive(Debug, Clone)]
+pub struct VagrantBackend {
+    cfg: VagrantConfig,
+}
+
+impl VagrantBackend {
+    /// A backend with this configuration.
+    pub fn new(config: VagrantConfig) -> Self {
+        VagrantBackend { cfg: config }
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &VagrantConfig {
+        &self.cfg
+    }
+
+    /// `<home>/instances/<name>/` (an error when `name` is not a DNS label).
+    pub fn instance_dir(&self, instance: &str) -> Result<PathBuf, BackendError> {
+        if !render::is_dns_label(instance) {
+            return Err(BackendError::Other(
+                RenderError::BadName(instance.to_string()).to_string(),
+            ));
+        }
+        Ok(self.cfg.home.join("instances").join(instance))
+    }
+
+    /// The instance's generated Vagrantfile.
+    pub fn vagrantfile_path(&self, instance: &str) -> Result<PathBuf, BackendError> {
+        Ok(self.instance_dir(instance)?.join(render::VAGRANTFILE))
+    }
+
+    /// Where the instance's kubeconfig is written after provisioning (mode 0600).
+    pub fn kubeconfig_path(&self, instance: &str) -> Result<PathBuf, BackendError> {
+        Ok(self.instance_dir(instance)?.join("kubeconfig"))
+    }
+
+    /// `https://<cp-1 ip>:6443`.
+    pub fn api_endpoint(spec: &LabSpec) -> Option<String> {
+        render::first_control_plane(spec).map(|n| provision::api_endpoint(n.ip))
+    }
+
+    fn target(&self) -> RenderTarget {
+        RenderTarget {
+            hypervisor: self.cfg.hypervisor,
+            libvirt_driver: self.cfg.libvirt_driver,
+        }
+    }
+
+    /// A host command, through the configured prefix.
+    fn host_cmd<I, S>(&self, argv: I) -> Cmd
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut full: Vec<String> = self.cfg.exec_prefix.clone();
+        full.extend(Cmd::new(argv).argv);
+        Cmd {
+            argv: full,
+            stdin: None,
+        }
+    }
+
+    /// A vagrant command for the instance folder `dir`.
+    fn vagrant_cmd(&self, dir: &Path, args: &[String], log_at_info: bool) -> ToolCommand {
+        let mut argv = vec![self.cfg.vagrant_bin.to_string_lossy().into_owned()];
+        argv.extend(args.iter().cloned());
+        let mut env = vec![
+            // The prefix may change directories (nsenter does): Vagrant finds its folder here.
+            ("VAGRANT_CWD".to_string(), dir.to_string_lossy().into_owned()),
+            ("VAGRANT_CHECKPOINT_DISABLE".to_string(), "1".to_string()),
+            ("VAGRANT_BOX_UPDATE_CHECK_DISABLE".to_string(), "1".to_string()),
+            ("VAGRANT_NO_COLOR".to_string(), "1".to_string()),
+        ];
+        if self.cfg.hypervisor == Hypervisor::Libvirt {
+            env.push(("LIBVIRT_DEFAULT_URI".to_string(), self.cfg.libvirt_uri.clone()));
+        }
+        env.extend(self.cfg.env.iter().cloned());
+        ToolCommand {
+            cmd: self.host_cmd(argv),
+            cwd: Some(dir.to_path_buf()),
+            env,
+            log_at_info,
+        }
+    }
+
+    async fn vagrant(
+        &self,
+        dir: &Path,
+        args: &[&str],
+        limits: &Limits,
+        log_at_info: bool,
+    ) -> Result<Finished, BackendError> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        runner::run_tool(&self.vagrant_cmd(dir, &args, log_at_info), limits, self.cfg.grace).await
+    }
+
+    async fn virsh(&self, args: &[&str]) -> Result<Finished, BackendError> {
+        let mut argv = vec!["virsh", "-q", "-c", self.cfg.libvirt_uri.as_str()];
+        argv.extend_from_slice(args);
+        runner::run_tool(
+            &ToolCommand::new(self.host_cmd(argv)),
+            &Limits::timeout(QUICK),
+            self.cfg.grace,
+        )
+        .await
+    }
+
+    /// `vagrant status --machine-readable` in `dir`.
+    pub async fn machine_status(
+        &self,
+        dir: &Path,
+        limits: &Limits,
+    ) -> Result<StatusReport, BackendError> {
+        let f = self
+            .vagrant(dir, &["status", "--machine-readable"], limits, false)
+            .await?
+            .ok()?;
+        Ok(parse_status(&f.stdout))
+    }
+
+    /// Machines Vagrant has created in `dir` for the configured provider (its own records,
+    /// `.vagrant/machines/<name>/<provider>/id`), read without running Vagrant.
+    pub fn recorded_machines(&self, dir: &Path) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let Ok(entries) = std::fs::read_dir(dir.join(".vagrant").join("machines")) else {
+            return out;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let id = e.path().join(self.cfg.hypervisor.as_str()).join("id");
+            if std::fs::metadata(&id).map(|m| m.len() > 0).unwrap_or(false) {
+                out.insert(name);
+            }
+        }
+        out
+    }
+
+    /// The spec's nodes plus nodes of the instance that Vagrant created but the spec no longer
+    /// lists (their addresses follow the naming plan), for a Vagrantfile that can still
+    /// destroy them.
+    fn with_leftovers(spec: &LabSpec, recorded: &BTreeSet<String>) -> (LabSpec, Vec<String>) {
+        let mut full = spec.clone();
+        let mut removed = Vec::new();
+        for name in recorded {
+            if spec.nodes.iter().any(|n| &n.name == name) {
+                continue;
+            }
+            if let Some(node) = node_from_name(&spec.instance, name, &spec.subnet) {
+                removed.push(name.clone());
+                full.nodes.push(node);
+            } else {
+                tracing::warn!(machine = %name, "Vagrant records a machine that does not follow this instance's naming; leaving it");
+            }
+        }
+        (full, removed)
+    }
+
+    fn write_instance_files(&self, spec: &LabSpec, dir: &Path) -> Result<(), BackendError> {
+        let vf = render_vagrantfile(spec, self.target())
+            .map_err(|e| BackendError::Other(e.to_string()))?;
+        let scripts = render_scripts(spec).map_err(|e| BackendError::Other(e.to_string()))?;
+        if !scripts.is_empty() {
+            let sdir = dir.join(render::SCRIPTS_DIR);
+            std::fs::create_dir_all(&sdir).map_err(|e| io_err(&sdir, e))?;
+            for (name, content) in &scripts {
+                write_if_changed(&sdir.join(name), content, 0o755)?;
+            }
+        }
+        write_if_changed(&dir.join(render::VAGRANTFILE), &vf, 0o644)
+    }
+
+    async fn run_join(
+        &self,
+        spec: &LabSpec,
+        dir: &Path,
+        limits: &Limits,
+    ) -> Result<(), BackendError> {
+        let Some(cp1) = render::first_control_plane(spec) else {
+            return Ok(());
+        };
+        for node in spec.nodes.iter().filter(|n| n.name != cp1.name) {
+            let joined = self
+                .vagrant(
+                    dir,
+                    &["ssh", &node.name, "--no-tty", "-c", "test -f /etc/kubernetes/kubelet.conf"],
+                    limits,
+                    false,
+                )
+                .await?;
+            if joined.status.success() {
+                continue;
+            }
+            let out = self
+                .vagrant(
+                    dir,
+                    &["ssh", &cp1.name, "--no-tty", "-c", "sudo kubeadm token create --print-join-command"],
+                    limits,
+                    false,
+                )
+                .await?
+                .ok()?;
+            let params = provision::parse_join_command(&out.stdout).ok_or_else(|| {
+                BackendError::Other(format!(
+                    "{}: could not read the join command from `kubeadm token create --print-join-command`: {}",
+                    cp1.name,
+                    out.stdout.trim()
+                ))
+            })?;
+            let key = if node.role == Role::ControlPlane {
+                let out = self
+                    .vagrant(
+                        dir,
+                        &["ssh", &cp1.name, "--no-tty", "-c", "sudo kubeadm init phase upload-certs --upload-certs"],
+                        limits,
+                        false,
+                    )
+                    .await?
+                    .ok()?;
+                Some(provision::parse_certificate_key(&out.stdout).ok_or_else(|| {
+                    BackendError::Other(format!(
+                        "{}: no certificate key in the output of `kubeadm init phase upload-certs`",
+                        cp1.name
+                    ))
+                })?)
+            } else {
+                None
+            };
+            let join = provision::join_command(node, &params, key.as_deref());
+            tracing::info!(node = %node.name, "joining the cluster");
+            self.vagrant(dir, &["ssh", &node.name, "--no-tty", "-c", &join], limits, true)
+                .await?
+                .ok()?;
+        }
+        let out = self
+            .vagrant(
+                dir,
+                &["ssh", &cp1.name, "--no-tty", "-c", "sudo cat /etc/kubernetes/admin.conf"],
+                limits,
+                false,
+            )
+            .await?
+            .ok()?;
+        if !out.stdout.contains("apiVersion:") {
+            return Err(BackendError::Other(format!(
+                "{}: /etc/kubernetes/admin.conf is not a kubeconfig (did `kubeadm init` run? see the control-plane provisioner's output): {}",
+                cp1.name,
+                out.stdout.trim()
+            )));
+        }
+        write_private(&dir.join("kubeconfig"), &out.stdout)
+    }
+
+    /// libvirt networks of the instance that exist (`virsh net-list --all --name`).
+    async fn existing_networks(&self, instance: &str) -> Result<Vec<String>, BackendError> {
+        let out = self.virsh(&["net-list", "--all", "--name"]).await?.ok()?;
+        let all = libvirt::parse_names(&out.stdout);
+        Ok(libvirt::instance_networks(instance)
+            .into_iter()
+            .filter(|n| all.contains(n))
+            .collect())
+    }
+
+    async fn network_problems(&self, instance: &str) -> Result<Vec<String>, BackendError> {
+        let mut problems = Vec::new();
+        let existing = self.existing_networks(instance).await?;
+        for net in libvirt::instance_networks(instance) {
+            if !existing.contains(&net) {
+                problems.push(format!("libvirt network {net} is missing"));
+                continue;
+            }
+            let xml = self.virsh(&["net-dumpxml", &net]).await?.ok()?;
+            if !libvirt::is_isolated(&xml.stdout) {
+                problems.push(format!(
+                    "libvirt network {net} forwards traffic (it has a <forward> element): it must be isolated"
+                ));
+            }
+        }
+        Ok(problems)
+    }
+
+    /// Remove what Vagrant left of the instance in libvirt: domains, disks, networks.
+    async fn cleanup_libvirt(&self, instance: &str) -> Result<(), BackendError> {
+        let domains = self.virsh(&["list", "--all", "--name"]).await?.ok()?;
+        for dom in libvirt::parse_names(&domains.stdout)
+            .into_iter()
+            .filter(|d| libvirt::is_domain_of(instance, d))
+        {
+            tracing::info!(domain = %dom, "removing a domain Vagrant left behind");
+            let _ = self.virsh(&["destroy", &dom]).await?;
+            self.virsh(&["undefine", &dom, "--remove-all-storage"]).await?.ok()?;
+        }
+        if let Ok(vols) = self.virsh(&["vol-list", "default"]).await?.ok() {
+            for vol in libvirt::parse_vol_list(&vols.stdout)
+                .into_iter()
+                .filter(|v| libvirt::is_volume_of(instance, v))
+            {
+                tracing::info!(volume = %vol, "removing a disk Vagrant left behind");
+                self.virsh(&["vol-delete", &vol, "--pool", "default"]).await?.ok()?;
+            }
+        }
+        for net in self.existing_networks(instance).await? {
+            tracing::info!(network = %net, "removing the instance's libvirt network");
+            let _ = self.virsh(&["net-destroy", &net]).await?;
+            self.virsh(&["net-undefine", &net]).await?.ok()?;
+        }
+        Ok(())
+    }
+
+    async fn observe_with(&self, spec: &LabSpec, limits: &Limits) -> Result<LabStatus, BackendError> {
+        let dir = self.instance_dir(&spec.instance)?;
+        let absent = |nodes: &[NodeSpec]| LabStatus {
+            exists: false,
+            nodes: nodes
+                .iter()
+                .map(|n| NodeStatus {
+                    name: n.name.clone(),
+                    state: "not_created".into(),
+                    healthy: false,
+                })
+                .collect(),
+            extra_nodes: Vec::new(),
+            problems: Vec::new(),
+        };
+        if !dir.join(render::VAGRANTFILE).is_file() {
+            return Ok(absent(&spec.nodes));
+        }
+        let report = self.machine_status(&dir, limits).await?;
+        let recorded = self.recorded_machines(&dir);
+        let nodes: Vec<NodeStatus> = spec
+            .nodes
+            .iter()
+            .map(|n| {
+                let state = report
+                    .get(&n.name)
+                    .map(|m| m.state.clone())
+                    .unwrap_or_else(|| "not_created".into());
+                NodeStatus {
+                    healthy: state == "running",
+                    name: n.name.clone(),
+                    state,
+                }
+            })
+            .collect();
+        let in_spec = |name: &str| spec.nodes.iter().any(|n| n.name == name);
+        let mut extra: BTreeSet<String> = recorded.iter().filter(|m| !in_spec(m)).cloned().collect();
+        extra.extend(
+            report
+                .machines
+                .iter()
+                .filter(|m| m.created() && !in_spec(&m.name))
+                .map(|m| m.name.clone()),
+        );
+        let exists = nodes.iter().any(|n| n.state != "not_created") || !extra.is_empty();
+        if !exists {
+            return Ok(absent(&spec.nodes));
+        }
+        let problems = if self.cfg.hypervisor == Hypervisor::Libvirt {
+            self.network_problems(&spec.instance).await?
+        } else {
+            Vec::new()
+        };
+        Ok(LabStatus {
+            exists,
+            nodes,
+            extra_nodes: extra.into_iter().collect(),
+            problems,
+        })
+    }
+
+    async fn ssh_each(
+        &self,
+        spec: &LabSpec,
+        command: &str,
+        limits: &Limits,
+    ) -> Result<Vec<(String, Finished)>, BackendError> {
+        let dir = self.instance_dir(&spec.instance)?;
+        let mut out = Vec::new();
+        for node in &spec.nodes {
+            let f = self
+                .vagrant(&dir, &["ssh", &node.name, "--no-tty", "-c", command], limits, false)
+                .await?;
+            out.push((node.name.clone(), f));
+        }
+        Ok(out)
+    }
+}
+
+/// Rebuild a node of `instance` from its name (`acme-worker-3` → worker at .22).
+fn node_from_name(instance: &str, name: &str, subnet: &Ipv4Net) -> Option<NodeSpec> {
+    if !libvirt::is_node_of(instance, name) {
+        return None;
+    }
+    let rest = &name[instance.len() + 1..];
+    let (role, base, n) = if let Some(n) = rest.strip_prefix("cp-") {
+        (Role::ControlPlane, CONTROL_PLANE_OFFSET, n)
+    } else {
+        (Role::Worker, WORKER_OFFSET, rest.strip_prefix("worker-")?)
+    };
+    let index: u32 = n.parse().ok()?;
+    Some(NodeSpec {
+        name: name.to_string(),
+        role,
+        ip: net::nth_address(subnet, base + index - 1)?,
+    })
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> BackendError {
+    BackendError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Write `content` to `path` atomically (temporary file + rename), only when it differs.
+fn write_if_changed(path: &Path, content: &str, mode: u32) -> Result<(), BackendError> {
+    if std::fs::read_to_string(path).ok().as_deref() == Some(content) {
+        return Ok(());
+    }
+    write_atomic(path, content, mode)
+}
+
+fn write_atomic(path: &Path, content: &str, mode: u32) -> Result<(), BackendError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("homelab-tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(|e| io_err(&tmp, e))?;
+    f.write_all(content.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| io_err(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+}
+
+/// Write a secret (the kubeconfig): created 0600, never readable by others even briefly.
+fn write_private(path: &Path, content: &str) -> Result<(), BackendError> {
+    write_atomic(path, content, 0o600)
+}
+
+fn unavailable(what: impl Into<String>, fix: impl Into<String>) -> BackendError {
+    BackendError::Unavailable {
+        what: what.into(),
+        fix: fix.into(),
+    }
+}
+
+#[async_trait]
+impl Backend for VagrantBackend {
+    fn name(&self) -> &'static str {
+        "vagrant"
+    }
+
+    async fn preflight(&self) -> Result<(), BackendError> {
+        let dir = std::env::temp_dir();
+        let bin = self.cfg.vagrant_bin.display().to_string();
+        match self.vagrant(&dir, &["--version"], &Limits::timeout(QUICK), false).await {
+            Ok(f) if f.status.success() => {}
+            Ok(f) => {
+                return Err(unavailable(
+                    format!("`{bin} --version` failed ({}): {}", f.status_text(), f.tail.join("\n")),
+                    "install Vagrant (Debian: apt-get install vagrant) or set vagrant_bin to a working vagrant",
+                ))
+            }
+            Err(BackendError::Command(CommandError::Spawn { source, .. })) => {
+                return Err(unavailable(
+                    format!("cannot run `{bin}`: {source}"),
+                    "install Vagrant (Debian: apt-get install vagrant) or set vagrant_bin to the vagrant program",
+                ))
+            }
+            Err(e) => return Err(e),
+        }
+        match self.cfg.hypervisor {
+            Hypervisor::Libvirt => {
+                let plugins = self
+                    .vagrant(&dir, &["plugin", "list"], &Limits::timeout(QUICK), false)
+                    .await?;
+                if !plugins.stdout.contains("vagrant-libvirt") {
+                    return Err(unavailable(
+                        "the vagrant-libvirt plugin is not installed",
+                        "install it (Debian: apt-get install vagrant-libvirt; elsewhere: vagrant plugin install vagrant-libvirt), or use hypervisor = \"virtualbox\"",
+                    ));
+                }
+                match self.virsh(&["version"]).await {
+                    Ok(f) if f.status.success() => Ok(()),
+                    Ok(f) => Err(unavailable(
+                        format!(
+                            "virsh cannot reach libvirtd at {} ({}): {}",
+                            self.cfg.libvirt_uri,
+                            f.status_text(),
+                            f.stderr.trim()
+                        ),
+                        "start libvirtd and virtlogd (as root), or install them (Debian: apt-get install libvirt-daemon-system libvirt-clients qemu-system-x86)",
+                    )),
+                    Err(BackendError::Command(CommandError::Spawn { source, .. })) => Err(unavailable(
+                        format!("cannot run virsh: {source}"),
+                        "install libvirt's client (Debian: apt-get install libvirt-clients)",
+                    )),
+                    Err(e) => Err(e),
+                }
+            }
+            Hypervisor::VirtualBox => {
+                let f = runner::run_tool(
+                    &ToolCommand::new(self.host_cmd(["VBoxManage", "--version"])),
+                    &Limits::timeout(QUICK),
+                    self.cfg.grace,
+                )
+                .await;
+                match f {
+                    Ok(f) if f.status.success() => Ok(()),
+                    Ok(f) => Err(unavailable(
+                        format!("`VBoxManage --version` failed ({}): {}", f.status_text(), f.tail.join("\n")),
+                        "repair the VirtualBox installation, or use hypervisor = \"libvirt\"",
+                    )),
+                    Err(BackendError::Command(CommandError::Spawn { source, .. })) => Err(unavailable(
+                        format!("VirtualBox is not installed (cannot run VBoxManage: {source})"),
+                        "install VirtualBox, or use hypervisor = \"libvirt\"",
+                    )),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    async fn converge(&self, spec: &LabSpec, ctl: &OpControl) -> Result<LabStatus, BackendError> {
+        let limits = Limits::start(ctl);
+        let opts = spec.vagrant.as_ref().ok_or_else(|| {
+            BackendError::Other(RenderError::NoOptions(spec.instance.clone()).to_string())
+        })?;
+        check_options(opts).map_err(|e| BackendError::Other(e.to_string()))?;
+        let dir = self.instance_dir(&spec.instance)?;
+        std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+
+        // 1. Nodes the spec no longer lists go first, with a Vagrantfile that still defines
+        //    them (Vagrant only acts on machines its Vagrantfile names).
+        let recorded = self.recorded_machines(&dir);
+        let (with_old, removed) = Self::with_leftovers(spec, &recorded);
+        if !removed.is_empty() {
+            self.write_instance_files(&with_old, &dir)?;
+            let mut args = vec!["destroy", "-f"];
+            args.extend(removed.iter().map(String::as_str));
+            tracing::info!(instance = %spec.instance, machines = ?removed, "removing nodes no longer in the configuration");
+            self.vagrant(&dir, &args, &limits, true).await?.ok()?;
+        }
+
+        // 2. The Vagrantfile and scripts of the spec.
+        self.write_instance_files(spec, &dir)?;
+
+        // 3. Bring up what is not running (created, halted or missing); leave the rest.
+        let report = self.machine_status(&dir, &limits).await?;
+        let down: Vec<&str> = spec
+            .nodes
+            .iter()
+            .filter(|n| !report.get(&n.name).is_some_and(MachineState::running))
+            .map(|n| n.name.as_str())
+            .collect();
+        if !down.is_empty() {
+            let mut args = vec!["up", "--provider", self.cfg.hypervisor.as_str()];
+            if !self.cfg.parallel {
+                args.push("--no-parallel");
+            }
+            args.extend(down.iter().copied());
+            tracing::info!(instance = %spec.instance, machines = ?down, "bringing machines up");
+            self.vagrant(&dir, &args, &limits, true).await?.ok()?;
+        }
+
+        // 4. Kubernetes: join the other nodes, fetch the kubeconfig.
+        if opts.provision {
+            self.run_join(spec, &dir, &limits).await?;
+        }
+        self.observe_with(spec, &limits).await
+    }
+
+    async fn observe(&self, spec: &LabSpec) -> Result<LabStatus, BackendError> {
+        self.observe_with(spec, &Limits::timeout(QUICK)).await
+    }
+
+    async fn teardown(&self, spec: &LabSpec, ctl: &OpControl) -> Result<(), BackendError> {
+        let limits = Limits::start(ctl);
+        let dir = self.instance_dir(&spec.instance)?;
+        if dir.is_dir() {
+            let recorded = self.recorded_machines(&dir);
+            let (mut full, _) = Self::with_leftovers(spec, &recorded);
+            if full.vagrant.is_none() {
+                full.vagrant = Some(default_options());
+            }
+            if !recorded.is_empty() || dir.join(render::VAGRANTFILE).is_file() {
+                // A Vagrantfile naming every machine Vagrant knows of, so that destroy sees
+                // them all; provisioning is irrelevant to destroy.
+                if let Some(o) = full.vagrant.as_mut() {
+                    o.provision = false;
+                }
+                if self.cfg.hypervisor == Hypervisor::Libvirt && full.mgmt_cidr.is_none() {
+                    // Only needed to render; destroy never creates networks.
+                    full.mgmt_cidr = Some(full.subnet);
+                }
+                self.write_instance_files(&full, &dir)?;
+                let destroyed = self.vagrant(&dir, &["destroy", "-f"], &limits, true).await?.ok();
+                match destroyed {
+                    Ok(_) => {}
+                    // With libvirt, what Vagrant failed to destroy is removed below by name.
+                    Err(e) if self.cfg.hypervisor == Hypervisor::Libvirt => {
+                        tracing::warn!(instance = %spec.instance, "vagrant destroy failed, removing the lab through libvirt: {e}");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if self.cfg.hypervisor == Hypervisor::Libvirt {
+            self.cleanup_libvirt(&spec.instance).await?;
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&dir, e)),
+        }
+    }
+
+    async fn host_interface(&self, spec: &LabSpec) -> Result<String, BackendError> {
+        if self.cfg.hypervisor == Hypervisor::Libvirt {
+            let net = render::hostonly_network_name(&spec.instance);
+            let f = self.virsh(&["net-info", &net]).await?;
+            if let Some(bridge) = f.status.success().then(|| libvirt::parse_net_info_bridge(&f.stdout)).flatten() {
+                return Ok(bridge);
+            }
+        }
+        // VirtualBox (or libvirt without the network): the interface holding the gateway.
+        let f = runner::run_tool(
+            &ToolCommand::new(self.host_cmd(["ip", "-j", "-4", "addr", "show"])),
+            &Limits::timeout(QUICK),
+            self.cfg.grace,
+        )
+        .await?
+        .ok()?;
+        iface_with_address(&f.stdout, spec.gateway).ok_or_else(|| {
+            BackendError::Other(format!(
+                "no host interface holds {}, the gateway of instance {} ({}): is the lab up?",
+                spec.gateway, spec.instance, spec.subnet
+            ))
+        })
+    }
+
+    fn forwarding(&self) -> Arc<dyn Forwarding> {
+        Arc::new(IptablesForwarding::new(self.cfg.host_netns.clone()))
+    }
+
+    async fn guest_routes(&self, spec: &LabSpec) -> Result<Vec<(String, Ipv4Net)>, BackendError> {
+        let mut routes = Vec::new();
+        for (node, f) in self
+            .ssh_each(spec, "ip -4 -j route show", &Limits::timeout(QUICK))
+            .await?
+        {
+            let f = f.ok()?;
+            for dest in routes_via(&f.stdout, spec.gateway) {
+                routes.push((node.clone(), dest));
+            }
+        }
+        Ok(routes)
+    }
+
+    async fn set_guest_route(
+        &self,
+        spec: &LabSpec,
+        dest: Ipv4Net,
+        present: bool,
+        ctl: &OpControl,
+    ) -> Result<(), BackendError> {
+        let limits = Limits::start(ctl);
+        let command = if present {
+            format!("sudo ip route replace {dest} via {}", spec.gateway)
+        } else {
+            format!("sudo ip route del {dest} via {}", spec.gateway)
+        };
+        for (_, f) in self.ssh_each(spec, &command, &limits).await? {
+            let gone = !present
+                && (f.stderr.contains("No such process") || f.stdout.contains("No such process"));
+            if !gone {
+                f.ok()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The interface of `ip -j addr` output that holds `addr`.
+pub fn iface_with_address(ip_json: &str, addr: Ipv4Addr) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(ip_json).ok()?;
+    v.as_array()?.iter().find_map(|link| {
+        let holds = link["addr_info"].as_array()?.iter().any(|a| {
+            a["local"].as_str().and_then(|s| s.parse::<Ipv4Addr>().ok()) == Some(addr)
+        });
+        holds.then(|| link["ifname"].as_str().map(str::to_string)).flatten()
+    })
+}
+
+/// Destinations of the routes in `ip -4 -j route show` output that go via `gateway`.
+pub fn routes_via(ip_json: &str, gateway: Ipv4Addr) -> Vec<Ipv4Net> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(ip_json.trim()) else {
+        return Vec::new();
+    };
+    v.as_array()
+        .map(|rs| {
+            rs.iter()
+                .filter(|r| {
+                    r["gateway"].as_str().and_then(|g| g.parse::<Ipv4Addr>().ok()) == Some(gateway)
+                })
+                .filter_map(|r| {
+                    let dst = r["dst"].as_str()?;
+                    if dst == "default" {
+                        return None;
+                    }
+                    if dst.contains('/') {
+                        dst.parse::<Ipv4Net>().ok()
+                    } else {
+                        dst.parse::<Ipv4Addr>().ok().map(|a| Ipv4Net::new(a, 32).expect("/32"))
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftover_nodes_are_rebuilt_from_their_names() {
+        let subnet: Ipv4Net = "10.20.0.0/24".parse().unwrap();
+        let n = node_from_name("acme", "acme-worker-3", &subnet).unwrap();
+        assert_eq!((n.role, n.ip.to_string()), (Role::Worker, "10.20.0.22".to_string()));
+        let n = node_from_name("acme", "acme-cp-2", &subnet).unwrap();
+        assert_eq!((n.role, n.ip.to_string()), (Role::ControlPlane, "10.20.0.11".to_string()));
+        assert!(node_from_name("acme", "globex-cp-1", &subnet).is_none());
+    }
+
+    #[test]
+    fn routes_via_the_gateway_are_found() {
+        let json = r#"[{"dst":"default","gateway":"10.0.0.1","dev":"eth0"},
+            {"dst":"10.30.0.0/24","gateway":"10.20.0.1","dev":"eth1"},
+            {"dst":"10.20.0.0/24","dev":"eth1","prefsrc":"10.20.0.10"},
+            {"dst":"10.40.0.5","gateway":"10.20.0.1","dev":"eth1"}]"#;
+        let got = routes_via(json, "10.20.0.1".parse().unwrap());
+        assert_eq!(got, vec!["10.30.0.0/24".parse::<Ipv4Net>().unwrap(), "10.40.0.5/32".parse().unwrap()]);
+    }
+
+    #[test]
+    fn interface_holding_an_address_is_found() {
+        let json = r#"[{"ifname":"lo","addr_info":[{"local":"127.0.0.1"}]},{"ifname":"virbr1","addr_info":[{"local":"10.20.0.1","prefixlen":24}]}]"#;
+        assert_eq!(iface_with_address(json, "10.20.0.1".parse().unwrap()).as_deref(), Some("virbr1"));
+        assert_eq!(iface_with_address(json, "10.9.9.9".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn kubeconfig_is_written_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("kubeconfig");
+        write_private(&p, "secret").unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "secret");
+    }
+}

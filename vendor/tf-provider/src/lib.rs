@@ -21,6 +21,7 @@
 //! Implementing a provider consists in implementing the [`Resource`], [`DataSource`], and/or [`Function`] traits,
 //! and implementing the [`Provider`] trait that references the resources, data sources and functions.
 
+#![allow(warnings)] // homelab patch: vendored upstream code, warnings are upstream's
 mod attribute_path;
 mod data_source;
 mod diagnostics;

@@ -1,0 +1,7 @@
+terraform {
+  required_providers {
+    homelab = {
+      source = "homelab/homelab"
+    }
+  }
+}

@@ -1,0 +1,16 @@
+provider "homelab" {
+  # Registry folder (default: $HOMELAB_HOME, else ~/.homelab).
+  home = "/var/lib/homelab"
+
+  # Instances without `backend` use this one.
+  default_backend = "netns"
+
+  # The defaults, spelled out: host-only /24s from VirtualBox's permitted range,
+  # pod /16s from 10.240.0.0/12 starting at 10.244.0.0/16, service /16s from 10.96.0.0/12.
+  host_pool    = "192.168.56.0/21"
+  pod_pool     = "10.240.0.0/12"
+  service_pool = "10.96.0.0/12"
+
+  # How long a plan holds the networks it shows.
+  reservation_ttl = "24h"
+}

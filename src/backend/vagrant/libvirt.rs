@@ -1,0 +1,105 @@
+//! What the backend reads from libvirt (through `virsh`) about an instance: which domains,
+//! volumes and networks belong to it, which bridge carries its host-only network, and whether
+//! a network is isolated. Pure parsing here; the commands run in [`super::VagrantBackend`].
+
+use super::render::{hostonly_network_name, mgmt_network_name, DOMAIN_PREFIX};
+
+/// The libvirt networks an instance owns: host-only, then management.
+pub fn instance_networks(instance: &str) -> [String; 2] {
+    [hostonly_network_name(instance), mgmt_network_name(instance)]
+}
+
+/// Whether `node` is a node name of `instance` (`acme-cp-2`, `acme-worker-10`): exact
+/// scheme, so that `acme` never claims `acme-cp`'s nodes (`acme-cp-cp-1`).
+pub fn is_node_of(instance: &str, node: &str) -> bool {
+    let Some(rest) = node.strip_prefix(instance).and_then(|r| r.strip_prefix('-')) else {
+        return false;
+    };
+    let num = rest
+        .strip_prefix("cp-")
+        .or_else(|| rest.strip_prefix("worker-"));
+    matches!(num, Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && !n.starts_with('0'))
+}
+
+/// Whether a libvirt domain name is one of `instance`'s VMs (`homelab-acme-cp-1`).
+pub fn is_domain_of(instance: &str, domain: &str) -> bool {
+    domain
+        .strip_prefix(DOMAIN_PREFIX)
+        .is_some_and(|node| is_node_of(instance, node))
+}
+
+/// Whether a storage volume is a disk of one of `instance`'s VMs (`homelab-acme-cp-1.img`,
+/// extra disks `homelab-acme-cp-1-vdb.qcow2`).
+pub fn is_volume_of(instance: &str, volume: &str) -> bool {
+    let stem = volume.split('.').next().unwrap_or(volume);
+    if is_domain_of(instance, stem) {
+        return true;
+    }
+    // Extra disks: `<domain>-<dev>`.
+    stem.rsplit_once('-')
+        .is_some_and(|(dom, dev)| dev.starts_with("vd") && is_domain_of(instance, dom))
+}
+
+/// The bridge of `virsh net-info` output (`Bridge:         virbr1`).
+pub fn parse_net_info_bridge(out: &str) -> Option<String> {
+    out.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == "Bridge" && !v.trim().is_empty()).then(|| v.trim().to_string())
+    })
+}
+
+/// Whether a network's XML (`virsh net-dumpxml`) has no `<forward>` element: isolated, no
+/// NAT or routing to anywhere.
+pub fn is_isolated(xml: &str) -> bool {
+    !xml.contains("<forward")
+}
+
+/// Names from `virsh … --name` output (one per line, blanks skipped).
+pub fn parse_names(out: &str) -> Vec<String> {
+    out.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Volume names from `virsh vol-list POOL` (a header, a rule, then `name path` rows).
+pub fn parse_vol_list(out: &str) -> Vec<String> {
+    out.lines()
+        .skip_while(|l| !l.trim_start().starts_with('-'))
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_are_matched_exactly() {
+        assert!(is_node_of("acme", "acme-cp-1"));
+        assert!(is_node_of("acme", "acme-worker-10"));
+        assert!(!is_node_of("acme", "acme-cp-cp-1"));
+        assert!(!is_node_of("acme-cp", "acme-cp-1"));
+        assert!(!is_node_of("acme", "acmex-cp-1"));
+        assert!(!is_node_of("acme", "acme-cp-"));
+        assert!(is_domain_of("acme", "homelab-acme-cp-1"));
+        assert!(!is_domain_of("acme", "acme-cp-1"));
+        assert!(is_volume_of("acme", "homelab-acme-worker-2.img"));
+        assert!(is_volume_of("acme", "homelab-acme-worker-2-vdb.qcow2"));
+        assert!(!is_volume_of("acme", "homelab-globex-cp-1.img"));
+        assert!(!is_volume_of("acme", "homelab-test_vagrant_box_image_0_box.img"));
+    }
+
+    #[test]
+    fn net_info_and_vol_list_are_parsed() {
+        let info = "Name:           homelab-acme\nUUID:           x\nActive:         yes\nPersistent:     yes\nAutostart:      no\nBridge:         virbr1\n";
+        assert_eq!(parse_net_info_bridge(info).as_deref(), Some("virbr1"));
+        let vols = " Name                   Path\n----------------------------------------\n homelab-acme-cp-1.img  /var/lib/libvirt/images/homelab-acme-cp-1.img\n box.img /x\n";
+        assert_eq!(parse_vol_list(vols), vec!["homelab-acme-cp-1.img", "box.img"]);
+        assert!(is_isolated("<network><name>x</name><bridge name='virbr1'/></network>"));
+        assert!(!is_isolated("<network><forward mode='nat'/></network>"));
+    }
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# First control plane of a homelab instance (generated from a template of
+# terraform-provider-homelab; do not edit, every apply rewrites it): `kubeadm init` on the
+# instance's own pod and service CIDRs, advertised on the host-only address, then Cilium with
+# cluster-pool IPAM on the pod CIDR. Runs once, as root, after node.sh. Other nodes are joined
+# afterwards by the provider (it asks this node for a fresh join token).
+set -euo pipefail
+# @HOMELAB_VALUES@
+
+export KUBECONFIG=/etc/kubernetes/admin.conf
+if [ -f /etc/kubernetes/admin.conf ]; then
+  echo "control plane already initialised"
+  exit 0
+fi
+
+kubeadm init \
+  --node-name="$NODE_NAME" \
+  --pod-network-cidr="$POD_CIDR" \
+  --service-cidr="$SERVICE_CIDR" \
+  --apiserver-advertise-address="$API_ADDRESS" \
+  --control-plane-endpoint="${API_ADDRESS}:6443" \
+  --upload-certs
+
+# Cilium, through its CLI (checksum-verified), with cluster-pool IPAM on the pod CIDR.
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+base="https://github.com/cilium/cilium-cli/releases/download/${CILIUM_CLI_VERSION}"
+curl -fsSL -o "$work/cilium-linux-amd64.tar.gz" "$base/cilium-linux-amd64.tar.gz"
+curl -fsSL -o "$work/cilium-linux-amd64.tar.gz.sha256sum" "$base/cilium-linux-amd64.tar.gz.sha256sum"
+(cd "$work" && sha256sum --check --quiet cilium-linux-amd64.tar.gz.sha256sum)
+tar -xzf "$work/cilium-linux-amd64.tar.gz" -C /usr/local/bin cilium
+cilium install --version "$CILIUM_VERSION" \
+  --set ipam.mode=cluster-pool \
+  --set "ipam.operator.clusterPoolIPv4PodCIDRList={${POD_CIDR}}" \
+  --set "ipam.operator.clusterPoolIPv4MaskSize=${POD_NODE_MASK}"
+cilium status --wait --wait-duration 10m
+echo "control plane ready at https://${API_ADDRESS}:6443"

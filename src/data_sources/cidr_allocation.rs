@@ -1,0 +1,208 @@
+//! `homelab_cidr_allocation`: what an instance has, or would get next, and how full the pools
+//! are. Read-only: it never writes the registry or the event log and makes no reservation.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tf_provider::schema::{Block, Description, Schema};
+use tf_provider::value::{Value, ValueEmpty};
+use tf_provider::{DataSource, Diagnostics};
+
+use crate::diagnostics;
+use crate::net;
+use crate::provider::Shared;
+use crate::registry::{PoolUsage, Wants};
+use crate::schema::{attributes, computed, number, object, required, string, string_list};
+
+/// One pool's usage.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PoolState {
+    /// The pool.
+    pub cidr: Value<String>,
+    /// Slot prefix.
+    pub prefix: Value<i64>,
+    /// Slots in all.
+    pub capacity: Value<i64>,
+    /// Slots held.
+    pub used: Value<i64>,
+    /// Slots free.
+    pub free: Value<i64>,
+}
+
+/// Usage of the four pools.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PoolsState {
+    /// Host-only pool.
+    pub host: Value<PoolState>,
+    /// Pod pool.
+    pub pod: Value<PoolState>,
+    /// Service pool.
+    pub service: Value<PoolState>,
+    /// Management network pool.
+    pub mgmt: Value<PoolState>,
+}
+
+/// The data source's state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CidrAllocationState {
+    /// Instance name (input).
+    pub name: Value<String>,
+    /// `allocated`, `reserved` or `free`.
+    pub status: Value<String>,
+    /// Subnet.
+    pub subnet: Value<String>,
+    /// Gateway.
+    pub gateway: Value<String>,
+    /// Pod CIDR.
+    pub pod_cidr: Value<String>,
+    /// Service CIDR.
+    pub service_cidr: Value<String>,
+    /// Management network.
+    pub mgmt_cidr: Value<String>,
+    /// Backend of the entry.
+    pub backend: Value<String>,
+    /// Reservation expiry.
+    pub expires_at: Value<String>,
+    /// Federation peers.
+    pub federated_with: Value<Vec<String>>,
+    /// Pool usage.
+    pub pools: Value<PoolsState>,
+}
+
+/// The data source.
+pub struct CidrAllocationDataSource {
+    shared: Arc<Shared>,
+}
+
+impl CidrAllocationDataSource {
+    /// The data source on the provider's shared state.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        CidrAllocationDataSource { shared }
+    }
+
+    /// Its schema.
+    pub fn data_source_schema() -> Schema {
+        let pool = object(&[
+            ("cidr", string()),
+            ("prefix", number()),
+            ("capacity", number()),
+            ("used", number()),
+            ("free", number()),
+        ]);
+        Schema {
+            version: 1,
+            block: Block {
+                version: 1,
+                description: Description::markdown(
+                    "What an instance holds in the registry, or would get next if it were planned now, and how full the pools are. \
+                     Reading it changes nothing: no reservation is made and no event is written.",
+                ),
+                attributes: attributes(vec![
+                    ("name", required(string(), "Instance name: a lowercase DNS label of 1 to 32 characters, starting with a letter and not ending with `-`.")),
+                    ("status", computed(string(), "`allocated` (the instance exists), `reserved` (a plan holds networks for it until `expires_at`) or `free` (the values below are what it would get next).")),
+                    ("subnet", computed(string(), "Host-only subnet.")),
+                    ("gateway", computed(string(), "Gateway of the subnet: its first host address (.1).")),
+                    ("pod_cidr", computed(string(), "Kubernetes pod CIDR.")),
+                    ("service_cidr", computed(string(), "Kubernetes service CIDR.")),
+                    ("mgmt_cidr", computed(string(), "Management network (Vagrant on libvirt instances only; null otherwise).")),
+                    ("backend", computed(string(), "Backend of the registry entry (null when `free`).")),
+                    ("expires_at", computed(string(), "When the reservation expires (RFC 3339; only when `reserved`).")),
+                    ("federated_with", computed(string_list(), "Instances this one is federated with.")),
+                    ("pools", computed(object(&[("host", pool.clone()), ("pod", pool.clone()), ("service", pool.clone()), ("mgmt", pool)]),
+                        "Usage of each pool (`host`, `pod`, `service`, `mgmt`): `cidr`, slot `prefix`, `capacity` in slots, `used` slots (allocated or reserved), `free` slots.")),
+                ]),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+fn pool_state(u: &PoolUsage) -> Value<PoolState> {
+    Value::Value(PoolState {
+        cidr: Value::Value(u.cidr.to_string()),
+        prefix: Value::Value(i64::from(u.prefix)),
+        capacity: Value::Value(u.capacity as i64),
+        used: Value::Value(u.used as i64),
+        free: Value::Value(u.free as i64),
+    })
+}
+
+#[async_trait]
+impl DataSource for CidrAllocationDataSource {
+    type State<'a> = CidrAllocationState;
+    type ProviderMetaState<'a> = ValueEmpty;
+
+    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
+        Some(Self::data_source_schema())
+    }
+
+    async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::State<'a>) -> Option<()> {
+        if let Value::Value(name) = &config.name {
+            if let Err(e) = crate::registry::validate_name(name) {
+                diagnostics::error(diags, "", &e);
+            }
+        }
+        Some(())
+    }
+
+    async fn read<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        config: Self::State<'a>,
+        _meta: Self::ProviderMetaState<'a>,
+    ) -> Option<Self::State<'a>> {
+        let ctx = self.shared.get(diags)?;
+        let Value::Value(name) = config.name.clone() else {
+            diags.root_error_short("`name` must be known to read homelab_cidr_allocation");
+            return None;
+        };
+        let host = match ctx.host_networks().await {
+            Ok(h) => h,
+            Err(e) => {
+                diagnostics::error(diags, "reading the host's networks", &e);
+                return None;
+            }
+        };
+        let registry = &ctx.registry;
+        let preview = match registry.preview(&name, &Wants::auto(false), &host) {
+            Ok(p) => p,
+            Err(e) => {
+                diagnostics::error(diags, &format!("homelab_cidr_allocation {name:?}"), &e);
+                return None;
+            }
+        };
+        let doc = match registry.snapshot() {
+            Ok(d) => d,
+            Err(e) => {
+                diagnostics::error(diags, "", &e);
+                return None;
+            }
+        };
+        let usage = registry.usage(&doc);
+        let a = preview.allocation;
+        let entry = preview.entry.as_ref();
+        Some(CidrAllocationState {
+            name: Value::Value(name),
+            status: Value::Value(preview.status.to_string()),
+            subnet: Value::Value(a.subnet.to_string()),
+            gateway: Value::Value(net::gateway(&a.subnet).to_string()),
+            pod_cidr: Value::Value(a.pod_cidr.to_string()),
+            service_cidr: Value::Value(a.service_cidr.to_string()),
+            mgmt_cidr: a.mgmt_cidr.map(|m| Value::Value(m.to_string())).unwrap_or(Value::Null),
+            backend: entry.map(|e| Value::Value(e.backend.clone())).unwrap_or(Value::Null),
+            expires_at: entry
+                .and_then(|e| e.reservation.as_ref())
+                .map(|r| Value::Value(crate::registry::rfc3339(r.expires_at)))
+                .unwrap_or(Value::Null),
+            federated_with: Value::Value(entry.map(|e| e.federated.clone()).unwrap_or_default()),
+            pools: Value::Value(PoolsState {
+                host: pool_state(&usage[0]),
+                pod: pool_state(&usage[1]),
+                service: pool_state(&usage[2]),
+                mgmt: pool_state(&usage[3]),
+            }),
+        })
+    }
+}

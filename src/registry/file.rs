@@ -1,0 +1,354 @@
+//! The file store: `<home>/instances.json`, its sidecar lock `<home>/instances.json.lock`, and
+//! the event log `<home>/events.jsonl`.
+//!
+//! Every change holds an exclusive `fs2` lock on the sidecar (advisory locks die with their
+//! holder, so a crashed process never blocks the next). The document is written to a temp
+//! file in the same folder, fsynced, renamed over the old one, and the folder fsynced: the file
+//! is always either the old or the new document, never truncated in place. The document carries
+//! the events of its newest change (its journal); they are appended to the log right after the
+//! rename, and a writer that finds the log behind the document appends what is missing first.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use fs2::FileExt;
+use time::OffsetDateTime;
+
+use crate::audit::{self, Actor, Client, Event, Verified};
+
+use super::{
+    check_version, journal, journal_head, validate_name, Allocation, Change, Document, RegistryError,
+    Store, FORMAT_VERSION,
+};
+
+/// Name prefix of the temp file a writer fills before renaming it over `instances.json`.
+const TEMP_PREFIX: &str = ".instances.json.tmp-";
+
+/// What a hand edit (or another program) may have broken that serde does not check: each entry
+/// filed under its own name, names that follow the naming rule (they become folder and
+/// interface names), and CIDRs without host bits.
+fn check_document(doc: &Document) -> Result<(), String> {
+    for (key, e) in &doc.instances {
+        if key != &e.name {
+            return Err(format!("entry `{key}` has name `{}`", e.name));
+        }
+        validate_name(key).map_err(|err| format!("entry {key:?}: {err}"))?;
+        check_canonical(key, &e.allocation)?;
+    }
+    for (key, r) in &doc.released {
+        check_canonical(key, &r.allocation).map_err(|why| format!("released {why}"))?;
+    }
+    Ok(())
+}
+
+fn check_canonical(name: &str, a: &Allocation) -> Result<(), String> {
+    for (kind, cidr) in a.iter() {
+        if cidr.trunc() != cidr {
+            return Err(format!(
+                "entry `{name}`: {} {cidr} has host bits set: the network is {}",
+                kind.attribute(),
+                cidr.trunc()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The registry as files in a folder.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    home: PathBuf,
+    parsed: Arc<Parsed>,
+}
+
+/// The newest document this store read or wrote, with its exact bytes. A read that finds the
+/// very same bytes reuses it instead of parsing again: a provider process reads the registry
+/// for every resource it plans, and each change reads it twice (a shared read, then again under
+/// the exclusive lock). Identical bytes parse to the identical document, so this is never
+/// stale: any change by anyone gives other bytes.
+#[derive(Default)]
+struct Parsed(Mutex<Option<(Vec<u8>, Document)>>);
+
+impl Parsed {
+    /// The document of `bytes`, if it is the one kept: a copy, or (`take`, for a change that
+    /// will write a new one anyway) the kept one itself.
+    fn get(&self, bytes: &[u8], take: bool) -> Option<Document> {
+        let mut guard = self.0.lock().expect("parsed cache lock");
+        if !guard.as_ref().is_some_and(|(b, _)| b.as_slice() == bytes) {
+            return None;
+        }
+        if take {
+            guard.take().map(|(_, doc)| doc)
+        } else {
+            guard.as_ref().map(|(_, doc)| doc.clone())
+        }
+    }
+
+    fn put(&self, bytes: Vec<u8>, doc: Document) {
+        *self.0.lock().expect("parsed cache lock") = Some((bytes, doc));
+    }
+}
+
+impl std::fmt::Debug for Parsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Parsed(..)")
+    }
+}
+
+impl FileStore {
+    /// A store in `home` (created on the first write).
+    pub fn new(home: impl Into<PathBuf>) -> FileStore {
+        FileStore {
+            home: home.into(),
+            parsed: Arc::default(),
+        }
+    }
+
+    /// The registry folder.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// `<home>/instances.json`.
+    pub fn registry_path(&self) -> PathBuf {
+        self.home.join("instances.json")
+    }
+
+    /// `<home>/instances.json.lock`.
+    pub fn lock_path(&self) -> PathBuf {
+        self.home.join("instances.json.lock")
+    }
+
+    /// `<home>/events.jsonl`.
+    pub fn events_path(&self) -> PathBuf {
+        self.home.join("events.jsonl")
+    }
+
+    fn io(&self, path: PathBuf, what: &'static str) -> impl FnOnce(std::io::Error) -> RegistryError {
+        move |source| RegistryError::Io { path, what, source }
+    }
+
+    fn ensure_home(&self) -> Result<(), RegistryError> {
+        use std::os::unix::fs::DirBuilderExt;
+        if self.home.is_dir() {
+            return Ok(());
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.home)
+            .map_err(self.io(self.home.clone(), "cannot create the registry folder"))
+    }
+
+    fn lock(&self, exclusive: bool) -> Result<File, RegistryError> {
+        let path = self.lock_path();
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(self.io(path.clone(), "cannot open the registry lock"))?;
+        let locked = if exclusive {
+            file.lock_exclusive()
+        } else {
+            file.lock_shared()
+        };
+        locked.map_err(self.io(path, "cannot lock the registry"))?;
+        Ok(file)
+    }
+
+    /// Read and check the document without locking (callers hold the lock). `None`: there is
+    /// no registry yet. `for_change`: the caller holds the exclusive lock and will write.
+    fn read(&self, for_change: bool) -> Result<Option<Document>, RegistryError> {
+        let path = self.registry_path();
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A symbolic link to nothing is not "no registry yet": the registry was moved
+                // or its disk is not mounted. Starting afresh would hand out taken networks.
+                return match fs::read_link(&path) {
+                    Ok(target) => Err(RegistryError::Unreadable {
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            format!(
+                                "it is a symbolic link to `{}`, which does not exist",
+                                target.display()
+                            ),
+                        ),
+                        path,
+                    }),
+                    Err(_) => Ok(None),
+                };
+            }
+            Err(source) => return Err(RegistryError::Unreadable { path, source }),
+        };
+        if let Some(doc) = self.parsed.get(&bytes, for_change) {
+            return Ok(Some(doc));
+        }
+        // One parse in the common case; the version is looked at first only when the document
+        // does not fit this build's format, so that a newer format is reported as such.
+        let doc: Document = match serde_json::from_slice(&bytes) {
+            Ok(doc) => doc,
+            Err(e) => {
+                let raw: serde_json::Value =
+                    serde_json::from_slice(&bytes).map_err(|_| RegistryError::Corrupt {
+                        path: path.clone(),
+                        why: e.to_string(),
+                    })?;
+                check_version(&raw, &path)?;
+                return Err(RegistryError::Corrupt {
+                    path,
+                    why: e.to_string(),
+                });
+            }
+        };
+        if doc.version != FORMAT_VERSION {
+            return Err(RegistryError::UnknownVersion {
+                path,
+                found: doc.version.to_string(),
+            });
+        }
+        check_document(&doc).map_err(|why| RegistryError::Corrupt { path, why })?;
+        if !for_change {
+            self.parsed.put(bytes, doc.clone());
+        }
+        Ok(Some(doc))
+    }
+
+    /// Remove temp files left by writers that died before their rename. Only called under the
+    /// exclusive lock: a writer writes its temp file only while holding it.
+    fn remove_stale_temp_files(&self) {
+        let Ok(dir) = fs::read_dir(&self.home) else {
+            return;
+        };
+        for entry in dir.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                if let Err(e) = fs::remove_file(entry.path()) {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a stale temp file");
+                }
+            }
+        }
+    }
+
+    /// Replace the document (temp file, fsync, rename, fsync the folder); the bytes written.
+    fn write(&self, doc: &Document) -> Result<Vec<u8>, RegistryError> {
+        let path = self.registry_path();
+        let mut bytes = serde_json::to_vec_pretty(doc).expect("documents serialize");
+        bytes.push(b'\n');
+        let tmp = self
+            .home
+            .join(format!("{TEMP_PREFIX}{}", std::process::id()));
+        let mut f = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(self.io(tmp.clone(), "cannot write the registry"))?;
+        f.write_all(&bytes)
+            .and_then(|_| f.sync_all())
+            .map_err(self.io(tmp.clone(), "cannot write the registry"))?;
+        drop(f);
+        fs::rename(&tmp, &path).map_err(self.io(path.clone(), "cannot replace the registry"))?;
+        File::open(&self.home)
+            .and_then(|d| d.sync_all())
+            .map_err(self.io(self.home.clone(), "cannot sync the registry folder"))?;
+        Ok(bytes)
+    }
+}
+
+impl Store for FileStore {
+    fn location(&self) -> String {
+        self.registry_path().display().to_string()
+    }
+
+    fn load(&self) -> Result<Document, RegistryError> {
+        if !self.registry_path().exists() {
+            // Reading never creates anything: no file, no lock needed, an empty registry.
+            return match self.read(false)? {
+                Some(doc) => Ok(doc),
+                None => Ok(Document::default()),
+            };
+        }
+        let _lock = self.lock(false)?;
+        Ok(self.read(false)?.unwrap_or_default())
+    }
+
+    fn commit(
+        &self,
+        change: &mut Change<'_>,
+        now: OffsetDateTime,
+        actor: &Actor,
+        client: &Client,
+    ) -> Result<(), RegistryError> {
+        self.ensure_home()?;
+        let _lock = self.lock(true)?;
+        let events_path = self.events_path();
+        let existing = self.read(true)?;
+        self.remove_stale_temp_files();
+        let mut head = audit::open_head(&events_path)?;
+        let doc = match existing {
+            Some(doc) => {
+                if head.seq < doc.journal.seq {
+                    // The previous writer crashed between the rename and the append.
+                    let missing: Vec<Event> = doc
+                        .journal
+                        .events
+                        .iter()
+                        .filter(|e| e.seq > head.seq)
+                        .cloned()
+                        .collect();
+                    if missing.first().map(|e| (e.seq, e.prev.as_str())) != Some((head.seq + 1, head.hash.as_str())) {
+                        return Err(audit::AuditError::Broken {
+                            path: events_path,
+                            line: head.seq as usize,
+                            why: format!(
+                                "the log ends at seq {} but the registry's newest change is seq {}, and the events in between are not in its journal",
+                                head.seq, doc.journal.seq
+                            ),
+                        }
+                        .into());
+                    }
+                    tracing::warn!(from = head.seq + 1, to = doc.journal.seq, "appending events a crashed writer left out");
+                    head = audit::append(&events_path, &missing)?;
+                } else if head.seq > doc.journal.seq
+                    || (head.seq == doc.journal.seq && head.seq > 0 && head.hash != doc.journal.hash)
+                {
+                    return Err(audit::AuditError::Broken {
+                        path: events_path,
+                        line: head.seq as usize,
+                        why: format!(
+                            "the log's newest event (seq {}) is not the registry's (seq {}): was one of the files restored or edited?",
+                            head.seq, doc.journal.seq
+                        ),
+                    }
+                    .into());
+                }
+                doc
+            }
+            None => Document::default(),
+        };
+        let mut working = doc;
+        let drafts = change(&mut working)?;
+        if drafts.is_empty() {
+            return Ok(());
+        }
+        let events = journal(&mut working, &head, &drafts, now, actor, client);
+        let bytes = self.write(&working)?;
+        // The next read in this process finds these bytes: no need to parse them again.
+        self.parsed.put(bytes, working);
+        audit::append(&events_path, &events)?;
+        Ok(())
+    }
+
+    fn events(&self) -> Result<Vec<Event>, RegistryError> {
+        Ok(audit::read_all(&self.events_path())?)
+    }
+
+    fn verify_events(&self) -> Result<Verified, RegistryError> {
+        let doc = self.load()?;
+        Ok(audit::verify(&self.events_path(), journal_head(&doc).as_ref())?)
+    }
+}

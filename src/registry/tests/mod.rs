@@ -1,0 +1,151 @@
+//! Tests of the registry operations, from least to most powerful:
+//! - [`lifecycle`]: the reservation lifecycle, names, federation tags and the seed's
+//!   architecture test, on the in-memory store with a manual clock;
+//! - [`file_store`]: the same contract on the file store in a temporary folder: the seed's
+//!   file test, crash repair of the event log, and bad inputs that must change nothing;
+//! - [`properties`]: random sequences of operations on both stores, checked against a model.
+
+mod file_store;
+mod lifecycle;
+mod properties;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::macros::datetime;
+use time::OffsetDateTime;
+
+use super::memory::MemoryStore;
+use super::*;
+use crate::audit::{Actor, Client, Event};
+use crate::settings::{validate, RawSettings};
+
+/// The tests' "now" at start.
+pub(super) const T0: OffsetDateTime = datetime!(2024-03-01 12:00 UTC);
+/// The tests' reservation lifetime.
+pub(super) const TTL: Duration = Duration::from_secs(3600);
+
+/// A registry with its clock and store, for tests.
+pub(super) struct Lab {
+    pub registry: Registry,
+    pub clock: Arc<ManualClock>,
+    pub store: Arc<dyn Store>,
+}
+
+impl Lab {
+    /// The provider's default pools on an in-memory store.
+    pub fn memory() -> Lab {
+        Lab::on(Arc::new(MemoryStore::new()), default_pools())
+    }
+
+    /// `pools` on `store`, clock at [`T0`], TTL [`TTL`].
+    pub fn on(store: Arc<dyn Store>, pools: Pools) -> Lab {
+        let clock = Arc::new(ManualClock::at(T0));
+        let registry = Registry::new(
+            store.clone(),
+            pools,
+            TTL,
+            clock.clone(),
+            actor(),
+            Client::provider("1.0.3"),
+        );
+        Lab {
+            registry,
+            clock,
+            store,
+        }
+    }
+
+    /// Reserve `name` with automatic values; panics when refused.
+    pub fn reserve(&self, name: &str) -> Entry {
+        match self.registry.reserve(name, &Wants::auto(false), "netns", &[]) {
+            Ok(Planned::Reserved(e)) => e,
+            other => panic!("reserve {name}: {other:?}"),
+        }
+    }
+
+    /// Reserve and claim `name` (plan then apply); panics when refused.
+    pub fn create(&self, name: &str) -> Entry {
+        let planned = self.reserve(name);
+        self.registry
+            .claim(name, &planned.allocation, "netns", lab_record(), &[])
+            .unwrap_or_else(|e| panic!("claim {name}: {e}"))
+    }
+
+    /// The document and every event, to compare before and after a refused request.
+    pub fn state(&self) -> (Document, Vec<Event>) {
+        (
+            self.registry.snapshot().expect("document loads"),
+            self.store.events().expect("events load"),
+        )
+    }
+
+    /// Actions of every event, in order.
+    pub fn actions(&self) -> Vec<String> {
+        self.store
+            .events()
+            .expect("events load")
+            .into_iter()
+            .map(|e| format!("{} {}", e.action, e.subject))
+            .collect()
+    }
+
+    /// Move the clock.
+    pub fn advance(&self, d: Duration) {
+        self.clock.advance(d);
+    }
+}
+
+/// A fixed actor so events do not depend on the machine running the tests.
+pub(super) fn actor() -> Actor {
+    Actor {
+        user: "alice".into(),
+        uid: 1000,
+        host: "lab-host".into(),
+        pid: 4242,
+    }
+}
+
+/// The provider's default pools (host 192.168.56.0/21 /24, pod 10.240.0.0/12 /16 starting at
+/// 10.244.0.0/16, service 10.96.0.0/12 /16).
+pub(super) fn default_pools() -> Pools {
+    validate(&RawSettings::default()).expect("defaults are valid").pools
+}
+
+/// A lab shape for claims.
+pub(super) fn lab_record() -> LabRecord {
+    LabRecord {
+        control_planes: 1,
+        workers: 2,
+        settings: Default::default(),
+    }
+}
+
+/// Parse a CIDR literal.
+pub(super) fn n(s: &str) -> Ipv4Net {
+    s.parse().expect("test CIDR")
+}
+
+/// Every pair of networks held at `now` (by different entries, or two kinds of one entry)
+/// that overlap, in words. Empty when the registry is sound.
+pub(super) fn overlaps_among_holders(doc: &Document, now: OffsetDateTime) -> Vec<String> {
+    let held: Vec<(&str, Kind, Ipv4Net)> = doc
+        .instances
+        .values()
+        .filter(|e| e.holds(now))
+        .flat_map(|e| e.allocation.iter().map(move |(k, c)| (e.name.as_str(), k, c)))
+        .collect();
+    let mut found = Vec::new();
+    for (i, (na, ka, ca)) in held.iter().enumerate() {
+        for (nb, kb, cb) in held.iter().skip(i + 1) {
+            if crate::net::overlaps(ca, cb) {
+                found.push(format!(
+                    "{na}.{} ({ca}) overlaps {nb}.{} ({cb})",
+                    ka.attribute(),
+                    kb.attribute()
+                ));
+            }
+        }
+    }
+    found
+}

@@ -1,0 +1,573 @@
+//! `homelab_federation`: the opt-in, audited bridge between exactly two instances. Plan checks
+//! both instances exist (or are planned), refuses a pair already federated and warns, where a
+//! reviewer reads, exactly what becomes reachable; apply tags the registry (one audited event),
+//! then opens forwarding for this pair only, guest routes and NetworkPolicies; read finds missing
+//! pieces so the next plan repairs them; destroy takes every piece away.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tf_provider::schema::{AttributeType, Block, Description, Schema};
+use tf_provider::value::{Value, ValueEmpty};
+use tf_provider::{AttributePath, Diagnostics, Resource};
+
+use crate::backend::{BackendKind, OpControl};
+use crate::diagnostics::{self, attribute_error, Message, Report};
+use crate::federation::{pair_id, FederationError, Pair, Side};
+use crate::provider::{Configured, Shared};
+use crate::registry::{Entry, RegistryError, Status};
+use crate::resources::{known, val};
+use crate::schema::{attributes, computed, optional, optional_computed, required, string, string_list};
+
+/// `homelab_federation` state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FederationState {
+    /// `<a>+<b>`, names sorted.
+    pub id: Value<String>,
+    /// The two instance names (elements may be unknown until apply).
+    pub instances: Value<BTreeSet<Value<String>>>,
+    /// Why (recorded in the audit log).
+    pub reason: Value<String>,
+    /// Kubernetes namespaces that get the NetworkPolicy.
+    pub namespaces: Value<Vec<String>>,
+    /// Routes and forwarding rules added.
+    pub routes: Value<Vec<String>>,
+    /// NetworkPolicies applied.
+    pub policies: Value<Vec<String>>,
+    /// When it was created.
+    pub created_at: Value<String>,
+    /// `complete`, or what is missing.
+    pub state: Value<String>,
+}
+
+/// The resource.
+pub struct FederationResource {
+    shared: Arc<Shared>,
+}
+
+const COMPLETE: &str = "complete";
+const OP_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl FederationResource {
+    /// The resource on the provider's shared state.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        FederationResource { shared }
+    }
+
+    /// Its schema.
+    pub fn resource_schema() -> Schema {
+        Schema {
+            version: 1,
+            block: Block {
+                version: 1,
+                description: Description::markdown(
+                    "Federates exactly two instances: forwarding between their subnets on the lab's host for this pair \
+                     only (never IPv4 forwarding alone: an nftables table of the provider on `netns`, rules ahead of \
+                     libvirt's on libvirt), a route to the peer's subnet in every node, a NetworkPolicy \
+                     `homelab-federation-<peer>` admitting the peer's pod CIDR and subnet in each cluster, a registry tag \
+                     and an audit event. Isolation is the default; this is the one audited exception. Every plan that \
+                     creates one warns what becomes reachable. Federation is not transitive.\n\n\
+                     Note: a NetworkPolicy selecting every pod of a namespace makes those pods admit only what some policy \
+                     allows; in a namespace without other policies, add your own allow rules for in-cluster traffic.",
+                ),
+                attributes: attributes(vec![
+                    ("id", computed(string(), "`<a>+<b>`, the two names sorted.")),
+                    ("instances", required(AttributeType::Set(Box::new(AttributeType::String)), "The two distinct instances to federate (use references such as `homelab_instance.acme.name` so Terraform creates them first and destroys the federation first). Changing it replaces the federation.")),
+                    ("reason", optional(string(), "Why the two instances are federated; recorded in the audit log (changes are recorded too).")),
+                    ("namespaces", optional_computed(string_list(), "Kubernetes namespaces that get the NetworkPolicy in each cluster. Default `[\"default\"]`. Only instances with a cluster (Vagrant with `provision`) get policies.")),
+                    ("routes", computed(string_list(), "One human-readable line per forwarding rule, host setting or guest route put in place.")),
+                    ("policies", computed(string_list(), "`<instance>/<namespace>/<name>` of every NetworkPolicy applied; empty when neither instance has a cluster (`netns` instances have none: no policy applies).")),
+                    ("created_at", computed(string(), "When the federation was created (RFC 3339).")),
+                    ("state", computed(string(), "`complete` when every piece is in place; otherwise what is missing (forwarding rule, guest route, policy, registry tag), and the next plan shows the repair.")),
+                ]),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// The two names, when every element is known.
+fn names(s: &FederationState) -> Option<(String, String)> {
+    let set = known(&s.instances)?;
+    let v: Vec<String> = set.iter().map(known).collect::<Option<Vec<String>>>()?;
+    (v.len() == 2).then(|| (v[0].clone(), v[1].clone()))
+}
+
+fn namespaces(s: &FederationState) -> Vec<String> {
+    known(&s.namespaces).unwrap_or_else(|| vec!["default".to_string()])
+}
+
+fn ctx_name(id: &str) -> String {
+    format!("homelab_federation {id:?}")
+}
+
+impl Report for FederationError {
+    fn summary(&self) -> String {
+        match self {
+            FederationError::Registry(e) => e.summary(),
+            FederationError::Invalid(_) => "Cannot federate these instances".into(),
+            FederationError::Backend { .. } => "A guest or backend step failed".into(),
+            FederationError::HostNet { .. } => "A host forwarding step failed".into(),
+            FederationError::K8s { .. } => "A Kubernetes step failed".into(),
+        }
+    }
+    fn detail(&self) -> String {
+        match self {
+            FederationError::K8s { source, .. } => {
+                let hint = match source.status_code() {
+                    Some(401) | Some(403) => "\n\nCheck that the kubeconfig's user may manage networkpolicies (RBAC).",
+                    None => "\n\nIs the cluster running (`vagrant status` in the instance folder)?",
+                    _ => "",
+                };
+                format!("{self}{hint}")
+            }
+            _ => self.to_string(),
+        }
+    }
+    fn attribute(&self) -> Option<AttributePath> {
+        match self {
+            FederationError::Registry(RegistryError::AlreadyFederated { .. })
+            | FederationError::Registry(RegistryError::NotFound { .. })
+            | FederationError::Invalid(_) => Some(AttributePath::new("instances")),
+            _ => None,
+        }
+    }
+}
+
+impl FederationResource {
+    fn entries(ctx: &Configured, a: &str, b: &str) -> Result<(Option<Entry>, Option<Entry>), RegistryError> {
+        let doc = ctx.registry.snapshot()?;
+        Ok((doc.instances.get(a).cloned(), doc.instances.get(b).cloned()))
+    }
+
+    fn pair(ctx: &Configured, a: Entry, b: Entry) -> Result<Pair, FederationError> {
+        let home = &ctx.settings.home;
+        let sa = Side::from_entry(a, ctx.backends.as_ref(), home)?;
+        let sb = Side::from_entry(b, ctx.backends.as_ref(), home)?;
+        Pair::new(sa, sb)
+    }
+
+    fn allocated_pair(ctx: &Configured, a: &str, b: &str) -> Result<Pair, FederationError> {
+        let (ea, eb) = Self::entries(ctx, a, b)?;
+        let get = |e: Option<Entry>, n: &str| match e {
+            Some(e) if e.status == Status::Allocated => Ok(e),
+            Some(_) => Err(FederationError::Registry(RegistryError::NotAllocated { name: n.into() })),
+            None => Err(FederationError::Registry(RegistryError::NotFound { name: n.into() })),
+        };
+        Self::pair(ctx, get(ea, a)?, get(eb, b)?)
+    }
+}
+
+#[async_trait]
+impl Resource for FederationResource {
+    type State<'a> = FederationState;
+    type PrivateState<'a> = ValueEmpty;
+    type ProviderMetaState<'a> = ValueEmpty;
+
+    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
+        Some(Self::resource_schema())
+    }
+
+    async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::State<'a>) -> Option<()> {
+        if let Value::Value(set) = &config.instances {
+            let all_known = set.iter().all(|v| v.is_value());
+            if all_known && set.len() != 2 {
+                attribute_error(
+                    diags,
+                    "instances",
+                    "A federation joins exactly two instances".into(),
+                    format!("`instances` holds {} distinct name(s): {set:?}. Give two different instance names.", set.len()),
+                );
+            }
+            for n in set.iter().filter_map(known) {
+                if let Err(e) = crate::registry::validate_name(&n) {
+                    diagnostics::error(diags, "", &Message { summary: e.summary(), detail: e.detail(), attribute: Some("instances") });
+                }
+            }
+        }
+        if let Value::Value(nss) = &config.namespaces {
+            for ns in nss {
+                let ok = !ns.is_empty()
+                    && ns.len() <= 63
+                    && ns.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && !ns.starts_with('-')
+                    && !ns.ends_with('-');
+                if !ok {
+                    attribute_error(diags, "namespaces", "Invalid Kubernetes namespace".into(), format!("{ns:?} is not a Kubernetes namespace name (a DNS label of at most 63 characters)"));
+                }
+            }
+        }
+        Some(())
+    }
+
+    async fn read<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        state: Self::State<'a>,
+        private_state: Self::PrivateState<'a>,
+        _meta: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let ctx = self.shared.get(diags)?;
+        let (a, b) = names(&state)?;
+        let id = pair_id(&a, &b);
+        let (ea, eb) = match Self::entries(&ctx, &a, &b) {
+            Ok(x) => x,
+            Err(e) => {
+                diagnostics::error(diags, &ctx_name(&id), &e);
+                return Some((state, private_state));
+            }
+        };
+        let (Some(ea), Some(eb)) = (ea, eb) else {
+            tracing::info!(federation = %id, "an instance of the pair is gone: the federation is gone");
+            return None;
+        };
+        let mut missing = Vec::new();
+        if !ea.federated.contains(&b) || !eb.federated.contains(&a) {
+            missing.push("registry tag".to_string());
+        }
+        match Self::pair(&ctx, ea, eb) {
+            Ok(pair) => match pair.missing(&namespaces(&state)).await {
+                Ok(m) => missing.extend(m),
+                Err(e) => {
+                    diagnostics::error(diags, &format!("{}: reading its pieces", ctx_name(&id)), &e);
+                    return Some((state, private_state));
+                }
+            },
+            Err(e) => missing.push(e.to_string()),
+        }
+        let mut new = state;
+        new.id = val(id);
+        new.state = val(if missing.is_empty() { COMPLETE.into() } else { format!("missing: {}", missing.join("; ")) });
+        Some((new, private_state))
+    }
+
+    async fn plan_create<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        proposed_state: Self::State<'a>,
+        config_state: Self::State<'a>,
+        _meta: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let ctx = self.shared.get(diags)?;
+        let mut planned = proposed_state;
+        planned.namespaces = match &config_state.namespaces {
+            Value::Null => val(vec!["default".to_string()]),
+            other => other.clone(),
+        };
+        planned.routes = Value::Unknown;
+        planned.policies = Value::Unknown;
+        planned.created_at = Value::Unknown;
+        planned.state = Value::Unknown;
+        let Some((a, b)) = names(&config_state) else {
+            // Names unknown until apply: they are checked then.
+            planned.id = Value::Unknown;
+            return Some((planned, Value::Null));
+        };
+        let id = pair_id(&a, &b);
+        planned.id = val(id.clone());
+        let context = ctx_name(&id);
+        let (ea, eb) = match Self::entries(&ctx, &a, &b) {
+            Ok(x) => x,
+            Err(e) => {
+                diagnostics::error(diags, &context, &e);
+                return None;
+            }
+        };
+        let now = ctx.registry.now();
+        let mut present = Vec::new();
+        for (n, e) in [(&a, &ea), (&b, &eb)] {
+            match e {
+                Some(e) if e.holds(now) => present.push(e.clone()),
+                _ => {
+                    attribute_error(
+                        diags,
+                        "instances",
+                        format!("No instance `{n}` to federate"),
+                        format!("`{n}` is neither in the registry ({}) nor planned in this configuration. Declare it as a homelab_instance and refer to it (`homelab_instance.{n}.name`) so it is planned first.", ctx.registry.store().location()),
+                    );
+                }
+            }
+        }
+        if present.len() != 2 {
+            return None;
+        }
+        if present[0].federated.contains(&b) || present[1].federated.contains(&a) {
+            let e = FederationError::Registry(RegistryError::AlreadyFederated { a: a.clone(), b: b.clone() });
+            diagnostics::error(diags, &context, &e);
+            return None;
+        }
+        // Touching the host needs privileges: fail at plan, before anything changes.
+        let kind = BackendKind::parse(&present[0].backend).unwrap_or(ctx.choices.default_backend);
+        let settings = present[0].lab.as_ref().map(|l| l.settings.clone()).unwrap_or_else(|| ctx.backends.lab_settings(kind));
+        if let Err(e) = ctx.backends.backend(kind, &settings).forwarding().preflight().await {
+            diagnostics::error(diags, &context, &e);
+            return None;
+        }
+        let (pa, pb) = (&present[0], &present[1]);
+        diagnostics::warning(
+            diags,
+            format!("Federation {id} opens a path between two isolated instances"),
+            format!(
+                "Once applied, these become reachable, in both directions:\n  {} (subnet {}, pod CIDR {}) <-> {} (subnet {}, pod CIDR {})\n\
+                 Forwarding is opened for this pair only; every node gets a route to the peer's subnet; clusters get a NetworkPolicy admitting the peer's pod CIDR and subnet in {:?}. \
+                 Other instances stay unreachable and federation is not transitive. The change is recorded in the audit log{}.",
+                pa.name, pa.allocation.subnet, pa.allocation.pod_cidr, pb.name, pb.allocation.subnet, pb.allocation.pod_cidr,
+                known(&planned.namespaces).unwrap_or_default(),
+                known(&config_state.reason).map(|r| format!(" with the reason {r:?}")).unwrap_or_default(),
+            ),
+        );
+        Some((planned, Value::Null))
+    }
+
+    async fn plan_update<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        prior_state: Self::State<'a>,
+        proposed_state: Self::State<'a>,
+        config_state: Self::State<'a>,
+        prior_private_state: Self::PrivateState<'a>,
+        _meta: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>, Vec<AttributePath>)> {
+        let _ = self.shared.get(diags)?;
+        let mut planned = proposed_state;
+        let mut replace = Vec::new();
+        if config_state.instances != prior_state.instances {
+            replace.push(AttributePath::new("instances"));
+        }
+        planned.namespaces = match &config_state.namespaces {
+            Value::Null => val(vec!["default".to_string()]),
+            other => other.clone(),
+        };
+        let repair = known(&prior_state.state).as_deref() != Some(COMPLETE);
+        if planned.namespaces != prior_state.namespaces || repair || !replace.is_empty() {
+            planned.routes = Value::Unknown;
+            planned.policies = Value::Unknown;
+        }
+        planned.state = val(COMPLETE.to_string());
+        if !replace.is_empty() {
+            planned.created_at = Value::Unknown;
+            planned.id = Value::Unknown;
+            planned.state = Value::Unknown;
+        }
+        Some((planned, prior_private_state, replace))
+    }
+
+    async fn plan_destroy<'a>(
+        &self,
+        _diags: &mut Diagnostics,
+        _prior_state: Self::State<'a>,
+        prior_private_state: Self::PrivateState<'a>,
+        _meta: Self::ProviderMetaState<'a>,
+    ) -> Option<Self::PrivateState<'a>> {
+        Some(prior_private_state)
+    }
+
+    async fn create<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        planned_state: Self::State<'a>,
+        config_state: Self::State<'a>,
+        planned_private_state: Self::PrivateState<'a>,
+        _meta: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let ctx = self.shared.get(diags)?;
+        let Some((a, b)) = names(&config_state) else {
+            attribute_error(diags, "instances", "A federation joins exactly two instances".into(), "`instances` must hold two distinct names.".into());
+            return None;
+        };
+        let id = pair_id(&a, &b);
+        let context = ctx_name(&id);
+        let pair = match Self::allocated_pair(&ctx, &a, &b) {
+            Ok(p) => p,
+            Err(e) => {
+                diagnostics::error(diags, &context, &e);
+                return None;
+            }
+        };
+        let nss = namespaces(&planned_state);
+        let opened: Vec<String> = pair.reachability();
+        // The registry tag first: it claims the pair atomically, so a second configuration
+        // federating the same pair at the same time is refused, and it carries the audit event.
+        let details = json!({
+            "reason": known(&config_state.reason),
+            "opened": opened,
+            "namespaces": nss,
+            "cidrs": {
+                a.clone(): {"subnet": pair.a.spec.subnet.to_string(), "pod_cidr": pair.a.spec.pod_cidr.to_string()},
+                b.clone(): {"subnet": pair.b.spec.subnet.to_string(), "pod_cidr": pair.b.spec.pod_cidr.to_string()},
+            },
+        });
+        if let Err(e) = ctx.registry.federate(&a, &b, details) {
+            diagnostics::error(diags, &context, &e);
+            return None;
+        }
+        tracing::warn!(federation = %id, "federation created: {}", opened.join("; "));
+        let mut state = planned_state;
+        state.id = val(id.clone());
+        state.namespaces = val(nss.clone());
+        state.created_at = val(crate::registry::rfc3339(ctx.registry.now()));
+        let ctl = OpControl { timeout: OP_TIMEOUT, cancel: tf_provider::stop_token() };
+        match pair.open(&nss, &ctl).await {
+            Ok(done) => {
+                state.routes = val(done.routes);
+                state.policies = val(done.policies);
+                state.state = val(COMPLETE.into());
+            }
+            Err((done, e)) => {
+                // Record what is in place: Terraform keeps it (tainted), destroy takes it away.
+                diagnostics::error(diags, &context, &e);
+                state.routes = val(done.routes);
+                state.policies = val(done.policies);
+                state.state = val(format!("incomplete: {e}"));
+            }
+        }
+        Some((state, planned_private_state))
+    }
+
+    async fn update<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        prior_state: Self::State<'a>,
+        planned_state: Self::State<'a>,
+        config_state: Self::State<'a>,
+        planned_private_state: Self::PrivateState<'a>,
+        _meta: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let ctx = self.shared.get(diags)?;
+        let (a, b) = names(&config_state)?;
+        let id = pair_id(&a, &b);
+        let context = ctx_name(&id);
+        let pair = match Self::allocated_pair(&ctx, &a, &b) {
+            Ok(p) => p,
+            Err(e) => {
+                diagnostics::error(diags, &context, &e);
+                return None;
+            }
+        };
+        match ctx.registry.retag(&a, &b) {
+            Ok(true) => tracing::warn!(federation = %id, "registry tags restored"),
+            Ok(false) => {}
+            Err(e) => {
+                diagnostics::error(diags, &context, &e);
+                return None;
+            }
+        }
+        if config_state.reason != prior_state.reason {
+            if let Err(e) = ctx.registry.record(
+                "federation.update",
+                &id,
+                json!({"reason": {"before": known(&prior_state.reason), "after": known(&config_state.reason)}}),
+            ) {
+                diagnostics::error(diags, &context, &e);
+                return None;
+            }
+        }
+        let ctl = OpControl { timeout: OP_TIMEOUT, cancel: tf_provider::stop_token() };
+        let nss = namespaces(&planned_state);
+        let dropped: Vec<String> = namespaces(&prior_state).into_iter().filter(|n| !nss.contains(n)).collect();
+        if !dropped.is_empty() {
+            if let Err(e) = pair.close_policies(&dropped).await {
+                diagnostics::error(diags, &context, &e);
+                return Some((prior_state, planned_private_state));
+            }
+        }
+        let mut state = planned_state;
+        match pair.open(&nss, &ctl).await {
+            Ok(done) => {
+                state.routes = val(done.routes);
+                state.policies = val(done.policies);
+                state.state = val(COMPLETE.into());
+            }
+            Err((done, e)) => {
+                diagnostics::error(diags, &context, &e);
+                state.routes = val(done.routes);
+                state.policies = val(done.policies);
+                state.state = val(format!("incomplete: {e}"));
+            }
+        }
+        Some((state, planned_private_state))
+    }
+
+    async fn destroy<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        prior_state: Self::State<'a>,
+        _planned_private_state: Self::PrivateState<'a>,
+        _meta: Self::ProviderMetaState<'a>,
+    ) -> Option<()> {
+        let ctx = self.shared.get(diags)?;
+        let (a, b) = names(&prior_state)?;
+        let id = pair_id(&a, &b);
+        let context = ctx_name(&id);
+        let ctl = OpControl { timeout: OP_TIMEOUT, cancel: tf_provider::stop_token() };
+        let (ea, eb) = match Self::entries(&ctx, &a, &b) {
+            Ok(x) => x,
+            Err(e) => {
+                diagnostics::error(diags, &context, &e);
+                return None;
+            }
+        };
+        let mut closed = Vec::new();
+        if let (Some(ea), Some(eb)) = (ea, eb) {
+            match Self::pair(&ctx, ea, eb) {
+                Ok(pair) => {
+                    closed = pair.reachability();
+                    if let Err(e) = pair.close(&namespaces(&prior_state), &ctl).await {
+                        diagnostics::error(diags, &context, &e);
+                        return None;
+                    }
+                }
+                Err(e) => tracing::warn!(federation = %id, error = %e, "instances no longer form a pair; removing the registry tags only"),
+            }
+        }
+        if let Err(e) = ctx.registry.unfederate(&a, &b, json!({"closed": closed, "reason": known(&prior_state.reason)})) {
+            diagnostics::error(diags, &context, &e);
+            return None;
+        }
+        Some(())
+    }
+
+    async fn import<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        id: String,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let ctx = self.shared.get(diags)?;
+        let parts: Vec<&str> = id.split('+').collect();
+        if parts.len() != 2 {
+            diags.root_error(
+                format!("Cannot import homelab_federation {id:?}"),
+                "The id of a federation is the two instance names joined by `+`, e.g. `acme+globex`.",
+            );
+            return None;
+        }
+        let (a, b) = (parts[0].to_string(), parts[1].to_string());
+        match Self::entries(&ctx, &a, &b) {
+            Ok((Some(ea), Some(eb))) if ea.federated.contains(&b) || eb.federated.contains(&a) => {}
+            Ok(_) => {
+                diags.root_error(
+                    format!("Cannot import homelab_federation {id:?}"),
+                    format!("The registry records no federation between `{a}` and `{b}`."),
+                );
+                return None;
+            }
+            Err(e) => {
+                diagnostics::error(diags, &ctx_name(&id), &e);
+                return None;
+            }
+        }
+        let state = FederationState {
+            id: val(pair_id(&a, &b)),
+            instances: val([val(a), val(b)].into_iter().collect()),
+            namespaces: val(vec!["default".to_string()]),
+            state: val(COMPLETE.into()),
+            ..Default::default()
+        };
+        Some((state, Value::Null))
+    }
+}

@@ -1,0 +1,1057 @@
+//! `homelab_instance`: one client's lab. Plan reserves its networks in the registry so the plan
+//! shows concrete CIDRs and proves they overlap nothing; apply claims them and converges the
+//! backend; read reconciles with the registry and the backend (gone → re-create, damaged →
+//! repair); import adopts a registry entry and its lab; destroy tears the lab down and releases
+//! the networks.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tf_provider::schema::{Attribute, Block, Description, NestedBlock, Schema};
+use tf_provider::value::{self, Value, ValueEmpty};
+use tf_provider::{AttributePath, Diagnostics, Resource};
+
+use crate::backend::{
+    self, Backend, BackendKind, LabSpec, LabStatus, OpControl, VagrantOptions, MAX_CONTROL_PLANES,
+    MAX_WORKERS,
+};
+use crate::diagnostics::{self, attribute_error, Message};
+use crate::net;
+use crate::provider::{Configured, Shared};
+use crate::registry::{Allocation, Entry, LabRecord, Planned, Status, Want, Wants};
+use crate::resources::{known, val};
+use crate::schema::{
+    attributes, boolean, computed, number, object, optional, optional_computed, required,
+    sensitive, string, string_list,
+};
+use crate::settings;
+
+/// One node in state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    /// Node name.
+    pub name: Value<String>,
+    /// `control-plane` or `worker`.
+    pub role: Value<String>,
+    /// Address on the instance subnet.
+    pub ip: Value<String>,
+}
+
+/// The `timeouts` block.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Timeouts {
+    /// Create timeout.
+    pub create: Value<String>,
+    /// Update timeout.
+    pub update: Value<String>,
+    /// Delete timeout.
+    pub delete: Value<String>,
+}
+
+/// `homelab_instance` state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InstanceState {
+    /// = name.
+    pub id: Value<String>,
+    /// Instance name.
+    pub name: Value<String>,
+    /// `netns` / `vagrant`.
+    pub backend: Value<String>,
+    /// Control plane count.
+    pub control_planes: Value<i64>,
+    /// Worker count.
+    pub workers: Value<i64>,
+    /// Host-only subnet.
+    pub subnet: Value<String>,
+    /// Pod CIDR.
+    pub pod_cidr: Value<String>,
+    /// Service CIDR.
+    pub service_cidr: Value<String>,
+    /// Management network (libvirt).
+    pub mgmt_cidr: Value<String>,
+    /// Gateway (.1).
+    pub gateway: Value<String>,
+    /// Nodes.
+    pub nodes: Value<Vec<NodeState>>,
+    /// Federation peers.
+    pub federated_with: Value<Vec<String>>,
+    /// Allocation time.
+    pub created_at: Value<String>,
+    /// Lab state summary.
+    pub state: Value<String>,
+    /// Vagrant box.
+    #[serde(rename = "box")]
+    pub box_name: Value<String>,
+    /// Vagrant box version.
+    pub box_version: Value<String>,
+    /// vCPUs per VM.
+    pub cpus: Value<i64>,
+    /// Memory per VM.
+    pub memory_mb: Value<i64>,
+    /// Kubernetes minor.
+    pub kubernetes_version: Value<String>,
+    /// Install Kubernetes.
+    pub provision: Value<bool>,
+    /// Instance folder.
+    pub dir: Value<String>,
+    /// Vagrantfile path.
+    pub vagrantfile_path: Value<String>,
+    /// kubeconfig path.
+    pub kubeconfig_path: Value<String>,
+    /// kubeconfig content.
+    pub kubeconfig: Value<String>,
+    /// API endpoint.
+    pub api_endpoint: Value<String>,
+    /// Timeouts.
+    #[serde(with = "value::serde_as_vec")]
+    pub timeouts: Value<Timeouts>,
+}
+
+/// The resource.
+pub struct InstanceResource {
+    shared: Arc<Shared>,
+}
+
+const VAGRANT_ONLY: [&str; 6] = ["box", "box_version", "cpus", "memory_mb", "kubernetes_version", "provision"];
+/// Default control planes.
+pub const DEFAULT_CONTROL_PLANES: i64 = 1;
+/// Default workers.
+pub const DEFAULT_WORKERS: i64 = 2;
+
+fn default_timeout(kind: BackendKind, op: &str) -> Duration {
+    match (kind, op) {
+        (BackendKind::Netns, _) => Duration::from_secs(300),
+        (BackendKind::Vagrant, "delete") => Duration::from_secs(15 * 60),
+        (BackendKind::Vagrant, _) => Duration::from_secs(30 * 60),
+    }
+}
+
+impl InstanceResource {
+    /// The resource on the provider's shared state.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        InstanceResource { shared }
+    }
+
+    /// Its schema.
+    pub fn resource_schema() -> Schema {
+        let node = object(&[("name", string()), ("role", string()), ("ip", string())]);
+        let timeouts = Block {
+            version: 1,
+            description: Description::markdown("How long each operation may take before it is stopped."),
+            attributes: attributes(vec![
+                ("create", optional(string(), "Create timeout, a duration such as `10m`. Default 5m for `netns`, 30m for `vagrant`.")),
+                ("update", optional(string(), "Update timeout (adding or removing workers, repairs). Default 5m for `netns`, 30m for `vagrant`.")),
+                ("delete", optional(string(), "Delete timeout. Default 5m for `netns`, 15m for `vagrant`.")),
+            ]),
+            ..Default::default()
+        };
+        let attrs: Vec<(&str, Attribute)> = vec![
+            ("id", computed(string(), "The instance name.")),
+            ("name", required(string(), "Instance name: a lowercase DNS label of 1 to 32 characters, starting with a letter and not ending with `-`. It names the VMs or namespaces, the instance folder and the registry entry. Changing it replaces the instance.")),
+            ("backend", optional_computed(string(), "`netns` (network namespaces: for CI and quick labs) or `vagrant` (VMs). Default: the provider's `default_backend`. Changing it replaces the instance.")),
+            ("control_planes", optional_computed(number(), "Number of control-plane nodes, 1 to 3 (default 1), at .10, .11, .12 of the subnet. Changing it replaces the instance.")),
+            ("workers", optional_computed(number(), "Number of worker nodes, 0 to 10 (default 2), from .20 up. Updated in place: nodes are added or removed, the others are untouched.")),
+            ("subnet", optional_computed(string(), "Host-only subnet. Not set: the first free slot of the provider's `host_pool`, shown as a concrete value at plan (held by a reservation until apply). Set: must be a canonical CIDR of the pool's prefix that overlaps nothing. Changing it replaces the instance.")),
+            ("pod_cidr", optional_computed(string(), "Kubernetes pod CIDR. Not set: the first free slot of `pod_pool` (10.244.0.0/16 for the first instance). Set: checked like `subnet`. Changing it replaces the instance.")),
+            ("service_cidr", optional_computed(string(), "Kubernetes service CIDR. Not set: the first free slot of `service_pool` (10.96.0.0/16 for the first instance). Set: checked like `subnet`. Changing it replaces the instance.")),
+            ("mgmt_cidr", computed(string(), "The instance's own isolated management network (Vagrant on libvirt only; null otherwise).")),
+            ("gateway", computed(string(), "The host's address on the subnet (.1).")),
+            ("nodes", computed(AttributeTypeList::of(node), "Nodes: `name` (`<name>-cp-1`…, `<name>-worker-1`…), `role` (`control-plane` or `worker`) and `ip`.")),
+            ("federated_with", computed(string_list(), "Instances this one is federated with (see `homelab_federation`).")),
+            ("created_at", computed(string(), "When the instance was allocated (RFC 3339).")),
+            ("state", computed(string(), "What the backend reports: `running` when every node is up and wired as planned; otherwise what is wrong (a plan then shows the repair).")),
+            ("box", optional_computed(string(), "Vagrant only: box name. Default `bento/ubuntu-24.04`. Changing it replaces the instance.")),
+            ("box_version", optional(string(), "Vagrant only: box version constraint.")),
+            ("cpus", optional_computed(number(), "Vagrant only: vCPUs per VM (default 2).")),
+            ("memory_mb", optional_computed(number(), "Vagrant only: memory per VM in MiB (default 2048).")),
+            ("kubernetes_version", optional_computed(string(), "Vagrant only: Kubernetes minor version to install with kubeadm (default `1.33`).")),
+            ("provision", optional_computed(boolean(), "Vagrant only: install Kubernetes (containerd, kubeadm, Cilium) and join the workers (default true); false gives plain VMs.")),
+            ("dir", computed(string(), "Vagrant only: the instance folder `<home>/instances/<name>`.")),
+            ("vagrantfile_path", computed(string(), "Vagrant only: the generated Vagrantfile.")),
+            ("kubeconfig_path", computed(string(), "Vagrant with `provision` only: the kubeconfig file (mode 0600).")),
+            ("kubeconfig", sensitive(computed(string(), "Vagrant with `provision` only: the kubeconfig's content."))),
+            ("api_endpoint", computed(string(), "Vagrant with `provision` only: `https://<cp-1 ip>:6443`.")),
+        ];
+        let mut blocks = std::collections::HashMap::new();
+        blocks.insert("timeouts".to_string(), NestedBlock::Optional(timeouts));
+        Schema {
+            version: 1,
+            block: Block {
+                version: 1,
+                description: Description::markdown(
+                    "An isolated lab for one client: its own host-only subnet, pod CIDR and service CIDR, disjoint from every \
+                     other instance and from the host's own networks, checked at plan time. The `netns` backend builds each node \
+                     as a network namespace on a bridge inside a lab-host namespace; the `vagrant` backend builds VMs.",
+                ),
+                attributes: attributes(attrs),
+                blocks,
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// `list(object(...))`.
+struct AttributeTypeList;
+impl AttributeTypeList {
+    fn of(t: tf_provider::schema::AttributeType) -> tf_provider::schema::AttributeType {
+        tf_provider::schema::AttributeType::List(Box::new(t))
+    }
+}
+
+fn ctx_name(name: &str) -> String {
+    format!("homelab_instance {name:?}")
+}
+
+/// What the configuration asks for, with defaults applied.
+#[derive(Debug, Clone)]
+struct Desired {
+    name: String,
+    kind: BackendKind,
+    control_planes: u32,
+    workers: u32,
+    vagrant: Option<VagrantOptions>,
+}
+
+fn vagrant_options(s: &InstanceState) -> VagrantOptions {
+    VagrantOptions {
+        r#box: known(&s.box_name).unwrap_or_else(|| backend::vagrant::DEFAULT_BOX.to_string()),
+        box_version: known(&s.box_version),
+        cpus: known(&s.cpus).map(|c| c as u32).unwrap_or(backend::vagrant::DEFAULT_CPUS),
+        memory_mb: known(&s.memory_mb).map(|c| c as u32).unwrap_or(backend::vagrant::DEFAULT_MEMORY_MB),
+        kubernetes_version: known(&s.kubernetes_version)
+            .unwrap_or_else(|| backend::vagrant::DEFAULT_KUBERNETES_VERSION.to_string()),
+        provision: known(&s.provision).unwrap_or(true),
+    }
+}
+
+/// Checks that need no provider configuration (values may be unknown).
+fn validate_config(diags: &mut Diagnostics, c: &InstanceState) {
+    if let Value::Value(name) = &c.name {
+        if let Err(e) = crate::registry::validate_name(name) {
+            diagnostics::error(diags, "", &e);
+        }
+    }
+    if let Value::Value(b) = &c.backend {
+        if BackendKind::parse(b).is_none() {
+            attribute_error(diags, "backend", "Invalid backend".into(), format!("{b:?} is not `netns` or `vagrant`"));
+        }
+    }
+    if let Value::Value(n) = c.control_planes {
+        if !(1..=i64::from(MAX_CONTROL_PLANES)).contains(&n) {
+            attribute_error(diags, "control_planes", "Invalid control_planes".into(), format!("{n} is not between 1 and {MAX_CONTROL_PLANES}"));
+        }
+    }
+    if let Value::Value(n) = c.workers {
+        if !(0..=i64::from(MAX_WORKERS)).contains(&n) {
+            attribute_error(diags, "workers", "Invalid workers".into(), format!("{n} is not between 0 and {MAX_WORKERS}"));
+        }
+    }
+    for (attr, v) in [("subnet", &c.subnet), ("pod_cidr", &c.pod_cidr), ("service_cidr", &c.service_cidr)] {
+        if let Value::Value(text) = v {
+            if let Err(e) = settings::cidr_setting(attr, text) {
+                attribute_error(diags, attr, format!("Invalid {attr}"), e.message);
+            }
+        }
+    }
+    for (attr, v) in [("cpus", c.cpus), ("memory_mb", c.memory_mb)] {
+        if let Value::Value(n) = v {
+            let min = if attr == "cpus" { 1 } else { 256 };
+            if n < min || n > 1 << 20 {
+                attribute_error(diags, attr, format!("Invalid {attr}"), format!("{n} is out of range (at least {min})"));
+            }
+        }
+    }
+    if let Value::Value(k) = &c.kubernetes_version {
+        let ok = {
+            let parts: Vec<&str> = k.split('.').collect();
+            (2..=3).contains(&parts.len()) && parts.iter().all(|p| !p.is_empty() && p.chars().all(|ch| ch.is_ascii_digit()))
+        };
+        if !ok {
+            attribute_error(diags, "kubernetes_version", "Invalid kubernetes_version".into(), format!("{k:?} is not a version such as `1.33` or `1.33.2`"));
+        }
+    }
+    if let Value::Value(t) = &c.timeouts {
+        for (attr, v) in [("create", &t.create), ("update", &t.update), ("delete", &t.delete)] {
+            if let Value::Value(text) = v {
+                if let Err(e) = settings::parse_duration(text) {
+                    diags.error(
+                        format!("Invalid timeouts.{attr}"),
+                        e,
+                        AttributePath::new("timeouts").index(0).attribute(attr),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn vagrant_only_set(c: &InstanceState) -> Vec<&'static str> {
+    let mut set = Vec::new();
+    if !c.box_name.is_null() {
+        set.push("box");
+    }
+    if !c.box_version.is_null() {
+        set.push("box_version");
+    }
+    if !c.cpus.is_null() {
+        set.push("cpus");
+    }
+    if !c.memory_mb.is_null() {
+        set.push("memory_mb");
+    }
+    if !c.kubernetes_version.is_null() {
+        set.push("kubernetes_version");
+    }
+    if !c.provision.is_null() {
+        set.push("provision");
+    }
+    set
+}
+
+fn desired(ctx: &Configured, diags: &mut Diagnostics, config: &InstanceState) -> Option<Desired> {
+    let name = known(&config.name)?;
+    let kind = match &config.backend {
+        Value::Value(b) => BackendKind::parse(b)?,
+        _ => ctx.choices.default_backend,
+    };
+    if kind == BackendKind::Netns {
+        for attr in vagrant_only_set(config) {
+            attribute_error(
+                diags,
+                attr,
+                format!("`{attr}` is only for the vagrant backend"),
+                format!("Instance {name:?} uses the netns backend, which has no VMs: remove `{attr}` or set `backend = \"vagrant\"`. (Vagrant-only attributes: {}.)", VAGRANT_ONLY.join(", ")),
+            );
+        }
+    }
+    Some(Desired {
+        name,
+        kind,
+        control_planes: known(&config.control_planes).unwrap_or(DEFAULT_CONTROL_PLANES) as u32,
+        workers: known(&config.workers).unwrap_or(DEFAULT_WORKERS) as u32,
+        vagrant: (kind == BackendKind::Vagrant).then(|| vagrant_options(config)),
+    })
+}
+
+fn timeout(state: &InstanceState, kind: BackendKind, op: &str) -> Duration {
+    let t = known(&state.timeouts).unwrap_or_default();
+    let v = match op {
+        "create" => &t.create,
+        "update" => &t.update,
+        _ => &t.delete,
+    };
+    known(v)
+        .and_then(|s| settings::parse_duration(&s).ok())
+        .unwrap_or_else(|| default_timeout(kind, op))
+}
+
+fn op_control(state: &InstanceState, kind: BackendKind, op: &str) -> OpControl {
+    OpControl {
+        timeout: timeout(state, kind, op),
+        cancel: tf_provider::stop_token(),
+    }
+}
+
+fn wants(ctx: &Configured, config: &InstanceState, kind: BackendKind) -> Wants {
+    let w = |v: &Value<String>| match v {
+        Value::Value(t) => net::parse_canonical(t).map(Want::Pinned).unwrap_or(Want::Auto),
+        _ => Want::Auto,
+    };
+    Wants {
+        subnet: w(&config.subnet),
+        pod_cidr: w(&config.pod_cidr),
+        service_cidr: w(&config.service_cidr),
+        mgmt_cidr: ctx.backends.needs_mgmt_network(kind).then_some(Want::Auto),
+    }
+}
+
+fn lab_spec(d: &Desired, a: &Allocation) -> Option<LabSpec> {
+    Some(LabSpec {
+        instance: d.name.clone(),
+        subnet: a.subnet,
+        gateway: net::gateway(&a.subnet),
+        pod_cidr: a.pod_cidr,
+        service_cidr: a.service_cidr,
+        mgmt_cidr: a.mgmt_cidr,
+        nodes: backend::plan_nodes(&d.name, &a.subnet, d.control_planes, d.workers)?,
+        vagrant: d.vagrant.clone(),
+    })
+}
+
+fn lab_record(ctx: &Configured, d: &Desired, settings_of_entry: Option<&BTreeMap<String, String>>) -> LabRecord {
+    let mut settings = settings_of_entry
+        .cloned()
+        .unwrap_or_else(|| ctx.backends.lab_settings(d.kind));
+    if let Some(v) = &d.vagrant {
+        settings.insert("box".into(), v.r#box.clone());
+        if let Some(bv) = &v.box_version {
+            settings.insert("box_version".into(), bv.clone());
+        }
+        settings.insert("cpus".into(), v.cpus.to_string());
+        settings.insert("memory_mb".into(), v.memory_mb.to_string());
+        settings.insert("kubernetes_version".into(), v.kubernetes_version.clone());
+        settings.insert("provision".into(), v.provision.to_string());
+    }
+    LabRecord {
+        control_planes: d.control_planes,
+        workers: d.workers,
+        settings,
+    }
+}
+
+fn allocation_of(state: &InstanceState) -> Option<Allocation> {
+    let p = |v: &Value<String>| known(v).and_then(|t| net::parse_canonical(&t).ok());
+    Some(Allocation {
+        subnet: p(&state.subnet)?,
+        pod_cidr: p(&state.pod_cidr)?,
+        service_cidr: p(&state.service_cidr)?,
+        mgmt_cidr: p(&state.mgmt_cidr),
+    })
+}
+
+/// Fill every computed attribute that follows from the desired shape and the allocation.
+fn fill(state: &mut InstanceState, ctx: &Configured, d: &Desired, a: &Allocation) {
+    state.id = val(d.name.clone());
+    state.name = val(d.name.clone());
+    state.backend = val(d.kind.as_str().to_string());
+    state.control_planes = val(i64::from(d.control_planes));
+    state.workers = val(i64::from(d.workers));
+    state.subnet = val(a.subnet.to_string());
+    state.pod_cidr = val(a.pod_cidr.to_string());
+    state.service_cidr = val(a.service_cidr.to_string());
+    state.mgmt_cidr = a.mgmt_cidr.map(|m| val(m.to_string())).unwrap_or(Value::Null);
+    state.gateway = val(net::gateway(&a.subnet).to_string());
+    state.nodes = val(
+        backend::plan_nodes(&d.name, &a.subnet, d.control_planes, d.workers)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| NodeState {
+                name: val(n.name),
+                role: val(n.role.as_str().to_string()),
+                ip: val(n.ip.to_string()),
+            })
+            .collect(),
+    );
+    match &d.vagrant {
+        Some(v) => {
+            let dir = ctx.settings.home.join("instances").join(&d.name);
+            state.box_name = val(v.r#box.clone());
+            state.box_version = v.box_version.clone().map(val).unwrap_or(Value::Null);
+            state.cpus = val(i64::from(v.cpus));
+            state.memory_mb = val(i64::from(v.memory_mb));
+            state.kubernetes_version = val(v.kubernetes_version.clone());
+            state.provision = val(v.provision);
+            state.vagrantfile_path = val(dir.join("Vagrantfile").display().to_string());
+            if v.provision {
+                state.kubeconfig_path = val(dir.join("kubeconfig").display().to_string());
+                let cp1 = net::nth_address(&a.subnet, backend::CONTROL_PLANE_OFFSET)
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default();
+                state.api_endpoint = val(format!("https://{cp1}:6443"));
+            } else {
+                state.kubeconfig_path = Value::Null;
+                state.api_endpoint = Value::Null;
+                state.kubeconfig = Value::Null;
+            }
+            state.dir = val(dir.display().to_string());
+        }
+        None => {
+            state.box_name = Value::Null;
+            state.box_version = Value::Null;
+            state.cpus = Value::Null;
+            state.memory_mb = Value::Null;
+            state.kubernetes_version = Value::Null;
+            state.provision = Value::Null;
+            state.dir = Value::Null;
+            state.vagrantfile_path = Value::Null;
+            state.kubeconfig_path = Value::Null;
+            state.kubeconfig = Value::Null;
+            state.api_endpoint = Value::Null;
+        }
+    }
+}
+
+/// Read the kubeconfig the provisioning fetched (vagrant with provision), if any.
+fn kubeconfig_value(state: &InstanceState) -> Value<String> {
+    match known(&state.kubeconfig_path) {
+        Some(p) => std::fs::read_to_string(&p).map(val).unwrap_or(Value::Null),
+        None => Value::Null,
+    }
+}
+
+/// `running`, or what is wrong in words.
+fn describe(status: &LabStatus) -> String {
+    if status.healthy() {
+        return "running".into();
+    }
+    if !status.exists {
+        return "absent".into();
+    }
+    let mut what: Vec<String> = status
+        .nodes
+        .iter()
+        .filter(|n| !n.healthy)
+        .map(|n| format!("{}: {}", n.name, n.state))
+        .collect();
+    what.extend(status.extra_nodes.iter().map(|n| format!("{n}: not in the configuration")));
+    what.extend(status.problems.iter().cloned());
+    // A whole lab in one state (every VM `poweroff`) reads better as that state, as
+    // `vagrant status` says it.
+    if status.problems.is_empty() && status.extra_nodes.is_empty() && !status.nodes.is_empty() {
+        let first = &status.nodes[0].state;
+        if status.nodes.iter().all(|n| !n.healthy && &n.state == first) && !first.contains(' ') {
+            return first.clone();
+        }
+    }
+    format!("degraded ({})", what.join("; "))
+}
+
+/// The hypervisor a new vagrant lab would be built with.
+fn entry_hypervisor(ctx: &Configured, d: &Desired) -> String {
+    ctx.backends
+        .lab_settings(d.kind)
+        .get("hypervisor")
+        .cloned()
+        .unwrap_or_else(|| ctx.choices.hypervisor.clone())
+}
+
+impl InstanceResource {
+    fn backend_for(&self, ctx: &Configured, d: &Desired, entry: Option<&Entry>) -> Arc<dyn Backend> {
+        let settings = entry
+            .and_then(|e| e.lab.as_ref())
+            .map(|l| l.settings.clone())
+            .unwrap_or_else(|| ctx.backends.lab_settings(d.kind));
+        ctx.backends.backend(d.kind, &settings)
+    }
+
+    /// Routes towards federation peers, put back after nodes were added or rebuilt.
+    async fn restore_federation_routes(
+        &self,
+        ctx: &Configured,
+        backend: &dyn Backend,
+        spec: &LabSpec,
+        diags: &mut Diagnostics,
+    ) {
+        let Ok(doc) = ctx.registry.snapshot() else { return };
+        let Some(entry) = doc.instances.get(&spec.instance) else { return };
+        for peer in &entry.federated {
+            if let Some(p) = doc.instances.get(peer) {
+                let ctl = OpControl::with_timeout(Duration::from_secs(120));
+                if let Err(e) = backend.set_guest_route(spec, p.allocation.subnet, true, &ctl).await {
+                    diagnostics::error(diags, &format!("restoring the route to federated {peer}"), &e);
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Resource for InstanceResource {
+    type State<'a> = InstanceState;
+    type PrivateState<'a> = ValueEmpty;
+    type ProviderMetaState<'a> = ValueEmpty;
+
+    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
+        Some(Self::resource_schema())
+    }
+
+    async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::State<'a>) -> Option<()> {
+        validate_config(diags, &config);
+        Some(())
+    }
+
+    async fn read<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        state: Self::State<'a>,
+        private_state: Self::PrivateState<'a>,
+        _meta: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let ctx = self.shared.get(diags)?;
+        let name = known(&state.name)?;
+        let entry = match ctx.registry.get(&name) {
+            Ok(e) => e,
+            Err(e) => {
+                diagnostics::error(diags, &ctx_name(&name), &e);
+                return Some((state, private_state));
+            }
+        };
+        let Some(entry) = entry.filter(|e| e.status == Status::Allocated) else {
+            tracing::info!(instance = %name, "registry entry gone: the instance will be planned for re-creation");
+            return None;
+        };
+        let mut d = desired(&ctx, &mut Diagnostics::default(), &state)?;
+        d.kind = BackendKind::parse(&entry.backend).unwrap_or(d.kind);
+        let backend = self.backend_for(&ctx, &d, Some(&entry));
+        let spec = lab_spec(&d, &entry.allocation)?;
+        let status = match backend.observe(&spec).await {
+            Ok(s) => s,
+            Err(e) => {
+                diagnostics::error(diags, &format!("{}: reading the lab", ctx_name(&name)), &e);
+                return Some((state, private_state));
+            }
+        };
+        if !status.exists {
+            tracing::info!(instance = %name, "lab gone: the instance will be planned for re-creation");
+            return None;
+        }
+        let mut new = state.clone();
+        fill(&mut new, &ctx, &d, &entry.allocation);
+        new.timeouts = state.timeouts.clone();
+        new.created_at = val(crate::registry::rfc3339(entry.created_at));
+        new.federated_with = val(entry.federated.clone());
+        new.state = val(describe(&status));
+        new.kubeconfig = kubeconfig_value(&new);
+        Some((new, private_state))
+    }
+
+    async fn plan_create<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        proposed_state: Self::State<'a>,
+        config_state: Self::State<'a>,
+        _meta: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let ctx = self.shared.get(diags)?;
+        let mut planned = proposed_state;
+        let unknown_inputs = config_state.name.is_unknown()
+            || config_state.backend.is_unknown()
+            || config_state.subnet.is_unknown()
+            || config_state.pod_cidr.is_unknown()
+            || config_state.service_cidr.is_unknown()
+            || config_state.control_planes.is_unknown()
+            || config_state.workers.is_unknown();
+        if unknown_inputs {
+            // Without the name or pinned values there is nothing to reserve: values come at apply.
+            for v in [&mut planned.id, &mut planned.subnet, &mut planned.pod_cidr, &mut planned.service_cidr, &mut planned.mgmt_cidr, &mut planned.gateway, &mut planned.created_at, &mut planned.state] {
+                *v = Value::Unknown;
+            }
+            planned.nodes = Value::Unknown;
+            planned.federated_with = Value::Unknown;
+            return Some((planned, Value::Null));
+        }
+        let d = desired(&ctx, diags, &config_state)?;
+        if let Some(v) = &d.vagrant {
+            if let Err(e) = backend::vagrant::check_options(v) {
+                attribute_error(diags, e.attribute, format!("Invalid {}", e.attribute), e.message);
+            }
+        }
+        if !diags.errors.is_empty() {
+            return None;
+        }
+        let context = ctx_name(&d.name);
+        let backend = self.backend_for(&ctx, &d, None);
+        if let Err(e) = backend.preflight().await {
+            diagnostics::error(diags, &context, &e);
+            return None;
+        }
+        let host = match ctx.host_networks().await {
+            Ok(h) => h,
+            Err(e) => {
+                diagnostics::error(diags, &format!("{context}: reading the host's networks"), &e);
+                return None;
+            }
+        };
+        let w = wants(&ctx, &config_state, d.kind);
+        let allocation = match ctx.registry.reserve(&d.name, &w, d.kind.as_str(), &host) {
+            Ok(Planned::Reserved(entry)) => entry.allocation,
+            Ok(Planned::Existing { entry, allocation }) => {
+                let replacing = ctx.replacing.lock().expect("replacing lock").contains(&d.name);
+                let lab_gone = match lab_spec(&d, &entry.allocation) {
+                    Some(spec) => matches!(
+                        self.backend_for(&ctx, &d, Some(&entry)).observe(&spec).await,
+                        Ok(LabStatus { exists: false, .. })
+                    ),
+                    None => false,
+                };
+                if !(replacing || lab_gone) {
+                    let e = crate::registry::RegistryError::AlreadyAllocated {
+                        name: d.name.clone(),
+                        allocation: entry.allocation,
+                        backend: entry.backend.clone(),
+                        created_at: crate::registry::rfc3339(entry.created_at),
+                    };
+                    diagnostics::error(diags, &context, &e);
+                    return None;
+                }
+                allocation
+            }
+            Err(e) => {
+                diagnostics::error(diags, &context, &e);
+                return None;
+            }
+        };
+        let virtualbox = d.kind == BackendKind::Vagrant
+            && entry_hypervisor(&ctx, &d) == "virtualbox";
+        if virtualbox {
+            let allowed = backend::vagrant::virtualbox_allowed_ranges_here();
+            if let Err(e) = backend::vagrant::check_virtualbox_subnet(&allocation.subnet, &allowed) {
+                attribute_error(diags, "subnet", "Subnet not permitted by VirtualBox".into(), e.message);
+                return None;
+            }
+        }
+        if lab_spec(&d, &allocation).is_none() {
+            attribute_error(
+                diags,
+                "subnet",
+                "Subnet too small".into(),
+                format!("{} cannot hold the nodes at .10 to .{}", allocation.subnet, 19 + d.workers.max(1)),
+            );
+            return None;
+        }
+        fill(&mut planned, &ctx, &d, &allocation);
+        planned.timeouts = config_state.timeouts.clone();
+        planned.created_at = Value::Unknown;
+        planned.state = Value::Unknown;
+        planned.federated_with = val(vec![]);
+        planned.kubeconfig = match &d.vagrant {
+            Some(v) if v.provision => Value::Unknown,
+            _ => Value::Null,
+        };
+        Some((planned, Value::Null))
+    }
+
+    async fn plan_update<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        prior_state: Self::State<'a>,
+        proposed_state: Self::State<'a>,
+        config_state: Self::State<'a>,
+        prior_private_state: Self::PrivateState<'a>,
+        _meta: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>, Vec<AttributePath>)> {
+        let ctx = self.shared.get(diags)?;
+        let mut planned = proposed_state;
+        let mut replace = Vec::new();
+        let Some(d) = desired(&ctx, diags, &config_state) else {
+            return Some((planned, prior_private_state, replace));
+        };
+        if !diags.errors.is_empty() {
+            return None;
+        }
+        let differs = |a: &Value<String>, b: &str| known(a).as_deref() != Some(b);
+        if differs(&prior_state.name, &d.name) {
+            replace.push(AttributePath::new("name"));
+        }
+        if differs(&prior_state.backend, d.kind.as_str()) {
+            replace.push(AttributePath::new("backend"));
+        }
+        if known(&prior_state.control_planes) != Some(i64::from(d.control_planes)) {
+            replace.push(AttributePath::new("control_planes"));
+        }
+        for (attr, cfg, prior) in [
+            ("subnet", &config_state.subnet, &prior_state.subnet),
+            ("pod_cidr", &config_state.pod_cidr, &prior_state.pod_cidr),
+            ("service_cidr", &config_state.service_cidr, &prior_state.service_cidr),
+        ] {
+            if cfg.is_unknown() || (cfg.is_value() && cfg != prior) {
+                replace.push(AttributePath::new(attr));
+            }
+        }
+        if let Some(v) = &d.vagrant {
+            if differs(&prior_state.box_name, &v.r#box) {
+                replace.push(AttributePath::new("box"));
+            }
+            if known(&prior_state.box_version) != v.box_version {
+                replace.push(AttributePath::new("box_version"));
+            }
+            if known(&prior_state.cpus) != Some(i64::from(v.cpus)) {
+                replace.push(AttributePath::new("cpus"));
+            }
+            if known(&prior_state.memory_mb) != Some(i64::from(v.memory_mb)) {
+                replace.push(AttributePath::new("memory_mb"));
+            }
+            if differs(&prior_state.kubernetes_version, &v.kubernetes_version) {
+                replace.push(AttributePath::new("kubernetes_version"));
+            }
+            if known(&prior_state.provision) != Some(v.provision) {
+                replace.push(AttributePath::new("provision"));
+            }
+        }
+        let mut allocation = allocation_of(&prior_state);
+        for (kind_attr, cfg) in [("subnet", &config_state.subnet), ("pod_cidr", &config_state.pod_cidr), ("service_cidr", &config_state.service_cidr)] {
+            if let (Some(a), Some(text)) = (allocation.as_mut(), known(cfg)) {
+                if let Ok(n) = net::parse_canonical(&text) {
+                    match kind_attr {
+                        "subnet" => a.subnet = n,
+                        "pod_cidr" => a.pod_cidr = n,
+                        _ => a.service_cidr = n,
+                    }
+                }
+            }
+        }
+        if !replace.is_empty() {
+            ctx.replacing.lock().expect("replacing lock").insert(
+                known(&prior_state.name).unwrap_or_else(|| d.name.clone()),
+            );
+        }
+        match allocation {
+            Some(a) if !config_state.subnet.is_unknown() => {
+                if lab_spec(&d, &a).is_none() {
+                    attribute_error(diags, "workers", "Too many nodes for the subnet".into(), format!("{} cannot hold {} workers", a.subnet, d.workers));
+                    return None;
+                }
+                fill(&mut planned, &ctx, &d, &a);
+            }
+            _ => {}
+        }
+        planned.timeouts = config_state.timeouts.clone();
+        planned.federated_with = prior_state.federated_with.clone();
+        planned.created_at = prior_state.created_at.clone();
+        planned.kubeconfig = prior_state.kubeconfig.clone();
+        // A lab that read found damaged or halted is planned back to running: that is the repair.
+        planned.state = val("running".to_string());
+        if !replace.is_empty() {
+            planned.state = Value::Unknown;
+            planned.created_at = Value::Unknown;
+        }
+        Some((planned, prior_private_state, replace))
+    }
+
+    async fn plan_destroy<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        prior_state: Self::State<'a>,
+        prior_private_state: Self::PrivateState<'a>,
+        _meta: Self::ProviderMetaState<'a>,
+    ) -> Option<Self::PrivateState<'a>> {
+        // Refuse at plan when the registry still lists federations: destroy would fail anyway.
+        if let (Some(ctx), Some(name)) = (self.shared.get(diags), known(&prior_state.name)) {
+            if let Ok(Some(e)) = ctx.registry.get(&name) {
+                if !e.federated.is_empty() {
+                    let pending: Vec<String> = e.federated.clone();
+                    // Terraform destroys federations first when they are in the same
+                    // configuration; only warn here, delete checks again.
+                    diagnostics::warning(
+                        diags,
+                        format!("Instance `{name}` is federated with {}", pending.join(", ")),
+                        "Its federations must be destroyed before it; if they are not part of this run, the destroy of this instance will be refused.".into(),
+                    );
+                }
+            }
+        }
+        Some(prior_private_state)
+    }
+
+    async fn create<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        planned_state: Self::State<'a>,
+        config_state: Self::State<'a>,
+        planned_private_state: Self::PrivateState<'a>,
+        _meta: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let ctx = self.shared.get(diags)?;
+        let d = desired(&ctx, diags, &config_state)?;
+        let context = ctx_name(&d.name);
+        let Some(allocation) = allocation_of(&planned_state) else {
+            diags.root_error(format!("{context}: no networks planned"), "The plan holds no networks for this instance; run `terraform plan` again.");
+            return None;
+        };
+        let host = match ctx.host_networks().await {
+            Ok(h) => h,
+            Err(e) => {
+                diagnostics::error(diags, &format!("{context}: reading the host's networks"), &e);
+                return None;
+            }
+        };
+        let record = lab_record(&ctx, &d, None);
+        let entry = match ctx.registry.claim(&d.name, &allocation, d.kind.as_str(), record, &host) {
+            Ok(e) => e,
+            Err(e) => {
+                diagnostics::error(diags, &context, &e);
+                return None;
+            }
+        };
+        ctx.replacing.lock().expect("replacing lock").remove(&d.name);
+        let backend = self.backend_for(&ctx, &d, Some(&entry));
+        let spec = lab_spec(&d, &allocation)?;
+        let mut state = planned_state;
+        state.created_at = val(crate::registry::rfc3339(entry.created_at));
+        state.federated_with = val(entry.federated.clone());
+        match backend.converge(&spec, &op_control(&state, d.kind, "create")).await {
+            Ok(status) => {
+                state.state = val(describe(&status));
+                state.kubeconfig = kubeconfig_value(&state);
+                if !status.healthy() {
+                    diags.root_error(
+                        format!("{context}: the lab did not come up healthy"),
+                        format!("After bringing it up the backend reports: {}. Run `terraform apply` again to repair it, or `terraform destroy` to remove it.", describe(&status)),
+                    );
+                }
+            }
+            Err(e) => {
+                // Return what exists, so Terraform records the instance (tainted) and the next
+                // apply or destroy cleans up: no orphaned namespaces, VMs or registry entries.
+                diagnostics::error(diags, &format!("{context}: bringing the lab up"), &e);
+                state.state = val(match backend.observe(&spec).await {
+                    Ok(s) => describe(&s),
+                    Err(_) => "unknown (bring-up failed)".into(),
+                });
+                state.kubeconfig = kubeconfig_value(&state);
+            }
+        }
+        Some((state, planned_private_state))
+    }
+
+    async fn update<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        prior_state: Self::State<'a>,
+        planned_state: Self::State<'a>,
+        config_state: Self::State<'a>,
+        planned_private_state: Self::PrivateState<'a>,
+        _meta: Self::ProviderMetaState<'a>,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let ctx = self.shared.get(diags)?;
+        let d = desired(&ctx, diags, &config_state)?;
+        let context = ctx_name(&d.name);
+        let allocation = allocation_of(&planned_state)?;
+        let entry = match ctx.registry.get(&d.name) {
+            Ok(Some(e)) => e,
+            Ok(None) => {
+                diagnostics::error(diags, &context, &crate::registry::RegistryError::NotFound { name: d.name.clone() });
+                return None;
+            }
+            Err(e) => {
+                diagnostics::error(diags, &context, &e);
+                return None;
+            }
+        };
+        let backend = self.backend_for(&ctx, &d, Some(&entry));
+        let spec = lab_spec(&d, &allocation)?;
+        let mut state = planned_state;
+        match backend.converge(&spec, &op_control(&state, d.kind, "update")).await {
+            Ok(status) => {
+                self.restore_federation_routes(&ctx, backend.as_ref(), &spec, diags).await;
+                state.state = val(describe(&status));
+                let settings = entry.lab.as_ref().map(|l| &l.settings);
+                if let Err(e) = ctx.registry.update_lab(&d.name, lab_record(&ctx, &d, settings)) {
+                    diagnostics::error(diags, &context, &e);
+                }
+            }
+            Err(e) => {
+                diagnostics::error(diags, &format!("{context}: updating the lab"), &e);
+                let mut kept = prior_state;
+                kept.state = val(match backend.observe(&spec).await {
+                    Ok(s) => describe(&s),
+                    Err(_) => "unknown (update failed)".into(),
+                });
+                return Some((kept, planned_private_state));
+            }
+        }
+        state.kubeconfig = kubeconfig_value(&state);
+        Some((state, planned_private_state))
+    }
+
+    async fn destroy<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        prior_state: Self::State<'a>,
+        _planned_private_state: Self::PrivateState<'a>,
+        _meta: Self::ProviderMetaState<'a>,
+    ) -> Option<()> {
+        let ctx = self.shared.get(diags)?;
+        let name = known(&prior_state.name)?;
+        let context = ctx_name(&name);
+        let entry = match ctx.registry.get(&name) {
+            Ok(e) => e,
+            Err(e) => {
+                diagnostics::error(diags, &context, &e);
+                return None;
+            }
+        };
+        if let Some(e) = entry.as_ref().filter(|e| !e.federated.is_empty()) {
+            let err = crate::registry::RegistryError::Federated {
+                name: name.clone(),
+                peers: e.federated.join(", "),
+                federations: e
+                    .federated
+                    .iter()
+                    .map(|p| if name.as_str() <= p.as_str() { format!("{name}+{p}") } else { format!("{p}+{name}") })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            };
+            diagnostics::error(diags, &context, &err);
+            return None;
+        }
+        let mut d = desired(&ctx, &mut Diagnostics::default(), &prior_state)?;
+        if let Some(k) = known(&prior_state.backend).and_then(|b| BackendKind::parse(&b)) {
+            d.kind = k;
+        }
+        let backend = self.backend_for(&ctx, &d, entry.as_ref());
+        if let Some(spec) = allocation_of(&prior_state).and_then(|a| lab_spec(&d, &a)) {
+            if let Err(e) = backend.teardown(&spec, &op_control(&prior_state, d.kind, "delete")).await {
+                diagnostics::error(diags, &format!("{context}: tearing the lab down"), &e);
+                return None;
+            }
+        }
+        if let Err(e) = ctx.registry.release(&name) {
+            diagnostics::error(diags, &context, &e);
+            return None;
+        }
+        Some(())
+    }
+
+    async fn import<'a>(
+        &self,
+        diags: &mut Diagnostics,
+        id: String,
+    ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
+        let ctx = self.shared.get(diags)?;
+        let context = ctx_name(&id);
+        let entry = match ctx.registry.get(&id) {
+            Ok(Some(e)) if e.status == Status::Allocated => e,
+            Ok(Some(_)) => {
+                diagnostics::error(diags, &context, &crate::registry::RegistryError::NotAllocated { name: id });
+                return None;
+            }
+            Ok(None) => {
+                diagnostics::error(diags, &context, &crate::registry::RegistryError::NotFound { name: id });
+                return None;
+            }
+            Err(e) => {
+                diagnostics::error(diags, &context, &e);
+                return None;
+            }
+        };
+        let Some(kind) = BackendKind::parse(&entry.backend) else {
+            diagnostics::error(diags, &context, &Message {
+                summary: "Unknown backend in the registry".into(),
+                detail: format!("The registry entry names backend {:?}, which this provider does not know.", entry.backend),
+                attribute: None,
+            });
+            return None;
+        };
+        let lab = entry.lab.clone().unwrap_or_default();
+        let s = &lab.settings;
+        let mut state = InstanceState {
+            name: val(id.clone()),
+            backend: val(kind.as_str().into()),
+            control_planes: val(i64::from(lab.control_planes.max(1))),
+            workers: val(i64::from(lab.workers)),
+            ..Default::default()
+        };
+        if kind == BackendKind::Vagrant {
+            state.box_name = s.get("box").cloned().map(val).unwrap_or(Value::Null);
+            state.box_version = s.get("box_version").cloned().map(val).unwrap_or(Value::Null);
+            state.cpus = s.get("cpus").and_then(|v| v.parse().ok()).map(val).unwrap_or(Value::Null);
+            state.memory_mb = s.get("memory_mb").and_then(|v| v.parse().ok()).map(val).unwrap_or(Value::Null);
+            state.kubernetes_version = s.get("kubernetes_version").cloned().map(val).unwrap_or(Value::Null);
+            state.provision = s.get("provision").and_then(|v| v.parse().ok()).map(val).unwrap_or(Value::Null);
+        }
+        let d = desired(&ctx, diags, &state)?;
+        fill(&mut state, &ctx, &d, &entry.allocation);
+        state.created_at = val(crate::registry::rfc3339(entry.created_at));
+        state.federated_with = val(entry.federated.clone());
+        state.state = val("running".into());
+        state.kubeconfig = kubeconfig_value(&state);
+        Some((state, Value::Null))
+    }
+}

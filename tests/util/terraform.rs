@@ -1,0 +1,216 @@
+//! Driving the real Terraform CLI against the provider binary built by cargo, offline, in
+//! temporary folders: a project-local filesystem mirror holds the binary and a CLI config
+//! points Terraform at it (the user's ~/.terraformrc is never read or written).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The provider version the mirror publishes (the crate's).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Terraform 1.0.3 binary installed by scripts/lib.sh (or `$HOMELAB_TERRAFORM`).
+pub fn terraform_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("HOMELAB_TERRAFORM") {
+        return PathBuf::from(p);
+    }
+    let p = repo_root().join(".tools/terraform-1.0.3/terraform");
+    assert!(
+        p.exists(),
+        "Terraform 1.0.3 is not installed at {}: run scripts/test.sh (it installs it), or set HOMELAB_TERRAFORM",
+        p.display()
+    );
+    p
+}
+
+struct Mirror {
+    _dir: tempfile::TempDir,
+    cli_config: PathBuf,
+}
+
+/// A filesystem mirror holding the provider binary under test, shared by every test of this
+/// process, and a CLI config that uses it for homelab/homelab only.
+fn mirror() -> &'static Mirror {
+    static M: OnceLock<Mirror> = OnceLock::new();
+    M.get_or_init(|| {
+        let dir = tempfile::Builder::new().prefix("homelab-mirror-").tempdir().unwrap();
+        let plat = dir
+            .path()
+            .join(format!("registry.terraform.io/homelab/homelab/{VERSION}/linux_amd64"));
+        std::fs::create_dir_all(&plat).unwrap();
+        let bin = PathBuf::from(env!("CARGO_BIN_EXE_terraform-provider-homelab"));
+        std::os::unix::fs::symlink(&bin, plat.join(format!("terraform-provider-homelab_v{VERSION}"))).unwrap();
+        let cli_config = dir.path().join("terraformrc");
+        std::fs::write(
+            &cli_config,
+            format!(
+                "provider_installation {{\n  filesystem_mirror {{\n    path = \"{}\"\n    include = [\"registry.terraform.io/homelab/homelab\"]\n  }}\n  direct {{\n    exclude = [\"registry.terraform.io/homelab/homelab\"]\n  }}\n}}\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        Mirror { _dir: dir, cli_config }
+    })
+}
+
+/// The `terraform { required_providers … }` block every test configuration starts with.
+pub const REQUIRED: &str = r#"terraform {
+  required_providers {
+    homelab = {
+      source  = "homelab/homelab"
+    }
+  }
+}
+"#;
+
+/// Output of one Terraform run.
+#[derive(Debug)]
+pub struct Run {
+    /// The command line.
+    pub args: Vec<String>,
+    /// Exit code (-1: killed).
+    pub code: i32,
+    /// stdout.
+    pub stdout: String,
+    /// stderr.
+    pub stderr: String,
+}
+
+impl Run {
+    /// stdout and stderr together.
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+
+    /// Panic with the output unless the run succeeded.
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "terraform {:?} failed:\n{}", self.args, self.all());
+        self
+    }
+
+    /// Panic with the output unless the run failed.
+    pub fn failed(self) -> Run {
+        assert_ne!(self.code, 0, "terraform {:?} succeeded but should have failed:\n{}", self.args, self.all());
+        self
+    }
+}
+
+impl From<(Vec<String>, Output)> for Run {
+    fn from((args, o): (Vec<String>, Output)) -> Run {
+        Run {
+            args,
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// A Terraform working directory in a temp folder.
+pub struct Workdir {
+    dir: tempfile::TempDir,
+    /// Run terraform inside this network namespace (`ip netns exec`), when set.
+    pub netns: Option<String>,
+    /// Extra environment for terraform (and so the provider).
+    pub env: Vec<(String, String)>,
+}
+
+impl Workdir {
+    /// A folder holding `main.tf` = REQUIRED + `config`.
+    pub fn new(config: &str) -> Workdir {
+        let dir = tempfile::Builder::new().prefix("homelab-tf-").tempdir().unwrap();
+        let w = Workdir {
+            dir,
+            netns: None,
+            env: vec![],
+        };
+        w.write(config);
+        w
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Replace main.tf with REQUIRED + `config`.
+    pub fn write(&self, config: &str) {
+        std::fs::write(self.dir.path().join("main.tf"), format!("{REQUIRED}\n{config}")).unwrap();
+    }
+
+    /// Run terraform with `args` (plus `-no-color` where it applies).
+    pub fn tf(&self, args: &[&str]) -> Run {
+        let tf = terraform_bin();
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&tf);
+                c
+            }
+            None => Command::new(&tf),
+        };
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        if matches!(args.first(), Some(&"init") | Some(&"plan") | Some(&"apply") | Some(&"destroy") | Some(&"import") | Some(&"refresh")) {
+            all.insert(1, "-no-color".into());
+            all.insert(1, "-input=false".into());
+        }
+        cmd.args(&all)
+            .current_dir(self.dir.path())
+            .env("TF_CLI_CONFIG_FILE", &mirror().cli_config)
+            .env("CHECKPOINT_DISABLE", "1")
+            .env("TF_IN_AUTOMATION", "1")
+            .env_remove("TF_LOG")
+            .env_remove("TF_CLI_ARGS");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("terraform runs");
+        Run::from((all, out))
+    }
+
+    /// `terraform init`, which must succeed.
+    pub fn init(&self) -> Run {
+        self.tf(&["init"]).ok()
+    }
+
+    /// `terraform apply -auto-approve`.
+    pub fn apply(&self) -> Run {
+        self.tf(&["apply", "-auto-approve"])
+    }
+
+    /// `terraform destroy -auto-approve`.
+    pub fn destroy(&self) -> Run {
+        self.tf(&["destroy", "-auto-approve"])
+    }
+
+    /// `terraform plan -detailed-exitcode`: 0 = no changes, 2 = changes, 1 = error.
+    pub fn plan_exit(&self) -> Run {
+        self.tf(&["plan", "-detailed-exitcode"])
+    }
+
+    /// `terraform output -json` parsed.
+    pub fn outputs(&self) -> serde_json::Value {
+        let r = self.tf(&["output", "-json"]).ok();
+        serde_json::from_str(&r.stdout).unwrap()
+    }
+
+    /// `terraform show -json` parsed (the state).
+    pub fn show(&self) -> serde_json::Value {
+        let r = self.tf(&["show", "-json"]).ok();
+        serde_json::from_str(&r.stdout).unwrap()
+    }
+
+    /// Attributes of the resource at `address` in the state.
+    pub fn resource(&self, address: &str) -> Option<serde_json::Value> {
+        let s = self.show();
+        let res = s["values"]["root_module"]["resources"].as_array()?.clone();
+        res.into_iter()
+            .find(|r| r["address"] == address)
+            .map(|r| r["values"].clone())
+    }
+}
