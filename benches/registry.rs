@@ -14,7 +14,9 @@
 //! - plus `preview` (read-only, shared lock) and `usage` (pool usage of the data source).
 //!
 //! Run with `cargo bench --bench registry`. Set `REGISTRY_BENCH_QUICK=1` for fewer iterations,
-//! `REGISTRY_BENCH_DIR=/dev/shm` to measure on a tmpfs (CPU cost without the disk).
+//! `REGISTRY_BENCH_DIR=/dev/shm` to measure on a tmpfs (CPU cost without the disk),
+//! `REGISTRY_BENCH_PARTS=1` to also print the cost of serializing, cloning and reading the
+//! document (where a commit's CPU time goes).
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -198,8 +200,8 @@ fn main() {
         fs::write(dir.join("instances.json"), &bytes).unwrap();
 
         let occ = occupied(&doc);
-        let floor = commit_floor(&dir, &bytes, if n >= 10_000 { 10 } else { 60 } / scale.min(3));
         let iters = |small: usize, large: usize| (if n >= 10_000 { large } else { small } / scale).max(3);
+        let floor = commit_floor(&dir, &bytes, iters(60, 10));
         let (assign, assign_p90) = measure(iters(500, 100), || {
             let a = alloc::assign(&pools, &Wants::auto(false), &occ, None).unwrap();
             std::hint::black_box(a);

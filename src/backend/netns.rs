@@ -153,6 +153,77 @@ impl IfView {
 /// The interfaces of one namespace, by name.
 type NsView = HashMap<String, IfView>;
 
+/// How long reads may share one view of a lab host.
+const HOST_VIEW_TTL: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// Lab-host views shared by the reads of one refresh. Terraform refreshes every instance of a
+/// configuration at once and each read needs the same lab-host interfaces; one `ip` call then
+/// serves them all. A view lives at most [`HOST_VIEW_TTL`], only `observe` uses it, and this
+/// process forgets it as soon as it changes that lab host (converge, teardown).
+fn host_views() -> &'static tokio::sync::Mutex<HashMap<String, (std::time::Instant, Option<NsView>)>> {
+    static VIEWS: std::sync::OnceLock<tokio::sync::Mutex<HashMap<String, (std::time::Instant, Option<NsView>)>>> =
+        std::sync::OnceLock::new();
+    VIEWS.get_or_init(|| tokio::sync::Mutex::new(HashMap::new()))
+}
+
+/// The interfaces of a node namespace read in-process: a short-lived thread joins the
+/// namespace (`setns`) and lists its interfaces with `getifaddrs`, then exits, so no other thread
+/// ever changes namespace. Refreshing a configuration reads every node; spawning `ip` for each
+/// one costs more than the rest of the read together. `Ok(None)`: the namespace does not exist.
+/// Only `up` and the IPv4 addresses are filled in (all a node's check needs).
+fn node_view_in_process(ns: &str) -> std::io::Result<Option<NsView>> {
+    use std::os::fd::AsRawFd;
+    let file = match std::fs::File::open(Path::new(NETNS_DIR).join(ns)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || -> std::io::Result<NsView> {
+                // SAFETY: setns only changes this thread's network namespace, and this thread
+                // ends right after; getifaddrs' list is only read before freeifaddrs.
+                unsafe {
+                    if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+                    if libc::getifaddrs(&mut list) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let mut view = NsView::new();
+                    let mut cur = list;
+                    while !cur.is_null() {
+                        let ifa = &*cur;
+                        cur = ifa.ifa_next;
+                        if ifa.ifa_name.is_null() {
+                            continue;
+                        }
+                        let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned();
+                        let entry = view.entry(name).or_default();
+                        entry.up = ifa.ifa_flags & (libc::IFF_UP as u32) != 0;
+                        if !ifa.ifa_addr.is_null() && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET {
+                            let addr = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                            let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
+                            let prefix = if ifa.ifa_netmask.is_null() {
+                                32
+                            } else {
+                                let mask = &*(ifa.ifa_netmask as *const libc::sockaddr_in);
+                                u32::from_be(mask.sin_addr.s_addr).count_ones() as u8
+                            };
+                            entry.addrs.push((ip, prefix));
+                        }
+                    }
+                    libc::freeifaddrs(list);
+                    Ok(view)
+                }
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("namespace reader thread panicked")))
+    })
+    .map(Some)
+}
+
 fn parse_links(text: &str) -> Result<NsView, String> {
     let items: Vec<Value> = if text.trim().is_empty() {
         Vec::new()
@@ -399,6 +470,15 @@ impl NetnsBackend {
         }
     }
 
+    /// A node's interfaces: in-process when this process may join namespaces, else with `ip`.
+    async fn node_view(ns: &str) -> Result<Option<NsView>, BackendError> {
+        let name = ns.to_string();
+        match tokio::task::spawn_blocking(move || node_view_in_process(&name)).await {
+            Ok(Ok(view)) => Ok(view),
+            _ => Self::ns_view(ns).await,
+        }
+    }
+
     fn bridge_problems(&self, spec: &LabSpec, host: Option<&NsView>) -> Vec<String> {
         let br = bridge_name(&spec.subnet);
         let prefix = spec.subnet.prefix_len();
@@ -446,7 +526,7 @@ impl NetnsBackend {
         let veth = veth_name(&spec.subnet, node.ip).unwrap_or_default();
         let br = bridge_name(&spec.subnet);
         let prefix = spec.subnet.prefix_len();
-        let Some(view) = Self::ns_view(&netns).await? else {
+        let Some(view) = Self::node_view(&netns).await? else {
             return Ok(NodeFinding {
                 netns,
                 veth,
@@ -523,11 +603,40 @@ impl NetnsBackend {
         (extra, stray)
     }
 
+    /// The lab host's interfaces; `shared` allows a view another read of this process took
+    /// less than [`HOST_VIEW_TTL`] ago.
+    async fn host_view(&self, shared: bool) -> Result<Option<NsView>, BackendError> {
+        let mut views = host_views().lock().await;
+        if shared {
+            if let Some((at, view)) = views.get(&self.host_ns) {
+                if at.elapsed() < HOST_VIEW_TTL {
+                    return Ok(view.clone());
+                }
+            }
+        }
+        let view = Self::ns_view(&self.host_ns).await?;
+        views.insert(self.host_ns.clone(), (std::time::Instant::now(), view.clone()));
+        Ok(view)
+    }
+
+    /// Drop the shared view of this lab host (it is about to change).
+    async fn forget_host_view(&self) {
+        host_views().lock().await.remove(&self.host_ns);
+    }
+
     async fn observe_all(
         &self,
         spec: &LabSpec,
     ) -> Result<(LabStatus, Option<NsView>, Vec<NodeFinding>), BackendError> {
-        let host = Self::ns_view(&self.host_ns).await?;
+        self.observe_with(spec, false).await
+    }
+
+    async fn observe_with(
+        &self,
+        spec: &LabSpec,
+        shared: bool,
+    ) -> Result<(LabStatus, Option<NsView>, Vec<NodeFinding>), BackendError> {
+        let host = self.host_view(shared).await?;
         let mut problems = self.bridge_problems(spec, host.as_ref());
         let mut findings = Vec::new();
         for node in &spec.nodes {
@@ -735,6 +844,7 @@ impl Backend for NetnsBackend {
 
     async fn converge(&self, spec: &LabSpec, ctl: &OpControl) -> Result<LabStatus, BackendError> {
         Self::validate(spec)?;
+        self.forget_host_view().await;
         let op = Op::new(ctl);
         let br = bridge_name(&spec.subnet);
         let prefix = spec.subnet.prefix_len();
@@ -831,10 +941,11 @@ impl Backend for NetnsBackend {
     }
 
     async fn observe(&self, spec: &LabSpec) -> Result<LabStatus, BackendError> {
-        Ok(self.observe_all(spec).await?.0)
+        Ok(self.observe_with(spec, true).await?.0)
     }
 
     async fn teardown(&self, spec: &LabSpec, ctl: &OpControl) -> Result<(), BackendError> {
+        self.forget_host_view().await;
         let op = Op::new(ctl);
         let host = self.host_ns.clone();
         let br = bridge_name(&spec.subnet);

@@ -205,7 +205,7 @@ impl Ranges {
         let mut cand = lo;
         while cand < hi {
             match self.first_ending_after(cand) {
-                Some((s, e)) if s <= cand + size - 1 => {
+                Some((s, e)) if s < cand + size => {
                     cand = (e + 1).div_ceil(size) * size;
                 }
                 _ => return Some(cand),
@@ -222,6 +222,77 @@ impl Ranges {
             .first_free_between(pool, first, end + 1)
             .or_else(|| self.first_free_between(pool, start, first))?;
         Some(Ipv4Net::new(std::net::Ipv4Addr::from(found as u32), pool.prefix).expect("valid prefix"))
+    }
+}
+
+/// Pools of at most this many slots are searched with a bitmap ([`SlotMap`], 512 KiB at
+/// most), larger ones with sorted ranges ([`Ranges`]).
+const BITMAP_MAX_SLOTS: u64 = 1 << 22;
+
+/// Which slots of one pool are taken, one bit per slot (in address order). Building it is
+/// linear in the number of held networks, with no sorting: the fast path of [`assign`].
+#[derive(Debug)]
+pub struct SlotMap {
+    words: Vec<u64>,
+    start: u64,
+    end: u64,
+    shift: u32,
+}
+
+impl SlotMap {
+    /// The slots of `pool` overlapped by any of `held` (inclusive address bounds).
+    pub fn new(pool: &Pool, held: impl IntoIterator<Item = (u64, u64)>) -> SlotMap {
+        let (start, end) = bounds(&pool.cidr);
+        let mut map = SlotMap {
+            words: vec![0; pool.capacity().div_ceil(64) as usize],
+            start,
+            end,
+            shift: 32 - u32::from(pool.prefix),
+        };
+        for (s, e) in held {
+            if e < start || s > end {
+                continue;
+            }
+            let lo = (s.max(start) - start) >> map.shift;
+            let hi = (e.min(end) - start) >> map.shift;
+            map.set(lo, hi);
+        }
+        map
+    }
+
+    /// Mark slots `lo..=hi`.
+    fn set(&mut self, lo: u64, hi: u64) {
+        let (lw, hw) = ((lo / 64) as usize, (hi / 64) as usize);
+        for w in lw..=hw {
+            let from = if w == lw { lo % 64 } else { 0 };
+            let to = if w == hw { hi % 64 } else { 63 };
+            self.words[w] |= (u64::MAX >> (63 - to)) & (u64::MAX << from);
+        }
+    }
+
+    /// First clear bit at index `lo` or later, before `hi`.
+    fn first_clear(&self, lo: u64, hi: u64) -> Option<u64> {
+        let mut i = lo;
+        while i < hi {
+            let w = self.words[(i / 64) as usize] | ((1u64 << (i % 64)) - 1);
+            if w != u64::MAX {
+                let found = (i / 64) * 64 + u64::from(w.trailing_ones());
+                return (found < hi).then_some(found);
+            }
+            i = (i / 64 + 1) * 64;
+        }
+        None
+    }
+
+    /// First free slot of `pool` in pool order (starting at `pool.first`, wrapping round).
+    pub fn first_free(&self, pool: &Pool) -> Option<Ipv4Net> {
+        let capacity = (self.end - self.start + 1) >> self.shift;
+        let first = (u64::from(u32::from(pool.first.network())) - self.start) >> self.shift;
+        let i = self
+            .first_clear(first, capacity)
+            .or_else(|| self.first_clear(0, first))?;
+        let addr = self.start + (i << self.shift);
+        Some(Ipv4Net::new(std::net::Ipv4Addr::from(addr as u32), pool.prefix).expect("valid prefix"))
     }
 }
 
@@ -318,12 +389,23 @@ pub fn assign(
         let cidr = match preferred {
             Some(c) => c,
             None => {
-                let relevant = occupied
-                    .iter()
-                    .chain(&own)
-                    .map(|o| &o.cidr)
-                    .filter(|c| net::overlaps(c, &pool.cidr));
-                match Ranges::new(relevant).first_free(pool) {
+                let held = occupied.iter().chain(&own).map(|o| bounds(&o.cidr));
+                let free = if pool.capacity() <= BITMAP_MAX_SLOTS {
+                    SlotMap::new(pool, held).first_free(pool)
+                } else {
+                    let (start, end) = bounds(&pool.cidr);
+                    let relevant: Vec<Ipv4Net> = occupied
+                        .iter()
+                        .chain(&own)
+                        .filter(|o| {
+                            let (s, e) = bounds(&o.cidr);
+                            s <= end && e >= start
+                        })
+                        .map(|o| o.cidr)
+                        .collect();
+                    Ranges::new(&relevant).first_free(pool)
+                };
+                match free {
                     Some(c) => c,
                     None => {
                         return Err(AllocError::Exhausted {
@@ -512,6 +594,45 @@ mod tests {
         let a = assign(&pools(), &Wants::auto(false), &occ, Some(&prefer)).unwrap();
         assert_eq!(a.subnet, n("192.168.56.0/24"));
         assert_eq!(a.pod_cidr, n("10.250.0.0/16"));
+    }
+
+    /// The first free slot by brute force: every slot in pool order against every network.
+    fn first_free_slowly(pool: &Pool, held: &[Ipv4Net]) -> Option<Ipv4Net> {
+        pool.slots().find(|s| held.iter().all(|h| !net::overlaps(h, s)))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn bitmap_and_ranges_find_the_same_first_free_slot_as_brute_force(
+            pool_prefix in 20u8..=26,
+            slot_extra in 0u8..=4,
+            first in 0u64..64,
+            held in proptest::collection::vec((0u32..(1 << 14), 16u8..=30), 0..40),
+        ) {
+            let base = u32::from(std::net::Ipv4Addr::new(10, 0, 0, 0));
+            let cidr = Ipv4Net::new(std::net::Ipv4Addr::from(base), pool_prefix).unwrap();
+            let pool0 = Pool::new(cidr, pool_prefix + slot_extra).unwrap();
+            let pool = Pool::starting_at(cidr, pool0.prefix, pool0.slot(first % pool0.capacity()).network()).unwrap();
+            let held: Vec<Ipv4Net> = held
+                .into_iter()
+                .map(|(off, p)| Ipv4Net::new(std::net::Ipv4Addr::from(base + (off << 4)), p).unwrap().trunc())
+                .collect();
+            let expected = first_free_slowly(&pool, &held);
+            let bitmap = SlotMap::new(&pool, held.iter().map(bounds)).first_free(&pool);
+            let ranges = Ranges::new(&held).first_free(&pool);
+            proptest::prop_assert_eq!(bitmap, expected);
+            proptest::prop_assert_eq!(ranges, expected);
+        }
+    }
+
+    #[test]
+    fn slot_map_marks_networks_larger_than_a_slot_across_words() {
+        let pool = Pool::new(n("10.0.0.0/16"), 24).unwrap();
+        // 10.0.0.0/17 covers slots 0..=127: two whole words.
+        let map = SlotMap::new(&pool, [bounds(&n("10.0.0.0/17")), bounds(&n("10.0.130.0/23"))]);
+        assert_eq!(map.first_free(&pool), Some(n("10.0.128.0/24")));
+        let full = SlotMap::new(&pool, [bounds(&n("10.0.0.0/8"))]);
+        assert_eq!(full.first_free(&pool), None);
     }
 
     #[test]

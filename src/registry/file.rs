@@ -76,7 +76,7 @@ impl Parsed {
     /// will write a new one anyway) the kept one itself.
     fn get(&self, bytes: &[u8], take: bool) -> Option<Document> {
         let mut guard = self.0.lock().expect("parsed cache lock");
-        if !guard.as_ref().is_some_and(|(b, _)| b.as_slice() == bytes) {
+        if guard.as_ref().is_none_or(|(b, _)| b.as_slice() != bytes) {
             return None;
         }
         if take {
