@@ -100,8 +100,12 @@ pub fn format_line(level: &Level, target: &str, message: &str, fields: Map<Strin
     obj.insert("@level".into(), Value::from(hclog_level(level)));
     obj.insert("@message".into(), Value::from(message));
     obj.insert("@module".into(), Value::from(target.replace("::", ".")));
+    // go-plugin parses `@timestamp` with Go's layout "2006-01-02T15:04:05.000000Z07:00": exactly
+    // six fractional digits, or the whole line is demoted to an unparsed debug line.
     let now = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+        ))
         .unwrap_or_default();
     obj.insert("@timestamp".into(), Value::from(now));
     for (k, v) in fields {
@@ -145,6 +149,8 @@ mod tests {
         assert_eq!(v["@message"], "vagrant up");
         assert_eq!(v["@module"], "homelab.backend.vagrant");
         assert_eq!(v["machine"], "acme-cp-1");
-        assert!(v["@timestamp"].as_str().unwrap().ends_with('Z'));
+        let ts = v["@timestamp"].as_str().unwrap();
+        assert_eq!(ts.len(), "2026-11-26T07:12:56.047123Z".len(), "{ts}");
+        assert!(ts.ends_with('Z') && ts.as_bytes()[19] == b'.', "{ts}");
     }
 }

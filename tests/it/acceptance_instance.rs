@@ -361,3 +361,106 @@ fn subnet_overlapping_a_host_route_is_refused_at_plan_naming_the_route() {
     let r = w.tf(&["plan"]).ok();
     assert!(r.stdout.contains("subnet         = \"192.168.60.0/24\""), "{}", r.stdout);
 }
+
+/// Run the provider binary's own subcommands.
+fn provider_cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_terraform-provider-homelab"))
+        .args(args)
+        .output()
+        .unwrap();
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[test]
+fn reservations_left_by_a_plan_are_visible_listed_and_dropped_with_an_event() {
+    let lab = Lab::new();
+    let body = format!(
+        "{}data \"homelab_cidr_allocation\" \"acme\" {{\n  name = \"acme\"\n  depends_on = []\n}}\noutput \"acme\" {{\n  value = data.homelab_cidr_allocation.acme\n}}\n",
+        instance("acme", "  workers = 0\n")
+    );
+    let w = lab.workdir(&body);
+    // A plan that is never applied leaves a reservation behind.
+    w.tf(&["plan"]).ok();
+    let probe = Workdir::new(&format!(
+        "{}data \"homelab_cidr_allocation\" \"acme\" {{\n  name = \"acme\"\n}}\noutput \"acme\" {{\n  value = data.homelab_cidr_allocation.acme\n}}\n",
+        lab.provider("")
+    ));
+    probe.init();
+    probe.apply().ok();
+    let v = &probe.outputs()["acme"]["value"];
+    assert_eq!(v["status"], "reserved", "{v}");
+    assert_eq!(v["subnet"], "192.168.56.0/24");
+    assert!(v["expires_at"].as_str().unwrap().ends_with('Z'), "{v}");
+    assert_eq!(v["pools"]["host"]["used"], 1);
+    // Listed, then dropped before expiry, with an event.
+    let home = lab.home.path().display().to_string();
+    let (ok, out) = provider_cli(&["reservations", "list", "--home", &home]);
+    assert!(ok && out.contains("acme") && out.contains("live") && out.contains("192.168.56.0/24"), "{out}");
+    let (ok, out) = provider_cli(&["reservations", "drop", "--home", &home, "acme"]);
+    assert!(ok && out.contains("dropped acme"), "{out}");
+    probe.apply().ok();
+    assert_eq!(probe.outputs()["acme"]["value"]["status"], "free");
+    let events = lab.store().events().unwrap();
+    assert_eq!(events.last().unwrap().action, "instance.reservation_drop");
+    let (ok, out) = provider_cli(&["events", "verify", "--home", &home]);
+    assert!(ok && out.starts_with("ok:"), "{out}");
+    // Allocated instances are never dropped.
+    w.apply().ok();
+    let (ok, out) = provider_cli(&["reservations", "drop", "--home", &home, "--all"]);
+    assert!(ok && out.contains("0 reservation(s) dropped"), "{out}");
+    assert!(lab.store().load().unwrap().instances.contains_key("acme"));
+    w.destroy().ok();
+}
+
+#[test]
+fn plan_without_cap_net_admin_fails_saying_so_and_how_to_run() {
+    let lab = Lab::new();
+    let w = lab.workdir(&instance("acme", "  workers = 0\n"));
+    // Terraform and the provider without CAP_NET_ADMIN (root otherwise).
+    let out = std::process::Command::new("setpriv")
+        .args(["--bounding-set", "-net_admin", "--inh-caps", "-net_admin", "--"])
+        .arg(crate::util::terraform::terraform_bin())
+        .args(["plan", "-no-color", "-input=false"])
+        .current_dir(w.path())
+        .env("TF_CLI_CONFIG_FILE", crate::util::terraform::cli_config())
+        .env("CHECKPOINT_DISABLE", "1")
+        .output()
+        .unwrap();
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("CAP_NET_ADMIN"), "{all}");
+    assert!(all.contains("sudo") || all.contains("root"), "{all}");
+    assert!(lab.registry_bytes().is_none(), "a refused plan wrote the registry");
+}
+
+#[test]
+fn provider_survives_sigint_and_logs_reach_terraform_under_tf_log() {
+    // Ctrl-C reaches the whole foreground process group: the provider must not die of it.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_terraform-provider-homelab"))
+        .env("TF_PLUGIN_MAGIC_COOKIE", "d602bf8f470bc67ca7faa0386276bbdd4330efaf76d1a219cb4d6991ca9872b2")
+        .env("PLUGIN_PROTOCOL_VERSIONS", "6")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    assert!(line.starts_with("1|6|tcp|127.0.0.1:"), "handshake: {line}");
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "the provider died of SIGINT");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Its tracing lines show up in Terraform's log at their level.
+    let lab = Lab::new();
+    let mut w = lab.workdir(&instance("acme", "  workers = 0\n"));
+    w.env.push(("TF_LOG".into(), "INFO".into()));
+    let r = w.apply().ok();
+    assert!(r.stderr.contains("homelab provider configured"), "{}", r.stderr);
+    assert!(r.stderr.contains("[INFO]  provider.terraform-provider-homelab"), "{}", r.stderr);
+    w.env.clear();
+    w.destroy().ok();
+}

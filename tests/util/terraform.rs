@@ -58,6 +58,11 @@ fn mirror() -> &'static Mirror {
     })
 }
 
+/// The CLI config that points Terraform at the mirror of the binary under test.
+pub fn cli_config() -> PathBuf {
+    mirror().cli_config.clone()
+}
+
 /// The `terraform { required_providers … }` block every test configuration starts with.
 pub const REQUIRED: &str = r#"terraform {
   required_providers {
