@@ -17,7 +17,7 @@ use tf_provider::{AttributePath, Diagnostics, Resource};
 
 use crate::backend::{BackendKind, OpControl};
 use crate::diagnostics::{self, attribute_error, Message, Report};
-use crate::federation::{pair_id, FederationError, Pair, Side};
+use crate::federation::{pair_id, FederationError, Opened, Pair, Side};
 use crate::provider::{Configured, Shared};
 use crate::registry::{Entry, RegistryError, Status};
 use crate::resources::{known, val};
@@ -137,6 +137,27 @@ impl Report for FederationError {
             _ => None,
         }
     }
+}
+
+/// Put what opening the pair did into state. On failure, what is in place is recorded too:
+/// Terraform keeps it (tainted after a create) and destroy takes it away.
+fn record_opened(
+    state: &mut FederationState,
+    result: Result<Opened, (Opened, FederationError)>,
+    diags: &mut Diagnostics,
+    context: &str,
+) {
+    let (done, status) = match result {
+        Ok(done) => (done, COMPLETE.to_string()),
+        Err((done, e)) => {
+            diagnostics::error(diags, context, &e);
+            let status = format!("incomplete: {e}");
+            (done, status)
+        }
+    };
+    state.routes = val(done.routes);
+    state.policies = val(done.policies);
+    state.state = val(status);
 }
 
 impl FederationResource {
@@ -412,20 +433,7 @@ impl Resource for FederationResource {
         state.namespaces = val(nss.clone());
         state.created_at = val(crate::registry::rfc3339(ctx.registry.now()));
         let ctl = OpControl { timeout: OP_TIMEOUT, cancel: tf_provider::stop_token() };
-        match pair.open(&nss, &ctl).await {
-            Ok(done) => {
-                state.routes = val(done.routes);
-                state.policies = val(done.policies);
-                state.state = val(COMPLETE.into());
-            }
-            Err((done, e)) => {
-                // Record what is in place: Terraform keeps it (tainted), destroy takes it away.
-                diagnostics::error(diags, &context, &e);
-                state.routes = val(done.routes);
-                state.policies = val(done.policies);
-                state.state = val(format!("incomplete: {e}"));
-            }
-        }
+        record_opened(&mut state, pair.open(&nss, &ctl).await, diags, &context);
         Some((state, planned_private_state))
     }
 
@@ -477,19 +485,7 @@ impl Resource for FederationResource {
             }
         }
         let mut state = planned_state;
-        match pair.open(&nss, &ctl).await {
-            Ok(done) => {
-                state.routes = val(done.routes);
-                state.policies = val(done.policies);
-                state.state = val(COMPLETE.into());
-            }
-            Err((done, e)) => {
-                diagnostics::error(diags, &context, &e);
-                state.routes = val(done.routes);
-                state.policies = val(done.policies);
-                state.state = val(format!("incomplete: {e}"));
-            }
-        }
+        record_opened(&mut state, pair.open(&nss, &ctl).await, diags, &context);
         Some((state, planned_private_state))
     }
 
