@@ -862,13 +862,20 @@ impl Resource for InstanceResource {
             }
         };
         let record = lab_record(&ctx, &d, None);
-        let entry = match ctx.registry.claim(&d.name, &allocation, d.kind.as_str(), record, &host) {
+        let entry = match ctx.registry.claim(&d.name, &allocation, d.kind.as_str(), record.clone(), &host) {
             Ok(e) => e,
             Err(e) => {
                 diagnostics::error(diags, &context, &e);
                 return None;
             }
         };
+        // A re-created lab (its registry entry survived) takes the shape now asked for.
+        if entry.lab.as_ref() != Some(&record) {
+            if let Err(e) = ctx.registry.update_lab(&d.name, record) {
+                diagnostics::error(diags, &context, &e);
+                return None;
+            }
+        }
         ctx.replacing.lock().expect("replacing lock").remove(&d.name);
         let backend = self.backend_for(&ctx, &d, Some(&entry));
         let spec = lab_spec(&d, &allocation)?;
