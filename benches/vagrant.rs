@@ -31,7 +31,10 @@ use vagrant::{test_options, vagrant_spec};
 use vm::{text, VmLab, TEST_BOX};
 
 fn env_u32(name: &str, default: u32) -> u32 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn secs(d: Duration) -> f64 {
@@ -45,7 +48,10 @@ fn main() {
     }
     let nodes = env_u32("HOMELAB_VM_BENCH_NODES", 1).max(1);
     let rounds = env_u32("HOMELAB_VM_BENCH_ROUNDS", 1).max(1);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let t = Instant::now();
     let lab = VmLab::start();
     println!("lab ready in {:.1}s", secs(t.elapsed()));
@@ -72,9 +78,17 @@ fn main() {
         let s = spec("bare", third);
         let dir = lab.home.join(format!("bare-{third}"));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("Vagrantfile"), render_vagrantfile(&s, target).unwrap()).unwrap();
+        std::fs::write(
+            dir.join("Vagrantfile"),
+            render_vagrantfile(&s, target).unwrap(),
+        )
+        .unwrap();
         let t = Instant::now();
-        let out = lab.vagrant(&dir, &["up", "--provider", "libvirt", "--no-parallel"], Duration::from_secs(1200));
+        let out = lab.vagrant(
+            &dir,
+            &["up", "--provider", "libvirt", "--no-parallel"],
+            Duration::from_secs(1200),
+        );
         let up = t.elapsed();
         assert!(out.status.success(), "bare vagrant up: {}", text(&out));
         let t = Instant::now();
@@ -97,7 +111,10 @@ fn main() {
 
     let t = Instant::now();
     bare(1);
-    println!("warm-up round (box upload into the pool) {:.1}s", secs(t.elapsed()));
+    println!(
+        "warm-up round (box upload into the pool) {:.1}s",
+        secs(t.elapsed())
+    );
 
     let mut rows = Vec::new();
     for r in 0..rounds {
@@ -127,7 +144,11 @@ fn main() {
     };
     let (bu, bd, pu, pd) = (avg(&|r| r.0), avg(&|r| r.1), avg(&|r| r.2), avg(&|r| r.3));
     println!();
-    println!("per node: vagrant up {:.1}s, vagrant destroy {:.1}s", bu / nodes as f64, bd / nodes as f64);
+    println!(
+        "per node: vagrant up {:.1}s, vagrant destroy {:.1}s",
+        bu / nodes as f64,
+        bd / nodes as f64
+    );
     println!(
         "provider overhead: converge/up = {:.3} (+{:.1}s), teardown/destroy = {:.3} (+{:.1}s)",
         pu / bu,

@@ -81,7 +81,14 @@ fn every_vagrantfile_shape_passes_real_vagrant_validate() {
     for (target, subnet) in [(LIBVIRT, "10.77.1.0/24"), (VIRTUALBOX, "192.168.56.0/24")] {
         for provision in [false, true] {
             let spec_of = |cps, workers| {
-                vagrant_spec("acme", subnet, "10.78.1.0/24", cps, workers, test_options("bento/ubuntu-24.04", provision))
+                vagrant_spec(
+                    "acme",
+                    subnet,
+                    "10.78.1.0/24",
+                    cps,
+                    workers,
+                    test_options("bento/ubuntu-24.04", provision),
+                )
             };
             let largest = render_vagrantfile(&spec_of(3, 10), target).unwrap();
             let (head, blocks) = split_blocks(&largest);
@@ -97,10 +104,16 @@ fn every_vagrantfile_shape_passes_real_vagrant_validate() {
                     write_rendered(&spec, target, &dir);
                     let text = std::fs::read_to_string(dir.join("Vagrantfile")).unwrap();
                     let (h, bs) = split_blocks(&text);
-                    assert_eq!(h, head, "{name}: head differs from the validated largest file");
+                    assert_eq!(
+                        h, head,
+                        "{name}: head differs from the validated largest file"
+                    );
                     assert_eq!(bs.len(), (cps + workers) as usize, "{name}");
                     for b in &bs {
-                        assert!(blocks.contains(b), "{name}: block not in the validated file:\n{b}");
+                        assert!(
+                            blocks.contains(b),
+                            "{name}: block not in the validated file:\n{b}"
+                        );
                     }
                     files.push(dir.join("Vagrantfile"));
                     let boundary = [(1, 0), (3, 10)].contains(&(cps, workers));
@@ -135,7 +148,11 @@ fn every_vagrantfile_shape_passes_real_vagrant_validate() {
 /// The real `vagrant validate` the way the tests run it for a hypervisor.
 fn validate(target: RenderTarget, dir: &Path) -> std::process::Output {
     match target.hypervisor {
-        Hypervisor::Libvirt => vagrant_cli(&["validate"], dir, &[("VAGRANT_DEFAULT_PROVIDER", "libvirt")]),
+        Hypervisor::Libvirt => vagrant_cli(
+            &["validate"],
+            dir,
+            &[("VAGRANT_DEFAULT_PROVIDER", "libvirt")],
+        ),
         Hypervisor::VirtualBox => vagrant_cli(&["validate", "--ignore-provider"], dir, &[]),
     }
 }
@@ -171,11 +188,18 @@ fn split_blocks(text: &str) -> (String, Vec<String>) {
 /// Ruby compiles every file (syntax), in one process.
 fn ruby_compiles(files: &[PathBuf]) {
     let out = Command::new("ruby")
-        .args(["-e", "ARGV.each { |f| RubyVM::InstructionSequence.compile_file(f) }"])
+        .args([
+            "-e",
+            "ARGV.each { |f| RubyVM::InstructionSequence.compile_file(f) }",
+        ])
         .args(files)
         .output()
         .expect("run ruby");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `vagrant validate` really fails on a broken Vagrantfile (so the test above can fail): an
@@ -184,10 +208,23 @@ fn ruby_compiles(files: &[PathBuf]) {
 fn vagrant_validate_refuses_broken_vagrantfiles() {
     ensure_vm_packages();
     let tmp = tempfile::tempdir().unwrap();
-    let spec = vagrant_spec("acme", "10.77.1.0/24", "10.78.1.0/24", 1, 0, test_options("b", false));
+    let spec = vagrant_spec(
+        "acme",
+        "10.77.1.0/24",
+        "10.78.1.0/24",
+        1,
+        0,
+        test_options("b", false),
+    );
     let good = render_vagrantfile(&spec, LIBVIRT).unwrap();
     let cases = [
-        ("unknown-option", good.replace("libvirt.cpus = 1", "libvirt.cpus = 1\n    libvirt.no_such_option = 1")),
+        (
+            "unknown-option",
+            good.replace(
+                "libvirt.cpus = 1",
+                "libvirt.cpus = 1\n    libvirt.no_such_option = 1",
+            ),
+        ),
         ("syntax", good.replace("do |node|", "do |node")),
     ];
     for (name, text) in cases {
@@ -195,23 +232,40 @@ fn vagrant_validate_refuses_broken_vagrantfiles() {
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("Vagrantfile"), text).unwrap();
         let out = validate(LIBVIRT, &d);
-        assert!(!out.status.success(), "{name} was accepted: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !out.status.success(),
+            "{name} was accepted: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     let bad = tmp.path().join("bad.rb");
     std::fs::write(&bad, "x = (\n").unwrap();
     let out = Command::new("ruby")
-        .args(["-e", "ARGV.each { |f| RubyVM::InstructionSequence.compile_file(f) }"])
+        .args([
+            "-e",
+            "ARGV.each { |f| RubyVM::InstructionSequence.compile_file(f) }",
+        ])
         .arg(&bad)
         .output()
         .unwrap();
-    assert!(!out.status.success(), "the Ruby syntax check accepts broken code");
+    assert!(
+        !out.status.success(),
+        "the Ruby syntax check accepts broken code"
+    );
 }
 
 fn snapshot_cases() -> Vec<(&'static str, homelab::backend::LabSpec, RenderTarget)> {
     vec![
         (
             "libvirt-1cp-0w-plain",
-            vagrant_spec("acme", "10.77.1.0/24", "10.78.1.0/24", 1, 0, test_options("homelab-test", false)),
+            vagrant_spec(
+                "acme",
+                "10.77.1.0/24",
+                "10.78.1.0/24",
+                1,
+                0,
+                test_options("homelab-test", false),
+            ),
             LIBVIRT,
         ),
         (
@@ -230,21 +284,34 @@ fn snapshot_cases() -> Vec<(&'static str, homelab::backend::LabSpec, RenderTarge
         ),
         (
             "virtualbox-1cp-1w-prov",
-            vagrant_spec("initech", "192.168.56.0/24", "10.78.3.0/24", 1, 1, test_options("bento/ubuntu-24.04", true)),
+            vagrant_spec(
+                "initech",
+                "192.168.56.0/24",
+                "10.78.3.0/24",
+                1,
+                1,
+                test_options("bento/ubuntu-24.04", true),
+            ),
             VIRTUALBOX,
         ),
     ]
 }
 
 fn check_snapshot(name: &str, actual: &str) {
-    let path = repo_root().join("tests/fixtures/vagrant/snapshots").join(name);
+    let path = repo_root()
+        .join("tests/fixtures/vagrant/snapshots")
+        .join(name);
     if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, actual).unwrap();
         return;
     }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_SNAPSHOTS=1 to create it)", path.display()));
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with UPDATE_SNAPSHOTS=1 to create it)",
+            path.display()
+        )
+    });
     assert_eq!(
         actual,
         expected,
@@ -257,8 +324,15 @@ fn check_snapshot(name: &str, actual: &str) {
 fn rendering_matches_committed_snapshots() {
     for (name, spec, target) in snapshot_cases() {
         let vf = render_vagrantfile(&spec, target).unwrap();
-        assert_eq!(vf, render_vagrantfile(&spec, target).unwrap(), "{name} is not deterministic");
-        assert!(vf.starts_with("# Generated by terraform-provider-homelab"), "{vf}");
+        assert_eq!(
+            vf,
+            render_vagrantfile(&spec, target).unwrap(),
+            "{name} is not deterministic"
+        );
+        assert!(
+            vf.starts_with("# Generated by terraform-provider-homelab"),
+            "{vf}"
+        );
         assert!(vf.contains("Do not edit"), "{vf}");
         check_snapshot(&format!("{name}.Vagrantfile"), &vf);
         for (script, content) in render_scripts(&spec).unwrap() {
@@ -271,17 +345,45 @@ fn rendering_matches_committed_snapshots() {
 /// own management network both have forward mode "none" and per-instance names.
 #[test]
 fn libvirt_rendering_isolates_both_networks_per_instance() {
-    let spec = vagrant_spec("acme", "10.77.1.0/24", "10.78.1.0/24", 1, 1, test_options("b", false));
+    let spec = vagrant_spec(
+        "acme",
+        "10.77.1.0/24",
+        "10.78.1.0/24",
+        1,
+        1,
+        test_options("b", false),
+    );
     let vf = render_vagrantfile(&spec, LIBVIRT).unwrap();
-    assert!(vf.contains(r#"libvirt.management_network_name = "homelab-acme-mgmt""#), "{vf}");
-    assert!(vf.contains(r#"libvirt.management_network_address = "10.78.1.0/24""#), "{vf}");
-    assert!(vf.contains(r#"libvirt.management_network_mode = "none""#), "{vf}");
-    assert_eq!(vf.matches(r#"libvirt__forward_mode: "none""#).count(), 2, "{vf}");
-    assert_eq!(vf.matches(r#"libvirt__network_name: "homelab-acme""#).count(), 2, "{vf}");
+    assert!(
+        vf.contains(r#"libvirt.management_network_name = "homelab-acme-mgmt""#),
+        "{vf}"
+    );
+    assert!(
+        vf.contains(r#"libvirt.management_network_address = "10.78.1.0/24""#),
+        "{vf}"
+    );
+    assert!(
+        vf.contains(r#"libvirt.management_network_mode = "none""#),
+        "{vf}"
+    );
+    assert_eq!(
+        vf.matches(r#"libvirt__forward_mode: "none""#).count(),
+        2,
+        "{vf}"
+    );
+    assert_eq!(
+        vf.matches(r#"libvirt__network_name: "homelab-acme""#)
+            .count(),
+        2,
+        "{vf}"
+    );
     assert!(vf.contains(r#"libvirt.driver = "qemu""#), "{vf}");
     let mut no_mgmt = spec.clone();
     no_mgmt.mgmt_cidr = None;
-    assert!(matches!(render_vagrantfile(&no_mgmt, LIBVIRT), Err(RenderError::NoMgmtNetwork(_))));
+    assert!(matches!(
+        render_vagrantfile(&no_mgmt, LIBVIRT),
+        Err(RenderError::NoMgmtNetwork(_))
+    ));
     // VirtualBox needs no management network: its NAT adapter is per VM.
     assert!(render_vagrantfile(&no_mgmt, VIRTUALBOX).is_ok());
 }
@@ -305,8 +407,15 @@ fn hostile_strings_cannot_escape_the_vagrantfile() {
     let rb = tmp.path().join("roundtrip.rb");
     std::fs::write(&rb, &program).unwrap();
     let out = Command::new("ruby").arg(&rb).output().expect("ruby");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let got: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
     let want: Vec<String> = hostile.iter().map(|h| hex::encode(h.as_bytes())).collect();
     assert_eq!(got, want, "Ruby did not read the literals back unchanged");
 
@@ -332,7 +441,11 @@ fn hostile_strings_cannot_escape_the_vagrantfile() {
         let dir = tmp.path().join(format!("all{i}"));
         write_rendered(&spec, LIBVIRT, &dir);
         let vf = std::fs::read_to_string(dir.join("Vagrantfile")).unwrap();
-        assert_eq!(vf.lines().count(), benign.lines().count(), "a value added lines:\n{vf}");
+        assert_eq!(
+            vf.lines().count(),
+            benign.lines().count(),
+            "a value added lines:\n{vf}"
+        );
         files.push(dir.join("Vagrantfile"));
         if i < 3 {
             // The box alone must validate (any string is a valid box name to Vagrant).
@@ -341,10 +454,21 @@ fn hostile_strings_cannot_escape_the_vagrantfile() {
             let bdir = tmp.path().join(format!("box{i}"));
             write_rendered(&spec, LIBVIRT, &bdir);
             let out = validate(LIBVIRT, &bdir);
-            assert!(out.status.success(), "hostile box {h:?} broke the Vagrantfile: {}", String::from_utf8_lossy(&out.stdout));
+            assert!(
+                out.status.success(),
+                "hostile box {h:?} broke the Vagrantfile: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
             let out = validate(LIBVIRT, &dir);
-            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-            assert!(!text.contains("SyntaxError") && !text.contains("NameError"), "{text}");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                !text.contains("SyntaxError") && !text.contains("NameError"),
+                "{text}"
+            );
         }
     }
     ruby_compiles(&files);
@@ -367,8 +491,17 @@ fn hostile_strings_cannot_escape_the_scripts() {
         let spec = vagrant_spec("acme", "10.77.1.0/24", "10.78.1.0/24", 1, 0, opts);
         let scripts = render_scripts(&spec).unwrap();
         let node = &scripts.iter().find(|(n, _)| n == "node.sh").unwrap().1;
-        let line = node.lines().find(|l| l.starts_with("K8S_VERSION=")).expect("value line");
-        assert_eq!(line, format!("K8S_VERSION={}", sh_str(&h)).lines().next().unwrap());
+        let line = node
+            .lines()
+            .find(|l| l.starts_with("K8S_VERSION="))
+            .expect("value line");
+        assert_eq!(
+            line,
+            format!("K8S_VERSION={}", sh_str(&h))
+                .lines()
+                .next()
+                .unwrap()
+        );
         let values: String = node
             .lines()
             .skip_while(|l| !l.starts_with("# Values for instance"))
@@ -380,11 +513,19 @@ fn hostile_strings_cannot_escape_the_scripts() {
             .arg(format!("{values}printf %s \"$K8S_VERSION\""))
             .output()
             .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), h, "value changed on its way through the shell");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            h,
+            "value changed on its way through the shell"
+        );
         let path = tmp.path().join("node.sh");
         std::fs::write(&path, node).unwrap();
         let out = Command::new("bash").arg("-n").arg(&path).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(!canary.exists(), "{h:?} ran code");
     }
 }
@@ -392,12 +533,32 @@ fn hostile_strings_cannot_escape_the_scripts() {
 /// Names are never escaped but validated: a hostile instance or node name is refused.
 #[test]
 fn hostile_names_are_refused() {
-    let mut spec = vagrant_spec("acme", "10.77.1.0/24", "10.78.1.0/24", 1, 0, test_options("b", true));
+    let mut spec = vagrant_spec(
+        "acme",
+        "10.77.1.0/24",
+        "10.78.1.0/24",
+        1,
+        0,
+        test_options("b", true),
+    );
     spec.instance = "acme\"; system('x')".into();
-    assert!(matches!(render_vagrantfile(&spec, LIBVIRT), Err(RenderError::BadName(_))));
-    let mut spec = vagrant_spec("acme", "10.77.1.0/24", "10.78.1.0/24", 1, 0, test_options("b", true));
+    assert!(matches!(
+        render_vagrantfile(&spec, LIBVIRT),
+        Err(RenderError::BadName(_))
+    ));
+    let mut spec = vagrant_spec(
+        "acme",
+        "10.77.1.0/24",
+        "10.78.1.0/24",
+        1,
+        0,
+        test_options("b", true),
+    );
     spec.nodes[0].name = "acme-cp-1\n".into();
-    assert!(matches!(render_scripts(&spec), Err(RenderError::BadName(_))));
+    assert!(matches!(
+        render_scripts(&spec),
+        Err(RenderError::BadName(_))
+    ));
 }
 
 /// Every generated provisioning script passes shellcheck (control planes 1–3, workers 0/3,
@@ -421,7 +582,10 @@ fn generated_scripts_pass_shellcheck() {
         let mut spec = vagrant_spec("acme", "10.77.1.0/24", "10.78.1.0/24", cps, workers, opts);
         spec.pod_cidr = pod.parse().unwrap();
         for (name, content) in render_scripts(&spec).unwrap() {
-            assert!(content.contains(&format!("POD_CIDR='{pod}'")) || name == "node.sh", "{content}");
+            assert!(
+                content.contains(&format!("POD_CIDR='{pod}'")) || name == "node.sh",
+                "{content}"
+            );
             let p = tmp.path().join(format!("{i}-{name}"));
             std::fs::write(&p, content).unwrap();
             files.push(p);
@@ -433,17 +597,31 @@ fn generated_scripts_pass_shellcheck() {
     let bad = tmp.path().join("bad.sh");
     std::fs::write(&bad, "#!/usr/bin/env bash\nx=$1\nrm $x\n").unwrap();
     let out = Command::new("shellcheck").arg(&bad).output().unwrap();
-    assert!(!out.status.success(), "shellcheck accepted an unquoted expansion");
+    assert!(
+        !out.status.success(),
+        "shellcheck accepted an unquoted expansion"
+    );
 }
 
 /// The control-plane script carries the kubeadm and Cilium settings of the spec.
 #[test]
 fn control_plane_script_uses_the_instance_cidrs() {
-    let mut spec = vagrant_spec("acme", "10.77.1.0/24", "10.78.1.0/24", 1, 2, test_options("b", true));
+    let mut spec = vagrant_spec(
+        "acme",
+        "10.77.1.0/24",
+        "10.78.1.0/24",
+        1,
+        2,
+        test_options("b", true),
+    );
     spec.pod_cidr = "10.240.0.0/16".parse().unwrap();
     spec.service_cidr = "10.100.0.0/16".parse().unwrap();
     let scripts = render_scripts(&spec).unwrap();
-    let cp = &scripts.iter().find(|(n, _)| n == "control-plane.sh").unwrap().1;
+    let cp = &scripts
+        .iter()
+        .find(|(n, _)| n == "control-plane.sh")
+        .unwrap()
+        .1;
     for needle in [
         "POD_CIDR='10.240.0.0/16'",
         "SERVICE_CIDR='10.100.0.0/16'",
@@ -456,7 +634,16 @@ fn control_plane_script_uses_the_instance_cidrs() {
     ] {
         assert!(cp.contains(needle), "missing {needle:?} in:\n{cp}");
     }
-    let plain = vagrant_spec("acme", "10.77.1.0/24", "10.78.1.0/24", 1, 2, test_options("b", false));
+    let plain = vagrant_spec(
+        "acme",
+        "10.77.1.0/24",
+        "10.78.1.0/24",
+        1,
+        2,
+        test_options("b", false),
+    );
     assert!(render_scripts(&plain).unwrap().is_empty());
-    assert!(!render_vagrantfile(&plain, LIBVIRT).unwrap().contains("provision"));
+    assert!(!render_vagrantfile(&plain, LIBVIRT)
+        .unwrap()
+        .contains("provision"));
 }

@@ -78,7 +78,11 @@ impl Fake {
             ("FAKE_VAGRANT_LOG".into(), self.log.display().to_string()),
             ("FAKE_VAGRANT_PIDS".into(), self.pids.display().to_string()),
         ];
-        cfg.env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        cfg.env.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
         cfg.grace = Grace {
             interrupt: Duration::from_secs(1),
             terminate: Duration::from_secs(1),
@@ -116,14 +120,23 @@ impl Fake {
 }
 
 fn spec(workers: u32) -> LabSpec {
-    vagrant_spec("acme", "192.168.56.0/24", "10.78.1.0/24", 1, workers, test_options("bento/ubuntu-24.04", false))
+    vagrant_spec(
+        "acme",
+        "192.168.56.0/24",
+        "10.78.1.0/24",
+        1,
+        workers,
+        test_options("bento/ubuntu-24.04", false),
+    )
 }
 
 /// A process is alive: it exists and is not a zombie.
 fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
-            let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next().map(String::from));
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next().map(String::from));
             !matches!(state.as_deref(), Some("Z") | Some("X"))
         }
         Err(_) => false,
@@ -177,7 +190,10 @@ async fn stand_in_vagrant_timeout_stops_the_whole_process_group() {
     let fake = Fake::new();
     // The leader ignores SIGINT (as a busy vagrant may), the grandchild too (background jobs of
     // a script do): SIGTERM has to finish them.
-    let backend = fake.backend(&[("FAKE_VAGRANT_MODE", "hang"), ("FAKE_VAGRANT_IGNORE", "INT")]);
+    let backend = fake.backend(&[
+        ("FAKE_VAGRANT_MODE", "hang"),
+        ("FAKE_VAGRANT_IGNORE", "INT"),
+    ]);
     let t = Instant::now();
     let err = backend
         .converge(&spec(0), &OpControl::with_timeout(Duration::from_secs(3)))
@@ -191,14 +207,21 @@ async fn stand_in_vagrant_timeout_stops_the_whole_process_group() {
         other => panic!("expected a timeout, got {other:?}"),
     }
     assert!(err.to_string().contains("timed out after 3s"), "{err}");
-    assert!(t.elapsed() < Duration::from_secs(15), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        t.elapsed()
+    );
     assert_group_dead(&fake);
 }
 
 #[tokio::test]
 async fn stand_in_vagrant_ignoring_int_and_term_is_killed() {
     let fake = Fake::new();
-    let backend = fake.backend(&[("FAKE_VAGRANT_MODE", "hang"), ("FAKE_VAGRANT_IGNORE", "INT TERM")]);
+    let backend = fake.backend(&[
+        ("FAKE_VAGRANT_MODE", "hang"),
+        ("FAKE_VAGRANT_IGNORE", "INT TERM"),
+    ]);
     let t = Instant::now();
     let err = backend
         .converge(&spec(0), &OpControl::with_timeout(Duration::from_secs(2)))
@@ -206,7 +229,11 @@ async fn stand_in_vagrant_ignoring_int_and_term_is_killed() {
         .unwrap_err();
     assert!(matches!(err, BackendError::Timeout { .. }), "{err:?}");
     // Both grace periods were waited for before SIGKILL.
-    assert!(t.elapsed() >= Duration::from_secs(4), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_secs(4),
+        "took {:?}",
+        t.elapsed()
+    );
     assert_group_dead(&fake);
 }
 
@@ -226,8 +253,15 @@ async fn stand_in_vagrant_cancel_from_terraform_stops_up() {
         BackendError::Cancelled { running } => assert!(running.contains("up"), "{running}"),
         other => panic!("expected a cancellation, got {other:?}"),
     }
-    assert!(err.to_string().contains("interrupted by Terraform"), "{err}");
-    assert!(t.elapsed() < Duration::from_secs(10), "took {:?}", t.elapsed());
+    assert!(
+        err.to_string().contains("interrupted by Terraform"),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
     assert_group_dead(&fake);
 }
 
@@ -242,11 +276,17 @@ async fn stand_in_vagrant_failed_up_reports_command_exit_code_and_last_lines() {
     let BackendError::ToolFailed { cmd, status, tail } = &err else {
         panic!("expected ToolFailed, got {err:?}");
     };
-    assert!(cmd.contains("fake-vagrant up --provider virtualbox --no-parallel acme-cp-1 acme-worker-1"), "{cmd}");
+    assert!(
+        cmd.contains("fake-vagrant up --provider virtualbox --no-parallel acme-cp-1 acme-worker-1"),
+        "{cmd}"
+    );
     assert_eq!(status, "exit code 3");
     assert!(tail.contains("up output line 50"), "{tail}");
     assert!(tail.contains("An error occurred"), "{tail}");
-    assert!(!tail.contains("up output line 20\n"), "the tail is not only the last lines: {tail}");
+    assert!(
+        !tail.contains("up output line 20\n"),
+        "the tail is not only the last lines: {tail}"
+    );
     // The lab is left so that teardown cleans it up.
     assert!(fake.instance_dir("acme").join("Vagrantfile").is_file());
     backend
@@ -254,7 +294,11 @@ async fn stand_in_vagrant_failed_up_reports_command_exit_code_and_last_lines() {
         .await
         .unwrap();
     assert!(!fake.instance_dir("acme").exists());
-    assert!(fake.invocations().iter().any(|l| l == "destroy -f"), "{:?}", fake.invocations());
+    assert!(
+        fake.invocations().iter().any(|l| l == "destroy -f"),
+        "{:?}",
+        fake.invocations()
+    );
 }
 
 #[tokio::test]
@@ -284,12 +328,21 @@ async fn stand_in_vagrant_converge_brings_up_only_machines_not_running() {
         .filter(|l| l.starts_with("up "))
         .cloned()
         .collect();
-    assert_eq!(ups, vec!["up --provider virtualbox --no-parallel acme-worker-1".to_string()]);
+    assert_eq!(
+        ups,
+        vec!["up --provider virtualbox --no-parallel acme-worker-1".to_string()]
+    );
 
     // Everything running: converge runs no `up` at all.
     let before = fake.invocations().len();
     backend.converge(&spec(1), &ctl).await.unwrap();
-    assert!(!fake.invocations()[before..].iter().any(|l| l.starts_with("up")), "{:?}", fake.invocations());
+    assert!(
+        !fake.invocations()[before..]
+            .iter()
+            .any(|l| l.starts_with("up")),
+        "{:?}",
+        fake.invocations()
+    );
 }
 
 #[tokio::test]
@@ -299,13 +352,24 @@ async fn stand_in_vagrant_scale_down_destroys_removed_machines_with_their_old_de
     let ctl = OpControl::with_timeout(Duration::from_secs(60));
     backend.converge(&spec(2), &ctl).await.unwrap();
     let dir = fake.instance_dir("acme");
-    assert!(dir.join(".vagrant/machines/acme-worker-2/virtualbox/id").is_file());
+    assert!(dir
+        .join(".vagrant/machines/acme-worker-2/virtualbox/id")
+        .is_file());
 
     let status = backend.converge(&spec(1), &ctl).await.unwrap();
     assert!(status.healthy(), "{status:?}");
-    assert!(fake.invocations().iter().any(|l| l == "destroy -f acme-worker-2"), "{:?}", fake.invocations());
+    assert!(
+        fake.invocations()
+            .iter()
+            .any(|l| l == "destroy -f acme-worker-2"),
+        "{:?}",
+        fake.invocations()
+    );
     let vf = std::fs::read_to_string(dir.join("Vagrantfile")).unwrap();
-    assert!(!vf.contains("acme-worker-2") && vf.contains("acme-worker-1"), "{vf}");
+    assert!(
+        !vf.contains("acme-worker-2") && vf.contains("acme-worker-1"),
+        "{vf}"
+    );
     assert!(!dir.join(".vagrant/machines/acme-worker-2").exists());
 }
 
@@ -326,7 +390,11 @@ async fn stand_in_vagrant_observe_reports_missing_and_extra_machines() {
         .unwrap();
     assert!(out.status.success());
     std::fs::create_dir_all(dir.join(".vagrant/machines/acme-worker-5/virtualbox")).unwrap();
-    std::fs::write(dir.join(".vagrant/machines/acme-worker-5/virtualbox/id"), "x").unwrap();
+    std::fs::write(
+        dir.join(".vagrant/machines/acme-worker-5/virtualbox/id"),
+        "x",
+    )
+    .unwrap();
     let seen = backend.observe(&spec(1)).await.unwrap();
     assert!(seen.exists);
     assert_eq!(seen.nodes[1].state, "not_created");
@@ -369,7 +437,10 @@ fn real_machine_readable_samples_are_parsed() {
     let running = parse_status(&status_sample("status-libvirt-running.txt"));
     assert_eq!(running.machines.len(), 1);
     let m = running.get("acme-cp-1").unwrap();
-    assert_eq!((m.state.as_str(), m.provider.as_deref()), ("running", Some("libvirt")));
+    assert_eq!(
+        (m.state.as_str(), m.provider.as_deref()),
+        ("running", Some("libvirt"))
+    );
     assert!(m.running() && m.created());
 
     let off = parse_status(&status_sample("status-libvirt-shutoff.txt"));
@@ -381,14 +452,25 @@ fn real_machine_readable_samples_are_parsed() {
     assert!(!gone.get("acme-cp-1").unwrap().created());
 
     let two = parse_status(&status_sample("status-libvirt-two-machines.txt"));
-    let states: Vec<(&str, &str)> = two.machines.iter().map(|m| (m.name.as_str(), m.state.as_str())).collect();
-    assert_eq!(states, vec![("acme-cp-1", "running"), ("acme-worker-1", "not_created")]);
+    let states: Vec<(&str, &str)> = two
+        .machines
+        .iter()
+        .map(|m| (m.name.as_str(), m.state.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        vec![("acme-cp-1", "running"), ("acme-worker-1", "not_created")]
+    );
 
     let none = parse_status(&status_sample("status-no-environment.txt"));
     assert!(none.machines.is_empty());
     assert_eq!(none.errors.len(), 1);
     assert_eq!(none.errors[0].0, "Vagrant::Errors::NoEnvironmentError");
-    assert!(none.errors[0].1.contains("Or,\nget an ID"), "{:?}", none.errors[0].1);
+    assert!(
+        none.errors[0].1.contains("Or,\nget an ID"),
+        "{:?}",
+        none.errors[0].1
+    );
 }
 
 #[tokio::test]
@@ -406,7 +488,10 @@ async fn preflight_names_a_missing_vagrant_and_an_unreachable_libvirtd() {
     let mut cfg = fake.config(&[]);
     cfg.hypervisor = Hypervisor::Libvirt;
     cfg.libvirt_driver = LibvirtDriver::Qemu;
-    cfg.libvirt_uri = format!("qemu:///system?socket={}/no-such-sock", fake.dir.path().display());
+    cfg.libvirt_uri = format!(
+        "qemu:///system?socket={}/no-such-sock",
+        fake.dir.path().display()
+    );
     crate::util::vagrant::ensure_vm_packages(); // virsh itself must exist for this case
     let err = VagrantBackend::new(cfg).preflight().await.unwrap_err();
     let BackendError::Unavailable { what, fix } = &err else {
@@ -440,16 +525,35 @@ async fn stand_in_vagrant_guest_routes_are_read_and_set_idempotently() {
     )
     .unwrap();
     let routes = backend.guest_routes(&spec).await.unwrap();
-    assert_eq!(routes, vec![("acme-cp-1".to_string(), "192.168.57.0/24".parse().unwrap())]);
+    assert_eq!(
+        routes,
+        vec![("acme-cp-1".to_string(), "192.168.57.0/24".parse().unwrap())]
+    );
 
     let dest = "192.168.57.0/24".parse().unwrap();
-    backend.set_guest_route(&spec, dest, true, &ctl).await.unwrap();
+    backend
+        .set_guest_route(&spec, dest, true, &ctl)
+        .await
+        .unwrap();
     // Removing a route that is not there ("No such process") is success.
-    backend.set_guest_route(&spec, dest, false, &ctl).await.unwrap();
+    backend
+        .set_guest_route(&spec, dest, false, &ctl)
+        .await
+        .unwrap();
     let ssh = std::fs::read_to_string(dir.join(".fake-ssh")).unwrap();
     for node in ["acme-cp-1", "acme-worker-1"] {
-        assert!(ssh.contains(&format!("ssh {node}: sudo ip route replace 192.168.57.0/24 via 192.168.56.1")), "{ssh}");
-        assert!(ssh.contains(&format!("ssh {node}: sudo ip route del 192.168.57.0/24 via 192.168.56.1")), "{ssh}");
+        assert!(
+            ssh.contains(&format!(
+                "ssh {node}: sudo ip route replace 192.168.57.0/24 via 192.168.56.1"
+            )),
+            "{ssh}"
+        );
+        assert!(
+            ssh.contains(&format!(
+                "ssh {node}: sudo ip route del 192.168.57.0/24 via 192.168.56.1"
+            )),
+            "{ssh}"
+        );
     }
 }
 
@@ -457,15 +561,27 @@ async fn stand_in_vagrant_guest_routes_are_read_and_set_idempotently() {
 async fn stand_in_vagrant_provisioning_joins_nodes_with_checked_values_and_fetches_kubeconfig() {
     let fake = Fake::new();
     let backend = fake.backend(&[]);
-    let mut s = vagrant_spec("acme", "192.168.56.0/24", "10.78.1.0/24", 2, 1, test_options("bento/ubuntu-24.04", true));
+    let mut s = vagrant_spec(
+        "acme",
+        "192.168.56.0/24",
+        "10.78.1.0/24",
+        2,
+        1,
+        test_options("bento/ubuntu-24.04", true),
+    );
     s.vagrant.as_mut().unwrap().provision = true;
     backend
         .converge(&s, &OpControl::with_timeout(Duration::from_secs(60)))
         .await
         .unwrap();
     let dir = fake.instance_dir("acme");
-    assert_eq!(backend.vagrantfile_path("acme").unwrap(), dir.join("Vagrantfile"));
-    assert!(dir.join("scripts/node.sh").is_file() && dir.join("scripts/control-plane.sh").is_file());
+    assert_eq!(
+        backend.vagrantfile_path("acme").unwrap(),
+        dir.join("Vagrantfile")
+    );
+    assert!(
+        dir.join("scripts/node.sh").is_file() && dir.join("scripts/control-plane.sh").is_file()
+    );
     let ssh = std::fs::read_to_string(dir.join(".fake-ssh")).unwrap();
     let hash = format!("sha256:{:064}", 7);
     let key = format!("{:064}", 9);
@@ -478,9 +594,17 @@ async fn stand_in_vagrant_provisioning_joins_nodes_with_checked_values_and_fetch
     assert!(!ssh.contains("ssh acme-cp-1: sudo kubeadm join"), "{ssh}");
     use std::os::unix::fs::PermissionsExt;
     let kc = backend.kubeconfig_path("acme").unwrap();
-    assert_eq!(std::fs::metadata(&kc).unwrap().permissions().mode() & 0o777, 0o600);
-    assert!(std::fs::read_to_string(&kc).unwrap().contains("server: https://192.168.56.10:6443"));
-    assert_eq!(VagrantBackend::api_endpoint(&s).as_deref(), Some("https://192.168.56.10:6443"));
+    assert_eq!(
+        std::fs::metadata(&kc).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(std::fs::read_to_string(&kc)
+        .unwrap()
+        .contains("server: https://192.168.56.10:6443"));
+    assert_eq!(
+        VagrantBackend::api_endpoint(&s).as_deref(),
+        Some("https://192.168.56.10:6443")
+    );
 
     // A second converge joins nobody again.
     let before = ssh.matches("kubeadm join").count();

@@ -19,8 +19,10 @@ use serde_json::Value;
 use crate::util::vagrant::{test_options, vagrant_spec};
 use crate::util::vm::{VmLab, TEST_BOX};
 
-/// Whole-test budget once the box is built (box build and lab start are reported apart).
-const BUDGET: Duration = Duration::from_secs(600);
+/// Whole-test budget once the box is built (box build and lab start are reported apart):
+/// the 10 minutes, plus one for a busy machine; the test runner's own hard stop
+/// (.config/nextest.toml) comes after it.
+const BUDGET: Duration = Duration::from_secs(660);
 
 fn ctl() -> OpControl {
     OpControl::with_timeout(Duration::from_secs(360))
@@ -35,18 +37,27 @@ fn addresses(lab: &VmLab, dir: &Path, machine: &str) -> BTreeMap<String, String>
         .iter()
         .filter(|l| l["ifname"] != "lo")
         .filter_map(|l| {
-            let a = l["addr_info"].as_array()?.first()?["local"].as_str()?.to_string();
+            let a = l["addr_info"].as_array()?.first()?["local"]
+                .as_str()?
+                .to_string();
             Some((l["ifname"].as_str()?.to_string(), a))
         })
         .collect()
 }
 
 /// Ping each `(interface, target)` once from `machine` in one ssh session: which answered.
-fn pings(lab: &VmLab, dir: &Path, machine: &str, probes: &[(String, String)]) -> Vec<(String, String, bool)> {
+fn pings(
+    lab: &VmLab,
+    dir: &Path,
+    machine: &str,
+    probes: &[(String, String)],
+) -> Vec<(String, String, bool)> {
     let script: String = probes
         .iter()
         .map(|(iface, ip)| {
-            format!("if ping -n -c 1 -W 2 -I {iface} {ip} >/dev/null 2>&1; then echo '{iface} {ip} ok'; else echo '{iface} {ip} no'; fi; ")
+            // Three tries, 3 s each: an emulated guest on a busy host can be slow to answer the
+            // first ARP. Unreachable targets fail at once (no route), so this costs little.
+            format!("if ping -n -c 3 -W 3 -I {iface} {ip} >/dev/null 2>&1; then echo '{iface} {ip} ok'; else echo '{iface} {ip} no'; fi; ")
         })
         .collect();
     let out = lab.ssh(dir, machine, &script);
@@ -81,14 +92,22 @@ fn cross_probes(from: &Vm, to: &[&Vm]) -> Vec<(String, String)> {
 
 fn assert_isolated(lab: &VmLab, from: &Vm, to: &[&Vm], when: &str) {
     for (iface, ip, ok) in pings(lab, &from.dir, &from.machine, &cross_probes(from, to)) {
-        assert!(!ok, "{when}: {} ({}) reached {ip} over {iface}", from.machine, from.instance);
+        assert!(
+            !ok,
+            "{when}: {} ({}) reached {ip} over {iface}",
+            from.machine, from.instance
+        );
     }
 }
 
 fn step(t0: Instant, what: &str) {
     let e = t0.elapsed();
     eprintln!("[{:>6.1}s] {what}", e.as_secs_f64());
-    assert!(e < BUDGET, "over the {}s budget before: {what}", BUDGET.as_secs());
+    assert!(
+        e < BUDGET,
+        "over the {}s budget before: {what}",
+        BUDGET.as_secs()
+    );
 }
 
 #[tokio::test]
@@ -107,43 +126,99 @@ async fn real_vms_acme_and_globex_are_isolated_scale_federate_and_leave_nothing(
     let _log = tracing::subscriber::set_default(subscriber);
     let setup = Instant::now();
     let lab = VmLab::start();
-    eprintln!("lab set-up (packages, box, daemons, box add): {:.1}s", setup.elapsed().as_secs_f64());
+    eprintln!(
+        "lab set-up (packages, box, daemons, box add): {:.1}s",
+        setup.elapsed().as_secs_f64()
+    );
     let t0 = Instant::now();
     let backend = VagrantBackend::new(lab.backend_config());
     backend.preflight().await.expect("preflight inside the lab");
 
-    let acme0 = vagrant_spec("acme", "10.77.1.0/24", "10.78.1.0/24", 1, 0, test_options(TEST_BOX, false));
-    let acme1 = vagrant_spec("acme", "10.77.1.0/24", "10.78.1.0/24", 1, 1, test_options(TEST_BOX, false));
-    let globex = vagrant_spec("globex", "10.77.2.0/24", "10.78.2.0/24", 1, 0, test_options(TEST_BOX, false));
+    let acme0 = vagrant_spec(
+        "acme",
+        "10.77.1.0/24",
+        "10.78.1.0/24",
+        1,
+        0,
+        test_options(TEST_BOX, false),
+    );
+    let acme1 = vagrant_spec(
+        "acme",
+        "10.77.1.0/24",
+        "10.78.1.0/24",
+        1,
+        1,
+        test_options(TEST_BOX, false),
+    );
+    let globex = vagrant_spec(
+        "globex",
+        "10.77.2.0/24",
+        "10.78.2.0/24",
+        1,
+        0,
+        test_options(TEST_BOX, false),
+    );
     let acme_dir = backend.instance_dir("acme").unwrap();
     let globex_dir = backend.instance_dir("globex").unwrap();
 
     // Step 1 (create + read): acme with one node.
     step(t0, "create acme (1 node)");
-    let st = backend.converge(&acme0, &ctl()).await.expect("converge acme");
+    let st = backend
+        .converge(&acme0, &ctl())
+        .await
+        .expect("converge acme");
     assert!(st.healthy(), "{st:?}");
-    let boot_id = lab.ssh(&acme_dir, "acme-cp-1", "cat /proc/sys/kernel/random/boot_id");
+    let boot_id = lab.ssh(
+        &acme_dir,
+        "acme-cp-1",
+        "cat /proc/sys/kernel/random/boot_id",
+    );
     let cp_uuid = lab.virsh(&["domuuid", "homelab-acme-cp-1"]);
 
     // Step 2 (create + update, concurrently): globex appears while acme goes 0 -> 1 worker.
     // The first VM is not touched: same libvirt domain, same boot.
     step(t0, "create globex and scale acme to 1 worker, concurrently");
     let (c1, c2) = (ctl(), ctl());
-    let (g, a) = tokio::join!(backend.converge(&globex, &c1), backend.converge(&acme1, &c2));
+    let (g, a) = tokio::join!(
+        backend.converge(&globex, &c1),
+        backend.converge(&acme1, &c2)
+    );
     let (g, a) = (g.expect("converge globex"), a.expect("converge acme 0->1"));
     assert!(g.healthy() && a.healthy(), "{g:?} {a:?}");
-    assert_eq!(lab.ssh(&acme_dir, "acme-cp-1", "cat /proc/sys/kernel/random/boot_id"), boot_id);
+    assert_eq!(
+        lab.ssh(
+            &acme_dir,
+            "acme-cp-1",
+            "cat /proc/sys/kernel/random/boot_id"
+        ),
+        boot_id
+    );
     assert_eq!(lab.virsh(&["domuuid", "homelab-acme-cp-1"]), cp_uuid);
     let mut domains = lab.domains();
     domains.sort();
-    assert_eq!(domains, ["homelab-acme-cp-1", "homelab-acme-worker-1", "homelab-globex-cp-1"]);
+    assert_eq!(
+        domains,
+        [
+            "homelab-acme-cp-1",
+            "homelab-acme-worker-1",
+            "homelab-globex-cp-1"
+        ]
+    );
 
     // Step 3 (read): every network of both instances is isolated; nothing is healthy by
     // accident: observe agrees.
     step(t0, "check networks and observe");
     let mut nets = lab.networks();
     nets.sort();
-    assert_eq!(nets, ["homelab-acme", "homelab-acme-mgmt", "homelab-globex", "homelab-globex-mgmt"]);
+    assert_eq!(
+        nets,
+        [
+            "homelab-acme",
+            "homelab-acme-mgmt",
+            "homelab-globex",
+            "homelab-globex-mgmt"
+        ]
+    );
     for n in &nets {
         let xml = lab.virsh(&["net-dumpxml", n]);
         assert!(!xml.contains("<forward"), "{n} is not isolated:\n{xml}");
@@ -172,18 +247,33 @@ async fn real_vms_acme_and_globex_are_isolated_scale_federate_and_leave_nothing(
     for v in [&a_cp, &a_w, &g_cp] {
         assert_eq!(v.addrs.len(), 2, "{}: {:?}", v.machine, v.addrs);
         let routes = lab.ssh(&v.dir, &v.machine, "ip -4 route show");
-        assert!(!routes.contains("default"), "{} has a default route:\n{routes}", v.machine);
+        assert!(
+            !routes.contains("default"),
+            "{} has a default route:\n{routes}",
+            v.machine
+        );
     }
     assert_eq!(a_cp.addrs["eth1"], "10.77.1.10");
     assert_eq!(g_cp.addrs["eth1"], "10.77.2.10");
-    assert!(a_cp.addrs["eth0"].starts_with("10.78.1."), "{:?}", a_cp.addrs);
-    assert!(g_cp.addrs["eth0"].starts_with("10.78.2."), "{:?}", g_cp.addrs);
+    assert!(
+        a_cp.addrs["eth0"].starts_with("10.78.1."),
+        "{:?}",
+        a_cp.addrs
+    );
+    assert!(
+        g_cp.addrs["eth0"].starts_with("10.78.2."),
+        "{:?}",
+        g_cp.addrs
+    );
     let inside: Vec<(String, String)> = vec![
         ("eth1".into(), a_w.addrs["eth1"].clone()),
         ("eth0".into(), a_w.addrs["eth0"].clone()),
     ];
     for (iface, ip, ok) in pings(&lab, &acme_dir, "acme-cp-1", &inside) {
-        assert!(ok, "acme-cp-1 cannot reach its own worker at {ip} over {iface}");
+        assert!(
+            ok,
+            "acme-cp-1 cannot reach its own worker at {ip} over {iface}"
+        );
     }
     assert_isolated(&lab, &a_cp, &[&g_cp], "before federation");
     assert_isolated(&lab, &a_w, &[&g_cp], "before federation");
@@ -193,36 +283,89 @@ async fn real_vms_acme_and_globex_are_isolated_scale_federate_and_leave_nothing(
     // each gateway: the host-only addresses reach each other; management networks stay apart.
     step(t0, "federate acme + globex");
     let fwd = backend.forwarding();
-    let la = Link { instance: "acme".into(), iface: bridge_a.clone(), subnet: acme1.subnet };
-    let lg = Link { instance: "globex".into(), iface: bridge_g.clone(), subnet: globex.subnet };
+    let la = Link {
+        instance: "acme".into(),
+        iface: bridge_a.clone(),
+        subnet: acme1.subnet,
+    };
+    let lg = Link {
+        instance: "globex".into(),
+        iface: bridge_g.clone(),
+        subnet: globex.subnet,
+    };
     fwd.preflight().await.expect("forwarding preflight");
     fwd.allow_pair(&la, &lg).await.expect("allow pair");
-    backend.set_guest_route(&acme1, globex.subnet, true, &ctl()).await.unwrap();
-    backend.set_guest_route(&globex, acme1.subnet, true, &ctl()).await.unwrap();
+    backend
+        .set_guest_route(&acme1, globex.subnet, true, &ctl())
+        .await
+        .unwrap();
+    backend
+        .set_guest_route(&globex, acme1.subnet, true, &ctl())
+        .await
+        .unwrap();
     let routes = backend.guest_routes(&acme1).await.unwrap();
     assert_eq!(
         routes,
-        vec![("acme-cp-1".to_string(), globex.subnet), ("acme-worker-1".to_string(), globex.subnet)]
+        vec![
+            ("acme-cp-1".to_string(), globex.subnet),
+            ("acme-worker-1".to_string(), globex.subnet)
+        ]
     );
-    let crossing = pings(&lab, &acme_dir, "acme-cp-1", &[("eth1".into(), "10.77.2.10".into())]);
-    assert!(crossing[0].2, "federated: acme-cp-1 cannot reach globex-cp-1 at 10.77.2.10");
-    let back = pings(&lab, &globex_dir, "globex-cp-1", &[("eth1".into(), "10.77.1.20".into())]);
-    assert!(back[0].2, "federated: globex-cp-1 cannot reach acme-worker-1 at 10.77.1.20");
-    let mgmt = pings(&lab, &acme_dir, "acme-cp-1", &[("eth0".into(), g_cp.addrs["eth0"].clone())]);
+    let crossing = pings(
+        &lab,
+        &acme_dir,
+        "acme-cp-1",
+        &[("eth1".into(), "10.77.2.10".into())],
+    );
+    assert!(
+        crossing[0].2,
+        "federated: acme-cp-1 cannot reach globex-cp-1 at 10.77.2.10"
+    );
+    let back = pings(
+        &lab,
+        &globex_dir,
+        "globex-cp-1",
+        &[("eth1".into(), "10.77.1.20".into())],
+    );
+    assert!(
+        back[0].2,
+        "federated: globex-cp-1 cannot reach acme-worker-1 at 10.77.1.20"
+    );
+    let mgmt = pings(
+        &lab,
+        &acme_dir,
+        "acme-cp-1",
+        &[("eth0".into(), g_cp.addrs["eth0"].clone())],
+    );
     assert!(!mgmt[0].2, "federation opened the management networks");
 
     // Step 6 (unfederate, piece by piece): routes gone -> no crossing; routes back but the
     // forwarding rules gone -> still none (IPv4 forwarding alone is never the guard); all gone.
     step(t0, "unfederate");
-    backend.set_guest_route(&acme1, globex.subnet, false, &ctl()).await.unwrap();
-    backend.set_guest_route(&acme1, globex.subnet, false, &ctl()).await.unwrap(); // idempotent
+    backend
+        .set_guest_route(&acme1, globex.subnet, false, &ctl())
+        .await
+        .unwrap();
+    backend
+        .set_guest_route(&acme1, globex.subnet, false, &ctl())
+        .await
+        .unwrap(); // idempotent
     assert_isolated(&lab, &a_cp, &[&g_cp], "guest routes removed");
-    backend.set_guest_route(&acme1, globex.subnet, true, &ctl()).await.unwrap();
+    backend
+        .set_guest_route(&acme1, globex.subnet, true, &ctl())
+        .await
+        .unwrap();
     fwd.deny_pair(&la, &lg).await.expect("deny pair");
     assert!(!fwd.missing_for_pair(&la, &lg).await.unwrap().is_empty());
     assert_isolated(&lab, &a_cp, &[&g_cp], "forwarding removed");
-    backend.set_guest_route(&acme1, globex.subnet, false, &ctl()).await.unwrap();
-    backend.set_guest_route(&globex, acme1.subnet, false, &ctl()).await.unwrap();
+    backend
+        .set_guest_route(&acme1, globex.subnet, false, &ctl())
+        .await
+        .unwrap();
+    backend
+        .set_guest_route(&globex, acme1.subnet, false, &ctl())
+        .await
+        .unwrap();
     assert!(backend.guest_routes(&acme1).await.unwrap().is_empty());
     assert_isolated(&lab, &g_cp, &[&a_cp, &a_w], "after federation");
 
@@ -236,15 +379,28 @@ async fn real_vms_acme_and_globex_are_isolated_scale_federate_and_leave_nothing(
 
     // Step 8 (update): acme back to 0 workers: the worker goes, cp-1 stays as it was.
     step(t0, "scale acme to 0 workers");
-    let st = backend.converge(&acme0, &ctl()).await.expect("converge acme 1->0");
+    let st = backend
+        .converge(&acme0, &ctl())
+        .await
+        .expect("converge acme 1->0");
     assert!(st.healthy(), "{st:?}");
     assert!(!lab.domains().contains(&"homelab-acme-worker-1".to_string()));
-    assert_eq!(lab.ssh(&acme_dir, "acme-cp-1", "cat /proc/sys/kernel/random/boot_id"), boot_id);
+    assert_eq!(
+        lab.ssh(
+            &acme_dir,
+            "acme-cp-1",
+            "cat /proc/sys/kernel/random/boot_id"
+        ),
+        boot_id
+    );
 
     // Step 9 (destroy): both torn down; no domain, no network, no disk of theirs, no folder.
     step(t0, "teardown");
     let (c1, c2) = (ctl(), ctl());
-    let (ta, tg) = tokio::join!(backend.teardown(&acme0, &c1), backend.teardown(&globex, &c2));
+    let (ta, tg) = tokio::join!(
+        backend.teardown(&acme0, &c1),
+        backend.teardown(&globex, &c2)
+    );
     ta.expect("teardown acme");
     tg.expect("teardown globex");
     assert!(lab.domains().is_empty(), "{:?}", lab.domains());
@@ -254,6 +410,9 @@ async fn real_vms_acme_and_globex_are_isolated_scale_federate_and_leave_nothing(
     let absent: LabStatus = backend.observe(&acme0).await.unwrap();
     assert!(!absent.exists);
     // Teardown again: already gone is success.
-    backend.teardown(&acme0, &ctl()).await.expect("second teardown");
+    backend
+        .teardown(&acme0, &ctl())
+        .await
+        .expect("second teardown");
     step(t0, "done");
 }

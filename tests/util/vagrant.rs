@@ -87,7 +87,8 @@ pub fn vagrant_spec(
         pod_cidr: "10.244.0.0/16".parse().unwrap(),
         service_cidr: "10.96.0.0/16".parse().unwrap(),
         mgmt_cidr: Some(mgmt.parse().unwrap()),
-        nodes: plan_nodes(instance, &subnet, control_planes, workers).expect("subnet holds the nodes"),
+        nodes: plan_nodes(instance, &subnet, control_planes, workers)
+            .expect("subnet holds the nodes"),
         vagrant: Some(options),
     }
 }
@@ -95,7 +96,11 @@ pub fn vagrant_spec(
 /// Write what the backend would write for `spec` (Vagrantfile and scripts) into `dir`.
 pub fn write_rendered(spec: &LabSpec, target: RenderTarget, dir: &Path) {
     std::fs::create_dir_all(dir.join("scripts")).unwrap();
-    std::fs::write(dir.join("Vagrantfile"), render_vagrantfile(spec, target).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("Vagrantfile"),
+        render_vagrantfile(spec, target).unwrap(),
+    )
+    .unwrap();
     for (name, content) in render_scripts(spec).unwrap() {
         std::fs::write(dir.join("scripts").join(name), content).unwrap();
     }

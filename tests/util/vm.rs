@@ -23,10 +23,17 @@ pub const TEST_BOX: &str = "homelab-test";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// Build (or take from the cache) the test box; its path. Panics with the builder's output.
+/// Build (or take from the cache) the test box; its path. `HOMELAB_TEST_BOX` (set by
+/// scripts/test.sh, which builds it before the tests) names a box already built. Panics with
+/// the builder's output.
 pub fn ensure_test_box() -> PathBuf {
     static BOX: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let r = BOX.get_or_init(|| {
+        if let Some(p) = std::env::var_os("HOMELAB_TEST_BOX").map(PathBuf::from) {
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
         let t = Instant::now();
         let out = Command::new("timeout")
             .args(["900", "bash"])
@@ -41,7 +48,11 @@ pub fn ensure_test_box() -> PathBuf {
             ));
         }
         let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        eprintln!("test box ready in {:.1}s: {}", t.elapsed().as_secs_f64(), path.display());
+        eprintln!(
+            "test box ready in {:.1}s: {}",
+            t.elapsed().as_secs_f64(),
+            path.display()
+        );
         Ok(path)
     });
     match r {
@@ -53,11 +64,13 @@ pub fn ensure_test_box() -> PathBuf {
 /// Run `argv` with a hard timeout (the `timeout` command, KILL 10 s after TERM).
 pub fn run_with_timeout(argv: &[&str], timeout: Duration, env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new("timeout");
-    cmd.args(["--kill-after=10", &timeout.as_secs().to_string()]).args(argv);
+    cmd.args(["--kill-after=10", &timeout.as_secs().to_string()])
+        .args(argv);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {argv:?}: {e}"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {argv:?}: {e}"))
 }
 
 /// Text of both streams of an output.
@@ -98,7 +111,14 @@ impl VmLab {
             .prefix("homelab-vmlab-")
             .tempdir_in("/tmp")
             .expect("temp dir");
-        let netns = format!("hlvm{}n{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        let netns = format!(
+            "hlvm{}n{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        reap_stale_labs();
+        std::fs::write(dir.path().join("owner.pid"), std::process::id().to_string()).unwrap();
+        std::fs::write(dir.path().join("netns"), &netns).unwrap();
         let lab = VmLab {
             netns: netns.clone(),
             state: dir.path().join("libvirt"),
@@ -108,7 +128,11 @@ impl VmLab {
         };
         std::fs::create_dir_all(&lab.home).unwrap();
         std::fs::create_dir_all(&lab.vagrant_home).unwrap();
-        let out = run_with_timeout(&["ip", "netns", "add", &netns], Duration::from_secs(30), &[]);
+        let out = run_with_timeout(
+            &["ip", "netns", "add", &netns],
+            Duration::from_secs(30),
+            &[],
+        );
         assert!(out.status.success(), "ip netns add: {}", text(&out));
         let out = run_with_timeout(
             &["ip", "-n", &netns, "link", "set", "lo", "up"],
@@ -118,13 +142,27 @@ impl VmLab {
         assert!(out.status.success(), "lo up: {}", text(&out));
         let script = repo_root().join("scripts/vm/lab.sh");
         let out = run_with_timeout(
-            &["bash", script.to_str().unwrap(), "up", &netns, lab.state.to_str().unwrap()],
+            &[
+                "bash",
+                script.to_str().unwrap(),
+                "up",
+                &netns,
+                lab.state.to_str().unwrap(),
+            ],
             Duration::from_secs(120),
             &[],
         );
         assert!(out.status.success(), "lab.sh up: {}", text(&out));
         let out = lab.run(
-            &["vagrant", "box", "add", "--force", "--name", TEST_BOX, box_path.to_str().unwrap()],
+            &[
+                "vagrant",
+                "box",
+                "add",
+                "--force",
+                "--name",
+                TEST_BOX,
+                box_path.to_str().unwrap(),
+            ],
             Duration::from_secs(300),
         );
         assert!(out.status.success(), "vagrant box add: {}", text(&out));
@@ -145,7 +183,10 @@ impl VmLab {
     /// Environment every vagrant run in the lab gets.
     pub fn vagrant_env(&self) -> Vec<(String, String)> {
         vec![
-            ("VAGRANT_HOME".into(), self.vagrant_home.display().to_string()),
+            (
+                "VAGRANT_HOME".into(),
+                self.vagrant_home.display().to_string(),
+            ),
             ("VAGRANT_CHECKPOINT_DISABLE".into(), "1".into()),
         ]
     }
@@ -186,8 +227,16 @@ impl VmLab {
 
     /// Run a shell command in a VM with `vagrant ssh -c` (stdout; panics on failure).
     pub fn ssh(&self, dir: &Path, machine: &str, command: &str) -> String {
-        let out = self.vagrant(dir, &["ssh", machine, "--no-tty", "-c", command], Duration::from_secs(180));
-        assert!(out.status.success(), "vagrant ssh {machine} -c {command:?}: {}", text(&out));
+        let out = self.vagrant(
+            dir,
+            &["ssh", machine, "--no-tty", "-c", command],
+            Duration::from_secs(180),
+        );
+        assert!(
+            out.status.success(),
+            "vagrant ssh {machine} -c {command:?}: {}",
+            text(&out)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -201,7 +250,11 @@ impl VmLab {
     }
 
     fn names(out: String) -> Vec<String> {
-        out.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
+        out.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
     }
 
     /// Every libvirt domain of the lab.
@@ -238,17 +291,57 @@ impl VmLab {
     }
 }
 
+/// Tear down labs whose test process died without its Drop running (killed by a test
+/// runner's timeout, for example): their daemons (by PID), namespace and files.
+fn reap_stale_labs() {
+    for entry in std::fs::read_dir("/tmp").into_iter().flatten().flatten() {
+        let dir = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("homelab-vmlab-") {
+            continue;
+        }
+        let owner: Option<u32> = std::fs::read_to_string(dir.join("owner.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        let alive = owner.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if alive || owner.is_none() {
+            continue;
+        }
+        eprintln!("reaping the VM lab left by dead test process {owner:?}: {}", dir.display());
+        let script = repo_root().join("scripts/vm/lab.sh");
+        let state = dir.join("libvirt");
+        let _ = run_with_timeout(
+            &["bash", script.to_str().unwrap(), "down", state.to_str().unwrap()],
+            Duration::from_secs(180),
+            &[],
+        );
+        if let Ok(ns) = std::fs::read_to_string(dir.join("netns")) {
+            let _ = run_with_timeout(&["ip", "netns", "del", ns.trim()], Duration::from_secs(30), &[]);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 impl Drop for VmLab {
     fn drop(&mut self) {
         let script = repo_root().join("scripts/vm/lab.sh");
         let out = run_with_timeout(
-            &["bash", script.to_str().unwrap(), "down", self.state.to_str().unwrap()],
+            &[
+                "bash",
+                script.to_str().unwrap(),
+                "down",
+                self.state.to_str().unwrap(),
+            ],
             Duration::from_secs(180),
             &[],
         );
         if !out.status.success() {
             eprintln!("lab.sh down {}: {}", self.state.display(), text(&out));
         }
-        let _ = run_with_timeout(&["ip", "netns", "del", &self.netns], Duration::from_secs(30), &[]);
+        let _ = run_with_timeout(
+            &["ip", "netns", "del", &self.netns],
+            Duration::from_secs(30),
+            &[],
+        );
     }
 }

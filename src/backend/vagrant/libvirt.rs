@@ -12,7 +12,10 @@ pub fn instance_networks(instance: &str) -> [String; 2] {
 /// Whether `node` is a node name of `instance` (`acme-cp-2`, `acme-worker-10`): exact
 /// scheme, so that `acme` never claims `acme-cp`'s nodes (`acme-cp-cp-1`).
 pub fn is_node_of(instance: &str, node: &str) -> bool {
-    let Some(rest) = node.strip_prefix(instance).and_then(|r| r.strip_prefix('-')) else {
+    let Some(rest) = node
+        .strip_prefix(instance)
+        .and_then(|r| r.strip_prefix('-'))
+    else {
         return false;
     };
     let num = rest
@@ -90,7 +93,10 @@ mod tests {
         assert!(is_volume_of("acme", "homelab-acme-worker-2.img"));
         assert!(is_volume_of("acme", "homelab-acme-worker-2-vdb.qcow2"));
         assert!(!is_volume_of("acme", "homelab-globex-cp-1.img"));
-        assert!(!is_volume_of("acme", "homelab-test_vagrant_box_image_0_box.img"));
+        assert!(!is_volume_of(
+            "acme",
+            "homelab-test_vagrant_box_image_0_box.img"
+        ));
     }
 
     #[test]
@@ -98,8 +104,13 @@ mod tests {
         let info = "Name:           homelab-acme\nUUID:           x\nActive:         yes\nPersistent:     yes\nAutostart:      no\nBridge:         virbr1\n";
         assert_eq!(parse_net_info_bridge(info).as_deref(), Some("virbr1"));
         let vols = " Name                   Path\n----------------------------------------\n homelab-acme-cp-1.img  /var/lib/libvirt/images/homelab-acme-cp-1.img\n box.img /x\n";
-        assert_eq!(parse_vol_list(vols), vec!["homelab-acme-cp-1.img", "box.img"]);
-        assert!(is_isolated("<network><name>x</name><bridge name='virbr1'/></network>"));
+        assert_eq!(
+            parse_vol_list(vols),
+            vec!["homelab-acme-cp-1.img", "box.img"]
+        );
+        assert!(is_isolated(
+            "<network><name>x</name><bridge name='virbr1'/></network>"
+        ));
         assert!(!is_isolated("<network><forward mode='nat'/></network>"));
     }
 }

@@ -220,13 +220,22 @@ impl VagrantBackend {
         argv.extend(args.iter().cloned());
         let mut env = vec![
             // The prefix may change directories (nsenter does): Vagrant finds its folder here.
-            ("VAGRANT_CWD".to_string(), dir.to_string_lossy().into_owned()),
+            (
+                "VAGRANT_CWD".to_string(),
+                dir.to_string_lossy().into_owned(),
+            ),
             ("VAGRANT_CHECKPOINT_DISABLE".to_string(), "1".to_string()),
-            ("VAGRANT_BOX_UPDATE_CHECK_DISABLE".to_string(), "1".to_string()),
+            (
+                "VAGRANT_BOX_UPDATE_CHECK_DISABLE".to_string(),
+                "1".to_string(),
+            ),
             ("VAGRANT_NO_COLOR".to_string(), "1".to_string()),
         ];
         if self.cfg.hypervisor == Hypervisor::Libvirt {
-            env.push(("LIBVIRT_DEFAULT_URI".to_string(), self.cfg.libvirt_uri.clone()));
+            env.push((
+                "LIBVIRT_DEFAULT_URI".to_string(),
+                self.cfg.libvirt_uri.clone(),
+            ));
         }
         env.extend(self.cfg.env.iter().cloned());
         ToolCommand {
@@ -245,7 +254,12 @@ impl VagrantBackend {
         log_at_info: bool,
     ) -> Result<Finished, BackendError> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        runner::run_tool(&self.vagrant_cmd(dir, &args, log_at_info), limits, self.cfg.grace).await
+        runner::run_tool(
+            &self.vagrant_cmd(dir, &args, log_at_info),
+            limits,
+            self.cfg.grace,
+        )
+        .await
     }
 
     async fn virsh(&self, args: &[&str]) -> Result<Finished, BackendError> {
@@ -336,7 +350,13 @@ impl VagrantBackend {
             let joined = self
                 .vagrant(
                     dir,
-                    &["ssh", &node.name, "--no-tty", "-c", "test -f /etc/kubernetes/kubelet.conf"],
+                    &[
+                        "ssh",
+                        &node.name,
+                        "--no-tty",
+                        "-c",
+                        "test -f /etc/kubernetes/kubelet.conf",
+                    ],
                     limits,
                     false,
                 )
@@ -347,7 +367,13 @@ impl VagrantBackend {
             let out = self
                 .vagrant(
                     dir,
-                    &["ssh", &cp1.name, "--no-tty", "-c", "sudo kubeadm token create --print-join-command"],
+                    &[
+                        "ssh",
+                        &cp1.name,
+                        "--no-tty",
+                        "-c",
+                        "sudo kubeadm token create --print-join-command",
+                    ],
                     limits,
                     false,
                 )
@@ -364,31 +390,50 @@ impl VagrantBackend {
                 let out = self
                     .vagrant(
                         dir,
-                        &["ssh", &cp1.name, "--no-tty", "-c", "sudo kubeadm init phase upload-certs --upload-certs"],
+                        &[
+                            "ssh",
+                            &cp1.name,
+                            "--no-tty",
+                            "-c",
+                            "sudo kubeadm init phase upload-certs --upload-certs",
+                        ],
                         limits,
                         false,
                     )
                     .await?
                     .ok()?;
-                Some(provision::parse_certificate_key(&out.stdout).ok_or_else(|| {
-                    BackendError::Other(format!(
+                Some(
+                    provision::parse_certificate_key(&out.stdout).ok_or_else(|| {
+                        BackendError::Other(format!(
                         "{}: no certificate key in the output of `kubeadm init phase upload-certs`",
                         cp1.name
                     ))
-                })?)
+                    })?,
+                )
             } else {
                 None
             };
             let join = provision::join_command(node, &params, key.as_deref());
             tracing::info!(node = %node.name, "joining the cluster");
-            self.vagrant(dir, &["ssh", &node.name, "--no-tty", "-c", &join], limits, true)
-                .await?
-                .ok()?;
+            self.vagrant(
+                dir,
+                &["ssh", &node.name, "--no-tty", "-c", &join],
+                limits,
+                true,
+            )
+            .await?
+            .ok()?;
         }
         let out = self
             .vagrant(
                 dir,
-                &["ssh", &cp1.name, "--no-tty", "-c", "sudo cat /etc/kubernetes/admin.conf"],
+                &[
+                    "ssh",
+                    &cp1.name,
+                    "--no-tty",
+                    "-c",
+                    "sudo cat /etc/kubernetes/admin.conf",
+                ],
                 limits,
                 false,
             )
@@ -441,7 +486,9 @@ impl VagrantBackend {
         {
             tracing::info!(domain = %dom, "removing a domain Vagrant left behind");
             let _ = self.virsh(&["destroy", &dom]).await?;
-            self.virsh(&["undefine", &dom, "--remove-all-storage"]).await?.ok()?;
+            self.virsh(&["undefine", &dom, "--remove-all-storage"])
+                .await?
+                .ok()?;
         }
         if let Ok(vols) = self.virsh(&["vol-list", "default"]).await?.ok() {
             for vol in libvirt::parse_vol_list(&vols.stdout)
@@ -449,7 +496,9 @@ impl VagrantBackend {
                 .filter(|v| libvirt::is_volume_of(instance, v))
             {
                 tracing::info!(volume = %vol, "removing a disk Vagrant left behind");
-                self.virsh(&["vol-delete", &vol, "--pool", "default"]).await?.ok()?;
+                self.virsh(&["vol-delete", &vol, "--pool", "default"])
+                    .await?
+                    .ok()?;
             }
         }
         for net in self.existing_networks(instance).await? {
@@ -460,7 +509,11 @@ impl VagrantBackend {
         Ok(())
     }
 
-    async fn observe_with(&self, spec: &LabSpec, limits: &Limits) -> Result<LabStatus, BackendError> {
+    async fn observe_with(
+        &self,
+        spec: &LabSpec,
+        limits: &Limits,
+    ) -> Result<LabStatus, BackendError> {
         let dir = self.instance_dir(&spec.instance)?;
         let absent = |nodes: &[NodeSpec]| LabStatus {
             exists: false,
@@ -496,7 +549,8 @@ impl VagrantBackend {
             })
             .collect();
         let in_spec = |name: &str| spec.nodes.iter().any(|n| n.name == name);
-        let mut extra: BTreeSet<String> = recorded.iter().filter(|m| !in_spec(m)).cloned().collect();
+        let mut extra: BTreeSet<String> =
+            recorded.iter().filter(|m| !in_spec(m)).cloned().collect();
         extra.extend(
             report
                 .machines
@@ -531,7 +585,12 @@ impl VagrantBackend {
         let mut out = Vec::new();
         for node in &spec.nodes {
             let f = self
-                .vagrant(&dir, &["ssh", &node.name, "--no-tty", "-c", command], limits, false)
+                .vagrant(
+                    &dir,
+                    &["ssh", &node.name, "--no-tty", "-c", command],
+                    limits,
+                    false,
+                )
                 .await?;
             out.push((node.name.clone(), f));
         }
@@ -665,13 +724,21 @@ impl Backend for VagrantBackend {
                 match f {
                     Ok(f) if f.status.success() => Ok(()),
                     Ok(f) => Err(unavailable(
-                        format!("`VBoxManage --version` failed ({}): {}", f.status_text(), f.tail.join("\n")),
+                        format!(
+                            "`VBoxManage --version` failed ({}): {}",
+                            f.status_text(),
+                            f.tail.join("\n")
+                        ),
                         "repair the VirtualBox installation, or use hypervisor = \"libvirt\"",
                     )),
-                    Err(BackendError::Command(CommandError::Spawn { source, .. })) => Err(unavailable(
-                        format!("VirtualBox is not installed (cannot run VBoxManage: {source})"),
-                        "install VirtualBox, or use hypervisor = \"libvirt\"",
-                    )),
+                    Err(BackendError::Command(CommandError::Spawn { source, .. })) => {
+                        Err(unavailable(
+                            format!(
+                                "VirtualBox is not installed (cannot run VBoxManage: {source})"
+                            ),
+                            "install VirtualBox, or use hypervisor = \"libvirt\"",
+                        ))
+                    }
                     Err(e) => Err(e),
                 }
             }
@@ -751,7 +818,10 @@ impl Backend for VagrantBackend {
                     full.mgmt_cidr = Some(full.subnet);
                 }
                 self.write_instance_files(&full, &dir)?;
-                let destroyed = self.vagrant(&dir, &["destroy", "-f"], &limits, true).await?.ok();
+                let destroyed = self
+                    .vagrant(&dir, &["destroy", "-f"], &limits, true)
+                    .await?
+                    .ok();
                 match destroyed {
                     Ok(_) => {}
                     // With libvirt, what Vagrant failed to destroy is removed below by name.
@@ -776,7 +846,12 @@ impl Backend for VagrantBackend {
         if self.cfg.hypervisor == Hypervisor::Libvirt {
             let net = render::hostonly_network_name(&spec.instance);
             let f = self.virsh(&["net-info", &net]).await?;
-            if let Some(bridge) = f.status.success().then(|| libvirt::parse_net_info_bridge(&f.stdout)).flatten() {
+            if let Some(bridge) = f
+                .status
+                .success()
+                .then(|| libvirt::parse_net_info_bridge(&f.stdout))
+                .flatten()
+            {
                 return Ok(bridge);
             }
         }
@@ -842,10 +917,13 @@ impl Backend for VagrantBackend {
 pub fn iface_with_address(ip_json: &str, addr: Ipv4Addr) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(ip_json).ok()?;
     v.as_array()?.iter().find_map(|link| {
-        let holds = link["addr_info"].as_array()?.iter().any(|a| {
-            a["local"].as_str().and_then(|s| s.parse::<Ipv4Addr>().ok()) == Some(addr)
-        });
-        holds.then(|| link["ifname"].as_str().map(str::to_string)).flatten()
+        let holds = link["addr_info"]
+            .as_array()?
+            .iter()
+            .any(|a| a["local"].as_str().and_then(|s| s.parse::<Ipv4Addr>().ok()) == Some(addr));
+        holds
+            .then(|| link["ifname"].as_str().map(str::to_string))
+            .flatten()
     })
 }
 
@@ -858,7 +936,10 @@ pub fn routes_via(ip_json: &str, gateway: Ipv4Addr) -> Vec<Ipv4Net> {
         .map(|rs| {
             rs.iter()
                 .filter(|r| {
-                    r["gateway"].as_str().and_then(|g| g.parse::<Ipv4Addr>().ok()) == Some(gateway)
+                    r["gateway"]
+                        .as_str()
+                        .and_then(|g| g.parse::<Ipv4Addr>().ok())
+                        == Some(gateway)
                 })
                 .filter_map(|r| {
                     let dst = r["dst"].as_str()?;
@@ -868,7 +949,9 @@ pub fn routes_via(ip_json: &str, gateway: Ipv4Addr) -> Vec<Ipv4Net> {
                     if dst.contains('/') {
                         dst.parse::<Ipv4Net>().ok()
                     } else {
-                        dst.parse::<Ipv4Addr>().ok().map(|a| Ipv4Net::new(a, 32).expect("/32"))
+                        dst.parse::<Ipv4Addr>()
+                            .ok()
+                            .map(|a| Ipv4Net::new(a, 32).expect("/32"))
                     }
                 })
                 .collect()
@@ -884,9 +967,15 @@ mod tests {
     fn leftover_nodes_are_rebuilt_from_their_names() {
         let subnet: Ipv4Net = "10.20.0.0/24".parse().unwrap();
         let n = node_from_name("acme", "acme-worker-3", &subnet).unwrap();
-        assert_eq!((n.role, n.ip.to_string()), (Role::Worker, "10.20.0.22".to_string()));
+        assert_eq!(
+            (n.role, n.ip.to_string()),
+            (Role::Worker, "10.20.0.22".to_string())
+        );
         let n = node_from_name("acme", "acme-cp-2", &subnet).unwrap();
-        assert_eq!((n.role, n.ip.to_string()), (Role::ControlPlane, "10.20.0.11".to_string()));
+        assert_eq!(
+            (n.role, n.ip.to_string()),
+            (Role::ControlPlane, "10.20.0.11".to_string())
+        );
         assert!(node_from_name("acme", "globex-cp-1", &subnet).is_none());
     }
 
@@ -897,13 +986,22 @@ mod tests {
             {"dst":"10.20.0.0/24","dev":"eth1","prefsrc":"10.20.0.10"},
             {"dst":"10.40.0.5","gateway":"10.20.0.1","dev":"eth1"}]"#;
         let got = routes_via(json, "10.20.0.1".parse().unwrap());
-        assert_eq!(got, vec!["10.30.0.0/24".parse::<Ipv4Net>().unwrap(), "10.40.0.5/32".parse().unwrap()]);
+        assert_eq!(
+            got,
+            vec![
+                "10.30.0.0/24".parse::<Ipv4Net>().unwrap(),
+                "10.40.0.5/32".parse().unwrap()
+            ]
+        );
     }
 
     #[test]
     fn interface_holding_an_address_is_found() {
         let json = r#"[{"ifname":"lo","addr_info":[{"local":"127.0.0.1"}]},{"ifname":"virbr1","addr_info":[{"local":"10.20.0.1","prefixlen":24}]}]"#;
-        assert_eq!(iface_with_address(json, "10.20.0.1".parse().unwrap()).as_deref(), Some("virbr1"));
+        assert_eq!(
+            iface_with_address(json, "10.20.0.1".parse().unwrap()).as_deref(),
+            Some("virbr1")
+        );
         assert_eq!(iface_with_address(json, "10.9.9.9".parse().unwrap()), None);
     }
 
@@ -913,7 +1011,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("kubeconfig");
         write_private(&p, "secret").unwrap();
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "secret");
     }
 }

@@ -32,7 +32,9 @@ fn is_token(t: &str) -> bool {
 }
 
 fn is_hex(s: &str, n: usize) -> bool {
-    s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    s.len() == n
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 fn is_endpoint(e: &str) -> bool {
@@ -122,7 +124,9 @@ mod tests {
         };
         let key = "a".repeat(64);
         let cmd = join_command(&node, &p, Some(&key));
-        assert!(cmd.ends_with(&format!("--control-plane --certificate-key {key} --apiserver-advertise-address 10.0.0.11")));
+        assert!(cmd.ends_with(&format!(
+            "--control-plane --certificate-key {key} --apiserver-advertise-address 10.0.0.11"
+        )));
     }
 
     #[test]

@@ -189,7 +189,11 @@ pub fn render_vagrantfile(spec: &LabSpec, target: RenderTarget) -> Result<String
             );
             let _ = writeln!(v, "    libvirt.cpus = {}", opts.cpus);
             let _ = writeln!(v, "    libvirt.memory = {}", opts.memory_mb);
-            let _ = writeln!(v, "    libvirt.default_prefix = {}", ruby_str(DOMAIN_PREFIX));
+            let _ = writeln!(
+                v,
+                "    libvirt.default_prefix = {}",
+                ruby_str(DOMAIN_PREFIX)
+            );
             v.push_str(
                 "    # This instance's own management network, isolated (no <forward>): VMs of\n    # other instances are never on it.\n",
             );
@@ -286,7 +290,8 @@ pub fn render_scripts(spec: &LabSpec) -> Result<Vec<(String, String)>, RenderErr
     if !opts.provision {
         return Ok(Vec::new());
     }
-    let cp = first_control_plane(spec).ok_or_else(|| RenderError::NoNodes(spec.instance.clone()))?;
+    let cp =
+        first_control_plane(spec).ok_or_else(|| RenderError::NoNodes(spec.instance.clone()))?;
     let node = script(
         NODE_TEMPLATE,
         &spec.instance,
@@ -302,7 +307,10 @@ pub fn render_scripts(spec: &LabSpec) -> Result<Vec<(String, String)>, RenderErr
             ("API_ADDRESS", cp.ip.to_string()),
             ("POD_CIDR", spec.pod_cidr.to_string()),
             ("SERVICE_CIDR", spec.service_cidr.to_string()),
-            ("POD_NODE_MASK", cilium_node_mask(&spec.pod_cidr).to_string()),
+            (
+                "POD_NODE_MASK",
+                cilium_node_mask(&spec.pod_cidr).to_string(),
+            ),
             ("CILIUM_VERSION", CILIUM_VERSION.to_string()),
             ("CILIUM_CLI_VERSION", CILIUM_CLI_VERSION.to_string()),
         ],

@@ -323,7 +323,10 @@ pub async fn run_tool(
         })
     })?;
     let pgid = child.id().map(|p| p as i32).unwrap_or(0);
-    let mut guard = GroupGuard { pgid, armed: pgid > 0 };
+    let mut guard = GroupGuard {
+        pgid,
+        armed: pgid > 0,
+    };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut readers = Vec::new();
     if let Some(out) = child.stdout.take() {
@@ -481,15 +484,27 @@ mod tests {
     async fn progress_redraws_do_not_fill_the_tail() {
         let script = "printf 'start\\n'; for i in 1 2 3; do printf 'Progress: %s%%\\r\\033[K' $i; done; printf '\\ndone\\n'";
         let tc = ToolCommand::new(Cmd::new(["sh", "-c", script]));
-        let f = run_tool(&tc, &Limits::timeout(Duration::from_secs(10)), Grace::default())
-            .await
-            .unwrap();
+        let f = run_tool(
+            &tc,
+            &Limits::timeout(Duration::from_secs(10)),
+            Grace::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(f.tail, vec!["start", "Progress: 3%", "done"]);
     }
 
     #[test]
     fn short_name_skips_namespace_prefix() {
-        let c = Cmd::new(["nsenter", "--net=/run/netns/x", "--", "/usr/bin/vagrant", "up", "--provider", "libvirt"]);
+        let c = Cmd::new([
+            "nsenter",
+            "--net=/run/netns/x",
+            "--",
+            "/usr/bin/vagrant",
+            "up",
+            "--provider",
+            "libvirt",
+        ]);
         assert_eq!(short_name(&c), "vagrant up");
         assert_eq!(short_name(&Cmd::new(["vagrant", "--version"])), "vagrant");
     }
@@ -497,9 +512,13 @@ mod tests {
     #[tokio::test]
     async fn exit_status_and_output_are_kept() {
         let tc = ToolCommand::new(Cmd::new(["sh", "-c", "echo out; echo err >&2; exit 4"]));
-        let f = run_tool(&tc, &Limits::timeout(Duration::from_secs(10)), Grace::default())
-            .await
-            .unwrap();
+        let f = run_tool(
+            &tc,
+            &Limits::timeout(Duration::from_secs(10)),
+            Grace::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(f.status.code(), Some(4));
         assert_eq!(f.stdout, "out\n");
         assert_eq!(f.stderr, "err\n");

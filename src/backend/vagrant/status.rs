@@ -120,12 +120,18 @@ mod tests {
                    1,,error-exit,Vagrant::Errors::Foo,bad%!(VAGRANT_COMMA) very\\nbad\n";
         let r = parse_status(out);
         assert_eq!(r.machines.len(), 2);
-        assert_eq!(r.get("acme-cp-1").unwrap().provider.as_deref(), Some("libvirt"));
+        assert_eq!(
+            r.get("acme-cp-1").unwrap().provider.as_deref(),
+            Some("libvirt")
+        );
         assert!(r.get("acme-cp-1").unwrap().running());
         assert_eq!(r.get("acme-worker-1").unwrap().state, "shutoff");
         assert_eq!(
             r.errors,
-            vec![("Vagrant::Errors::Foo".to_string(), "bad, very\nbad".to_string())]
+            vec![(
+                "Vagrant::Errors::Foo".to_string(),
+                "bad, very\nbad".to_string()
+            )]
         );
     }
 }

@@ -68,7 +68,10 @@ pub fn is_kubernetes_version(v: &str) -> bool {
 pub fn check_options(opts: &VagrantOptions) -> Result<(), OptionError> {
     let b = &opts.r#box;
     if b.trim().is_empty() {
-        return Err(err("box", format!("must name a box, e.g. \"{DEFAULT_BOX}\"")));
+        return Err(err(
+            "box",
+            format!("must name a box, e.g. \"{DEFAULT_BOX}\""),
+        ));
     }
     if b.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(err(
@@ -80,17 +83,25 @@ pub fn check_options(opts: &VagrantOptions) -> Result<(), OptionError> {
         if v.trim().is_empty() || v.chars().any(|c| c.is_control()) {
             return Err(err(
                 "box_version",
-                format!("{v:?} is not a version constraint (e.g. \"202502.21.0\" or \">= 202502\")"),
+                format!(
+                    "{v:?} is not a version constraint (e.g. \"202502.21.0\" or \">= 202502\")"
+                ),
             ));
         }
     }
     if !(1..=64).contains(&opts.cpus) {
-        return Err(err("cpus", format!("{} is out of range: use 1 to 64", opts.cpus)));
+        return Err(err(
+            "cpus",
+            format!("{} is out of range: use 1 to 64", opts.cpus),
+        ));
     }
     if !(256..=1_048_576).contains(&opts.memory_mb) {
         return Err(err(
             "memory_mb",
-            format!("{} MiB is out of range: use 256 to 1048576 (Kubernetes wants at least 2048)", opts.memory_mb),
+            format!(
+                "{} MiB is out of range: use 256 to 1048576 (Kubernetes wants at least 2048)",
+                opts.memory_mb
+            ),
         ));
     }
     if !is_kubernetes_version(&opts.kubernetes_version) {
@@ -136,7 +147,10 @@ pub fn check_virtualbox_subnet(subnet: &Ipv4Net, allowed: &[Ipv4Net]) -> Result<
     let allowed_text = if shown.is_empty() {
         format!("{VIRTUALBOX_NETWORKS_CONF} allows no range at all")
     } else {
-        format!("VirtualBox allows host-only networks only in {}", shown.join(", "))
+        format!(
+            "VirtualBox allows host-only networks only in {}",
+            shown.join(", ")
+        )
     };
     let wider = Ipv4Net::new(subnet.network(), subnet.prefix_len().min(16))
         .map(|n| n.trunc())
@@ -215,7 +229,10 @@ mod tests {
         assert_eq!(check_options(&o).unwrap_err().attribute, "box");
         let mut o = default_options();
         o.kubernetes_version = "$(reboot)".into();
-        assert_eq!(check_options(&o).unwrap_err().attribute, "kubernetes_version");
+        assert_eq!(
+            check_options(&o).unwrap_err().attribute,
+            "kubernetes_version"
+        );
         let mut o = default_options();
         o.cpus = 0;
         assert_eq!(check_options(&o).unwrap_err().attribute, "cpus");
