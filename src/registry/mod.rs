@@ -1276,6 +1276,36 @@ impl Registry {
         })
     }
 
+    /// The lab of an allocated instance is gone (found by a refresh): its allocation becomes a
+    /// reservation for `ttl`, so the re-create Terraform plans gets the same networks, and a
+    /// destroy leaves nothing allocated for a lab that no longer exists. Federated instances
+    /// keep their allocation (their federation must go first). Returns whether it changed.
+    pub fn demote(&self, name: &str, why: &str) -> Result<bool, RegistryError> {
+        let ttl = self.ttl;
+        let actor = self.actor.clone();
+        self.commit(|doc, now| {
+            let Some(e) = doc.instances.get_mut(name) else {
+                return Ok((false, vec![]));
+            };
+            if e.status != Status::Allocated || !e.federated.is_empty() {
+                return Ok((false, vec![]));
+            }
+            e.status = Status::Reserved;
+            let expires_at = now + ttl;
+            e.reservation = Some(Reservation {
+                reserved_at: now,
+                by: actor.clone(),
+                expires_at,
+            });
+            let draft = Draft::new(
+                "instance.lab_gone",
+                name,
+                json!({"allocation": e.allocation.details(), "why": why, "reserved_until": rfc3339(expires_at)}),
+            );
+            Ok((true, vec![draft]))
+        })
+    }
+
     /// Record an event that changes no instance (a federation's reason edited, …).
     pub fn record(&self, action: &str, subject: &str, details: serde_json::Value) -> Result<(), RegistryError> {
         self.commit(|_, _| Ok(((), vec![Draft::new(action, subject, details.clone())])))

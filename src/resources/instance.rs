@@ -112,6 +112,21 @@ pub struct InstanceState {
     pub timeouts: Value<Timeouts>,
 }
 
+/// Private state: whether the last create stopped halfway (its lab is then kept in state even
+/// when nothing of it runs, so `terraform destroy` cleans up what it left).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstancePrivate {
+    /// The create failed before the lab was complete.
+    #[serde(default)]
+    pub incomplete: bool,
+}
+
+type Private = Value<InstancePrivate>;
+
+fn incomplete(p: &Private) -> bool {
+    matches!(p, Value::Value(InstancePrivate { incomplete: true }))
+}
+
 /// The resource.
 pub struct InstanceResource {
     shared: Arc<Shared>,
@@ -554,7 +569,7 @@ impl InstanceResource {
 #[async_trait]
 impl Resource for InstanceResource {
     type State<'a> = InstanceState;
-    type PrivateState<'a> = ValueEmpty;
+    type PrivateState<'a> = Private;
     type ProviderMetaState<'a> = ValueEmpty;
 
     fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
@@ -598,7 +613,18 @@ impl Resource for InstanceResource {
             }
         };
         if !status.exists {
+            if incomplete(&private_state) {
+                // A create that stopped halfway: keep it, so destroy (or the replacement of the
+                // tainted instance) cleans up what it left.
+                let mut kept = state;
+                kept.state = val(describe(&status));
+                return Some((kept, private_state));
+            }
             tracing::info!(instance = %name, "lab gone: the instance will be planned for re-creation");
+            // Its networks stay reserved for the re-create; a destroy leaves nothing allocated.
+            if let Err(e) = ctx.registry.demote(&name, "the lab is gone (found by refresh)") {
+                diagnostics::warning(diags, format!("{}: could not release the networks of a lab that is gone", ctx_name(&name)), e.to_string());
+            }
             return None;
         }
         let mut new = state.clone();
@@ -659,6 +685,21 @@ impl Resource for InstanceResource {
             }
         };
         let w = wants(&ctx, &config_state, d.kind);
+        // Checks on the networks themselves come before the reservation: a refused plan writes
+        // nothing.
+        if d.kind == BackendKind::Vagrant && entry_hypervisor(&ctx, &d) == "virtualbox" {
+            let subnet = match w.subnet {
+                Want::Pinned(n) => Some(n),
+                Want::Auto => ctx.registry.preview(&d.name, &w, &host).ok().map(|p| p.allocation.subnet),
+            };
+            if let Some(subnet) = subnet {
+                let allowed = backend::vagrant::virtualbox_allowed_ranges_here();
+                if let Err(e) = backend::vagrant::check_virtualbox_subnet(&subnet, &allowed) {
+                    attribute_error(diags, "subnet", "Subnet not permitted by VirtualBox".into(), e.message);
+                    return None;
+                }
+            }
+        }
         let allocation = match ctx.registry.reserve(&d.name, &w, d.kind.as_str(), &host) {
             Ok(Planned::Reserved(entry)) => entry.allocation,
             Ok(Planned::Existing { entry, allocation }) => {
@@ -687,15 +728,6 @@ impl Resource for InstanceResource {
                 return None;
             }
         };
-        let virtualbox = d.kind == BackendKind::Vagrant
-            && entry_hypervisor(&ctx, &d) == "virtualbox";
-        if virtualbox {
-            let allowed = backend::vagrant::virtualbox_allowed_ranges_here();
-            if let Err(e) = backend::vagrant::check_virtualbox_subnet(&allocation.subnet, &allowed) {
-                attribute_error(diags, "subnet", "Subnet not permitted by VirtualBox".into(), e.message);
-                return None;
-            }
-        }
         if lab_spec(&d, &allocation).is_none() {
             attribute_error(
                 diags,
@@ -882,6 +914,8 @@ impl Resource for InstanceResource {
         let mut state = planned_state;
         state.created_at = val(crate::registry::rfc3339(entry.created_at));
         state.federated_with = val(entry.federated.clone());
+        let _ = planned_private_state;
+        let mut private = InstancePrivate::default();
         match backend.converge(&spec, &op_control(&state, d.kind, "create")).await {
             Ok(status) => {
                 state.state = val(describe(&status));
@@ -902,9 +936,10 @@ impl Resource for InstanceResource {
                     Err(_) => "unknown (bring-up failed)".into(),
                 });
                 state.kubeconfig = kubeconfig_value(&state);
+                private.incomplete = true;
             }
         }
-        Some((state, planned_private_state))
+        Some((state, val(private)))
     }
 
     async fn update<'a>(
@@ -954,7 +989,8 @@ impl Resource for InstanceResource {
             }
         }
         state.kubeconfig = kubeconfig_value(&state);
-        Some((state, planned_private_state))
+        let _ = planned_private_state;
+        Some((state, val(InstancePrivate::default())))
     }
 
     async fn destroy<'a>(

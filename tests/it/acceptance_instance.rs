@@ -464,3 +464,31 @@ fn provider_survives_sigint_and_logs_reach_terraform_under_tf_log() {
     w.env.clear();
     w.destroy().ok();
 }
+
+#[test]
+fn whole_lab_gone_plans_a_recreate_with_the_same_networks_and_holds_nothing_allocated() {
+    let lab = Lab::new();
+    let w = lab.workdir(&format!("{}{}", instance("acme", "  workers = 1\n"), instance("globex", "  workers = 0\n")));
+    w.apply().ok();
+    let before = w.resource("homelab_instance.acme").unwrap();
+    // As after a reboot: every namespace of the lab host is gone.
+    for ns in namespaces_of(&lab.host.name) {
+        sh(&["ip", "netns", "del", &ns]);
+    }
+    let r = w.plan_exit();
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stdout.contains("homelab_instance.acme will be created"), "{}", r.stdout);
+    // Its networks stay reserved for it (not allocated to a lab that does not exist).
+    let doc = lab.store().load().unwrap();
+    assert_eq!(doc.instances["acme"].status, Status::Reserved);
+    let events = lab.store().events().unwrap();
+    assert!(events.iter().any(|e| e.action == "instance.lab_gone" && e.subject == "acme"));
+    w.apply().ok();
+    let after = w.resource("homelab_instance.acme").unwrap();
+    for a in ["subnet", "pod_cidr", "service_cidr"] {
+        assert_eq!(before[a], after[a], "{a} changed across the re-create");
+    }
+    assert_eq!(after["state"], "running");
+    w.destroy().ok();
+    assert!(lab.store().load().unwrap().instances.is_empty());
+}

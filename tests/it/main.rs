@@ -13,4 +13,5 @@ mod vagrant_runner;
 mod vagrant_vms;
 mod acceptance_foundation;
 mod acceptance_instance;
+mod acceptance_vagrant_fake;
 mod acceptance_federation;

@@ -1,0 +1,205 @@
+//! `homelab_instance` with `backend = "vagrant"` through the real Terraform CLI, against the
+//! FAKE `vagrant` stand-in (tests/fixtures/vagrant/fake-vagrant: no VM can run for VirtualBox
+//! here). What it checks is the provider's side: plan-time rules, the Vagrantfile, drift read
+//! from `vagrant status`, in-place scaling, the create timeout and Ctrl-C (Terraform's
+//! StopProvider) stopping the whole vagrant process group. The real-VM version of the lifecycle
+//! is `acceptance_vagrant`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use homelab::registry::file::FileStore;
+use homelab::registry::Store;
+
+use crate::util::terraform::{terraform_bin, Workdir};
+use crate::util::vagrant::fake_vagrant;
+
+struct FakeLab {
+    home: tempfile::TempDir,
+    pids: PathBuf,
+}
+
+impl FakeLab {
+    fn new() -> FakeLab {
+        let home = tempfile::Builder::new().prefix("homelab-home-").tempdir().unwrap();
+        let pids = home.path().join("fake-pids");
+        FakeLab { home, pids }
+    }
+
+    fn config(&self, instance_body: &str) -> String {
+        format!(
+            "provider \"homelab\" {{\n  home = \"{}\"\n  default_backend = \"vagrant\"\n  vagrant_bin = \"{}\"\n}}\nresource \"homelab_instance\" \"acme\" {{\n  name = \"acme\"\n  provision = false\n{instance_body}}}\n",
+            self.home.path().display(),
+            fake_vagrant().display()
+        )
+    }
+
+    fn workdir(&self, instance_body: &str, env: &[(&str, &str)]) -> Workdir {
+        let mut w = Workdir::new(&self.config(instance_body));
+        w.env.push(("FAKE_VAGRANT_PIDS".into(), self.pids.display().to_string()));
+        // A FAKE VBoxManage answers the provider's VirtualBox preflight.
+        let fake_bin = crate::util::terraform::repo_root().join("tests/fixtures/vagrant/fake-bin");
+        let path = format!("{}:{}", fake_bin.display(), std::env::var("PATH").unwrap_or_default());
+        w.env.push(("PATH".into(), path));
+        for (k, v) in env {
+            w.env.push((k.to_string(), v.to_string()));
+        }
+        w.init();
+        w
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.home.path().join("instances/acme")
+    }
+
+    fn set_state(&self, machine: &str, state: &str) {
+        let p = self.dir().join(".fake-states");
+        let mut lines: Vec<String> = std::fs::read_to_string(&p)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{machine} ")))
+            .map(String::from)
+            .collect();
+        lines.push(format!("{machine} {state}"));
+        std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+    }
+
+    /// The grandchildren the hanging fake started.
+    fn hung(&self) -> Vec<i32> {
+        std::fs::read_to_string(&self.pids)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie is dead for our purpose.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.split_whitespace().nth(2).is_some_and(|st| st == "Z"))
+        .unwrap_or(false)
+}
+
+#[test]
+fn fake_vagrant_instance_lifecycle_drift_and_scaling_through_terraform() {
+    let lab = FakeLab::new();
+    let w = lab.workdir("  workers = 1\n", &[]);
+    // Create: the plan shows the networks and the generated paths.
+    let plan = w.tf(&["plan"]).ok();
+    assert!(
+        plan.stdout.lines().any(|l| l.trim_start().starts_with("+ subnet ") && l.ends_with("= \"192.168.56.0/24\"")),
+        "{}",
+        plan.stdout
+    );
+    w.apply().ok();
+    let s = w.resource("homelab_instance.acme").unwrap();
+    assert_eq!(s["state"], "running");
+    assert_eq!(s["box"], "bento/ubuntu-24.04");
+    assert_eq!(s["kubeconfig"], serde_json::Value::Null);
+    let vagrantfile = std::fs::read_to_string(lab.dir().join("Vagrantfile")).unwrap();
+    assert!(vagrantfile.contains("config.vm.define \"acme-cp-1\""), "{vagrantfile}");
+    assert!(vagrantfile.contains("192.168.56.20"), "{vagrantfile}");
+    assert!(vagrantfile.to_lowercase().contains("generated"), "{vagrantfile}");
+    assert_eq!(w.plan_exit().code, 0);
+    // A halted VM: state shows it, the next apply brings it up.
+    lab.set_state("acme-cp-1", "shutoff");
+    let r = w.plan_exit();
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stdout.contains("shutoff") && r.stdout.contains("\"running\""), "{}", r.stdout);
+    w.apply().ok();
+    assert_eq!(w.plan_exit().code, 0);
+    // Workers 1 -> 2: in place.
+    w.write(&lab.config("  workers = 2\n"));
+    let r = w.tf(&["plan"]).ok();
+    assert!(r.stdout.contains("updated in-place") && !r.stdout.contains("must be replaced"), "{}", r.stdout);
+    w.apply().ok();
+    let vagrantfile = std::fs::read_to_string(lab.dir().join("Vagrantfile")).unwrap();
+    assert!(vagrantfile.contains("config.vm.define \"acme-worker-2\""), "{vagrantfile}");
+    // No machine left at all: the plan re-creates.
+    for m in ["acme-cp-1", "acme-worker-1", "acme-worker-2"] {
+        lab.set_state(m, "not_created");
+    }
+    let r = w.plan_exit();
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stdout.contains("will be created"), "{}", r.stdout);
+    w.apply().ok();
+    // Destroy: folder and registry entry gone.
+    w.destroy().ok();
+    assert!(!lab.dir().exists(), "the instance folder is left");
+    assert!(FileStore::new(lab.home.path()).load().unwrap().instances.is_empty());
+}
+
+#[test]
+fn vagrant_only_settings_and_virtualbox_range_are_checked_at_plan() {
+    let lab = FakeLab::new();
+    let w = lab.workdir("  backend = \"netns\"\n  workers = 0\n", &[]);
+    let r = w.tf(&["plan"]).failed();
+    assert!(r.all().contains("`provision` is only for the vagrant backend"), "{}", r.all());
+    w.write(&lab.config("  workers = 0\n  subnet = \"10.50.0.0/24\"\n"));
+    let r = w.tf(&["plan"]).failed();
+    assert!(r.all().contains("VirtualBox") && r.all().contains("192.168.56.0/21") && r.all().contains("networks.conf"), "{}", r.all());
+    assert!(!lab.home.path().join("instances.json").exists(), "refused plans wrote the registry");
+}
+
+#[test]
+fn create_timeout_stops_the_vagrant_process_group_and_destroy_cleans_up() {
+    let lab = FakeLab::new();
+    let w = lab.workdir("  workers = 0\n  timeouts {\n    create = \"4s\"\n  }\n", &[("FAKE_VAGRANT_MODE", "hang")]);
+    let t = Instant::now();
+    let r = w.apply().failed();
+    assert!(t.elapsed() < Duration::from_secs(60), "the timeout was not enforced");
+    assert!(r.all().contains("timed out after 4s") && r.all().contains("vagrant up"), "{}", r.all());
+    let hung = lab.hung();
+    assert!(!hung.is_empty(), "the fake did not start");
+    for pid in hung {
+        assert!(!alive(pid), "vagrant's grandchild {pid} survived the timeout");
+    }
+    // What exists is in state (tainted), so destroy cleans up.
+    assert!(w.resource("homelab_instance.acme").is_some());
+    let mut clean = w;
+    clean.env.retain(|(k, _)| k != "FAKE_VAGRANT_MODE");
+    clean.destroy().ok();
+    assert!(FileStore::new(lab.home.path()).load().unwrap().instances.is_empty());
+}
+
+#[test]
+fn ctrl_c_during_create_stops_the_vagrant_process_group_through_stop_provider() {
+    let lab = FakeLab::new();
+    let w = lab.workdir("  workers = 0\n", &[("FAKE_VAGRANT_MODE", "hang")]);
+    // Terraform and the provider in a process group of their own, as in a terminal: Ctrl-C
+    // sends SIGINT to the whole group. Vagrant runs in a group of its own, as the provider
+    // starts it; it is stopped because Terraform sends StopProvider, not by the SIGINT.
+    let mut child = std::process::Command::new(terraform_bin());
+    child
+        .args(["apply", "-auto-approve", "-input=false", "-no-color"])
+        .current_dir(w.path())
+        .env("TF_CLI_CONFIG_FILE", crate::util::terraform::cli_config())
+        .env("CHECKPOINT_DISABLE", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in &w.env {
+        child.env(k, v);
+    }
+    std::os::unix::process::CommandExt::process_group(&mut child, 0);
+    let child = child.spawn().unwrap();
+    let pgid = child.id() as i32;
+    let t = Instant::now();
+    while lab.hung().is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(60), "vagrant up never started");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    unsafe { libc::kill(-pgid, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("Interrupt received") || all.contains("interrupted"), "{all}");
+    assert!(all.contains("interrupted by Terraform while running") && all.contains("vagrant up"), "{all}");
+    for pid in lab.hung() {
+        assert!(!alive(pid), "vagrant's grandchild {pid} survived Ctrl-C");
+    }
+    let mut clean = w;
+    clean.env.retain(|(k, _)| k != "FAKE_VAGRANT_MODE");
+    clean.destroy().ok();
+    assert!(FileStore::new(lab.home.path()).load().unwrap().instances.is_empty());
+}
