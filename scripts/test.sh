@@ -1,21 +1,30 @@
 #!/usr/bin/env bash
 # Set up everything the tests need (only what is missing) and run every test: unit tests,
 # trait-level tests on real network namespaces, acceptance tests through the real Terraform
-# 1.0.3 CLI, and the real-VM tests (libvirt + QEMU inside a network namespace of their own).
+# 1.0.3 CLI, and the real-VM test (libvirt + QEMU inside a network namespace of its own).
 # The last lines printed are the test runner's summary.
 source "$(dirname "$0")/lib.sh"
 ensure_base
 apt_install util-linux iptables
 bash "$ROOT/scripts/vm/install.sh"
-say "building (or reusing) the test box"
-HOMELAB_TEST_BOX="$(bash "$ROOT/scripts/vm/build-box.sh")"
-export HOMELAB_TEST_BOX
 if ! cargo nextest --version >/dev/null 2>&1; then
   say "installing cargo-nextest from crates.io"
   cargo install --locked cargo-nextest
 fi
-export HOMELAB_TERRAFORM="$TERRAFORM"
+# The test box (debootstrap, cached per machine) builds while cargo compiles the tests.
+box_log="$(mktemp)"
+say "building (or reusing) the test box in the background (log: $box_log)"
+bash "$ROOT/scripts/vm/build-box.sh" > "$box_log.path" 2> "$box_log" &
+box_pid=$!
 cd "$ROOT"
 say "building the tests"
 cargo build --quiet --tests --bins
+if ! wait "$box_pid"; then
+  cat "$box_log" >&2
+  say "building the test box failed (log above)"
+  exit 1
+fi
+HOMELAB_TEST_BOX="$(cat "$box_log.path")"
+rm -f "$box_log" "$box_log.path"
+export HOMELAB_TEST_BOX HOMELAB_TERRAFORM="$TERRAFORM"
 exec cargo nextest run --lib --bins --tests --no-fail-fast "$@"

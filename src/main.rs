@@ -17,6 +17,11 @@ fn main() -> ExitCode {
         eprintln!("{}", homelab::cli::USAGE);
         return ExitCode::from(1);
     }
+    // Diagnostics are for people: no Rust backtraces in them (tf-provider appends one when
+    // RUST_BACKTRACE is set), and Terraform's panic detector mistakes a backtrace's
+    // `panic::…` lines on the plugin's output for a crash of Terraform itself. Panics still
+    // print theirs. Set before any thread starts.
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
     homelab::logging::init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

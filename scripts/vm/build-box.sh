@@ -140,7 +140,8 @@ mkfs.ext4 -q -F -L root -U "$ROOT_UUID" -O ^64bit,^metadata_csum,^orphan_file "$
   || mkfs.ext4 -q -F -L root -U "$ROOT_UUID" -O ^64bit,^metadata_csum "$LOOP"
 mkdir -p "$MNT"
 mount "$LOOP" "$MNT"
-tar -C "$R" -cf - . | tar -C "$MNT" -xpf -
+# --xattrs keeps file capabilities (ping's cap_net_raw) across the copy.
+tar -C "$R" --xattrs --xattrs-include='*' -cf - . | tar -C "$MNT" --xattrs --xattrs-include='*' -xpf -
 extlinux --install "$MNT/boot/extlinux" >/dev/null 2>&1
 umount "$MNT"
 losetup -d "$LOOP"; LOOP=""

@@ -17,11 +17,12 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install o
 
 missing=()
 for p in "${PACKAGES[@]}"; do installed "$p" || missing+=("$p"); done
+# qemu-utils must be bookworm's 7.2 (any point release of it), not the backports one.
 need_downgrade=0
-if [ "$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)" != "$QEMU_UTILS_VERSION" ]; then
-  # Only needed when qemu-system-x86 is not there yet or qemu-utils is the backports one.
-  if ! installed qemu-system-x86 || installed qemu-utils; then need_downgrade=1; fi
-fi
+case "$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)" in
+  1:7.2+dfsg*) ;;
+  *) need_downgrade=1 ;;
+esac
 if [ "${#missing[@]}" -eq 0 ] && [ "$need_downgrade" -eq 0 ]; then
   exit 0
 fi

@@ -13,5 +13,6 @@ mod vagrant_runner;
 mod vagrant_vms;
 mod acceptance_foundation;
 mod acceptance_instance;
+mod acceptance_vagrant;
 mod acceptance_vagrant_fake;
 mod acceptance_federation;

@@ -240,6 +240,37 @@ impl VmLab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// IPv4 addresses by interface (loopback left out) and the routing table of a VM.
+    pub fn addresses_and_routes(
+        &self,
+        dir: &Path,
+        machine: &str,
+    ) -> (std::collections::BTreeMap<String, String>, String) {
+        let out = self.ssh(
+            dir,
+            machine,
+            "ip -4 -j addr show; echo '--- routes'; ip -4 route show",
+        );
+        let (addrs, routes) = out
+            .split_once("--- routes")
+            .unwrap_or_else(|| panic!("{out}"));
+        let v: serde_json::Value =
+            serde_json::from_str(addrs.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+        let addrs = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["ifname"] != "lo")
+            .filter_map(|l| {
+                let a = l["addr_info"].as_array()?.first()?["local"]
+                    .as_str()?
+                    .to_string();
+                Some((l["ifname"].as_str()?.to_string(), a))
+            })
+            .collect();
+        (addrs, routes.to_string())
+    }
+
     /// `virsh <args>` inside the lab (stdout; panics on failure).
     pub fn virsh(&self, args: &[&str]) -> String {
         let mut argv = vec!["virsh", "-q", "-c", "qemu:///system"];
@@ -289,6 +320,13 @@ impl VmLab {
             .filter(|v| !v.contains("_vagrant_box_image_"))
             .collect()
     }
+}
+
+/// Log a step of a VM test with its time, and fail once the test is over `budget`.
+pub fn step(t0: Instant, budget: Duration, what: &str) {
+    let e = t0.elapsed();
+    eprintln!("[{:>6.1}s] {what}", e.as_secs_f64());
+    assert!(e < budget, "over the {}s budget before: {what}", budget.as_secs());
 }
 
 /// Tear down labs whose test process died without its Drop running (killed by a test

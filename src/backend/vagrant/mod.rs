@@ -575,6 +575,8 @@ impl VagrantBackend {
         })
     }
 
+    /// Run `command` in every node of the spec with `vagrant ssh -c`, all nodes at once
+    /// (each is its own vagrant process group); results in node order.
     async fn ssh_each(
         &self,
         spec: &LabSpec,
@@ -582,19 +584,38 @@ impl VagrantBackend {
         limits: &Limits,
     ) -> Result<Vec<(String, Finished)>, BackendError> {
         let dir = self.instance_dir(&spec.instance)?;
-        let mut out = Vec::new();
-        for node in &spec.nodes {
-            let f = self
-                .vagrant(
-                    &dir,
-                    &["ssh", &node.name, "--no-tty", "-c", command],
-                    limits,
-                    false,
-                )
-                .await?;
-            out.push((node.name.clone(), f));
+        let mut set = tokio::task::JoinSet::new();
+        for (i, node) in spec.nodes.iter().enumerate() {
+            let (this, dir, limits) = (self.clone(), dir.clone(), limits.clone());
+            let (name, command) = (node.name.clone(), command.to_string());
+            set.spawn(async move {
+                let f = this
+                    .vagrant(
+                        &dir,
+                        &["ssh", &name, "--no-tty", "-c", &command],
+                        &limits,
+                        false,
+                    )
+                    .await;
+                (i, name, f)
+            });
         }
-        Ok(out)
+        let mut out: Vec<Option<(String, Finished)>> = vec![None; spec.nodes.len()];
+        let mut first_err = None;
+        while let Some(joined) = set.join_next().await {
+            let (i, name, f) =
+                joined.map_err(|e| BackendError::Other(format!("vagrant ssh task failed: {e}")))?;
+            match f {
+                Ok(f) => out[i] = Some((name, f)),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        Ok(out.into_iter().flatten().collect())
     }
 }
 
