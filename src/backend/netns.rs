@@ -158,8 +158,8 @@ const HOST_VIEW_TTL: std::time::Duration = std::time::Duration::from_millis(1500
 
 /// Lab-host views shared by the reads of one refresh. Terraform refreshes every instance of a
 /// configuration at once and each read needs the same lab-host interfaces; one `ip` call then
-/// serves them all. A view lives at most [`HOST_VIEW_TTL`], only `observe` uses it, and this
-/// process forgets it as soon as it changes that lab host (converge, teardown).
+/// serves them all. A view lives at most [`HOST_VIEW_TTL`], only `observe` takes and uses it,
+/// and this process forgets it as soon as it changes that lab host (converge, teardown).
 fn host_views() -> &'static tokio::sync::Mutex<HashMap<String, (std::time::Instant, Option<NsView>)>> {
     static VIEWS: std::sync::OnceLock<tokio::sync::Mutex<HashMap<String, (std::time::Instant, Option<NsView>)>>> =
         std::sync::OnceLock::new();
@@ -615,7 +615,13 @@ impl NetnsBackend {
             }
         }
         let view = Self::ns_view(&self.host_ns).await?;
-        views.insert(self.host_ns.clone(), (std::time::Instant::now(), view.clone()));
+        if shared {
+            views.insert(self.host_ns.clone(), (std::time::Instant::now(), view.clone()));
+        } else {
+            // A private read (converge's read-back) is not shared: whatever happens to the lab
+            // host after it must be seen by the next `observe`.
+            views.remove(&self.host_ns);
+        }
         Ok(view)
     }
 
