@@ -3,6 +3,42 @@
 //! a network is isolated. Pure parsing here; the commands run in [`super::VagrantBackend`].
 
 use super::render::{hostonly_network_name, mgmt_network_name, DOMAIN_PREFIX};
+use crate::net::Ipv4Net;
+
+/// Bridge name of an instance's host-only network: `hlb` + the subnet's network address in hex
+/// (as the netns backend names its bridges). Deterministic, at most 15 characters, and
+/// collision-free because registry subnets are disjoint.
+pub fn hostonly_bridge(subnet: &Ipv4Net) -> String {
+    format!("hlb{:08x}", u32::from(subnet.network()))
+}
+
+/// Bridge name of an instance's management network: `hlm` + its network address in hex.
+pub fn mgmt_bridge(mgmt: &Ipv4Net) -> String {
+    format!("hlm{:08x}", u32::from(mgmt.network()))
+}
+
+/// The definition of an isolated libvirt network (no `<forward>`: nothing is routed or NATed
+/// off it) with the host at `.1`, and DHCP over the rest of the subnet when `dhcp`.
+///
+/// The backend defines an instance's networks itself before `vagrant up`, with the bridge
+/// names above: vagrant-libvirt would otherwise pick the first free `virbrN`, and two
+/// `vagrant up` of different instances running at once pick the same one (its lock is per
+/// process). vagrant-libvirt finds these networks by address and name and uses them as they are.
+pub fn network_xml(name: &str, bridge: &str, subnet: &Ipv4Net, dhcp: bool) -> String {
+    let host = crate::net::gateway(subnet);
+    let mask = subnet.netmask();
+    let range = if dhcp {
+        let first = crate::net::nth_address(subnet, 2).unwrap_or(host);
+        let size = 1u32 << (32 - u32::from(subnet.prefix_len()));
+        let last = crate::net::nth_address(subnet, size.saturating_sub(2)).unwrap_or(first);
+        format!("\n    <dhcp>\n      <range start='{first}' end='{last}'/>\n    </dhcp>\n  ")
+    } else {
+        String::new()
+    };
+    format!(
+        "<network ipv6='no'>\n  <name>{name}</name>\n  <bridge name='{bridge}' stp='on' delay='0'/>\n  <ip address='{host}' netmask='{mask}'>{range}</ip>\n</network>\n"
+    )
+}
 
 /// The libvirt networks an instance owns: host-only, then management.
 pub fn instance_networks(instance: &str) -> [String; 2] {
@@ -79,6 +115,19 @@ pub fn parse_vol_list(out: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_definitions_are_isolated_with_deterministic_bridges() {
+        let subnet: Ipv4Net = "192.168.56.0/24".parse().unwrap();
+        let xml = network_xml("homelab-acme", &hostonly_bridge(&subnet), &subnet, false);
+        assert!(is_isolated(&xml), "{xml}");
+        assert!(xml.contains("<bridge name='hlbc0a83800'"), "{xml}");
+        assert!(xml.contains("<ip address='192.168.56.1' netmask='255.255.255.0'></ip>"), "{xml}");
+        let mgmt: Ipv4Net = "172.30.1.0/24".parse().unwrap();
+        let xml = network_xml("homelab-acme-mgmt", &mgmt_bridge(&mgmt), &mgmt, true);
+        assert!(xml.contains("<range start='172.30.1.2' end='172.30.1.254'/>"), "{xml}");
+        assert_eq!(mgmt_bridge(&mgmt).len(), 11);
+    }
 
     #[test]
     fn node_names_are_matched_exactly() {

@@ -273,6 +273,57 @@ impl VagrantBackend {
         .await
     }
 
+    /// Define and start the instance's host-only and management networks if they are not
+    /// there (serialized across processes by a host lock).
+    async fn ensure_networks(&self, spec: &LabSpec, dir: &Path) -> Result<(), BackendError> {
+        let mut nets = vec![(
+            render::hostonly_network_name(&spec.instance),
+            libvirt::hostonly_bridge(&spec.subnet),
+            spec.subnet,
+            false,
+        )];
+        if let Some(m) = spec.mgmt_cidr {
+            nets.push((render::mgmt_network_name(&spec.instance), libvirt::mgmt_bridge(&m), m, true));
+        }
+        let _lock = crate::hostnet::host::HostLock::acquire("libvirt-networks", Duration::from_secs(120))
+            .await
+            .map_err(|e| BackendError::Other(format!("locking libvirt network creation: {e}")))?;
+        for (name, bridge, subnet, dhcp) in nets {
+            let info = self.virsh(&["net-info", &name]).await?;
+            if !info.status.success() {
+                let file = dir.join(format!("{name}.net.xml"));
+                std::fs::write(&file, libvirt::network_xml(&name, &bridge, &subnet, dhcp))
+                    .map_err(|e| io_err(&file, e))?;
+                tracing::info!(network = %name, bridge = %bridge, %subnet, "defining isolated libvirt network");
+                let path = file.display().to_string();
+                let def = self.virsh(&["net-define", &path]).await?;
+                if !def.status.success() {
+                    return Err(BackendError::Other(format!(
+                        "virsh net-define {path} failed ({}): {}",
+                        def.status_text(),
+                        def.stderr.trim()
+                    )));
+                }
+            }
+            let info = self.virsh(&["net-info", &name]).await?;
+            let active = info
+                .stdout
+                .lines()
+                .any(|l| l.starts_with("Active:") && l.trim_end().ends_with("yes"));
+            if !active {
+                let start = self.virsh(&["net-start", &name]).await?;
+                if !start.status.success() {
+                    return Err(BackendError::Other(format!(
+                        "virsh net-start {name} failed ({}): {}",
+                        start.status_text(),
+                        start.stderr.trim()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `vagrant status --machine-readable` in `dir`.
     pub async fn machine_status(
         &self,
@@ -790,7 +841,13 @@ impl Backend for VagrantBackend {
         // 2. The Vagrantfile and scripts of the spec.
         self.write_instance_files(spec, &dir)?;
 
-        // 3. Bring up what is not running (created, halted or missing); leave the rest.
+        // 3. The instance's libvirt networks, defined here with deterministic bridge names
+        //    (see libvirt::network_xml) so that concurrent `vagrant up`s cannot collide.
+        if self.cfg.hypervisor == Hypervisor::Libvirt {
+            self.ensure_networks(spec, &dir).await?;
+        }
+
+        // 4. Bring up what is not running (created, halted or missing); leave the rest.
         let report = self.machine_status(&dir, &limits).await?;
         let down: Vec<&str> = spec
             .nodes
@@ -808,7 +865,7 @@ impl Backend for VagrantBackend {
             self.vagrant(&dir, &args, &limits, true).await?.ok()?;
         }
 
-        // 4. Kubernetes: join the other nodes, fetch the kubeconfig.
+        // 5. Kubernetes: join the other nodes, fetch the kubeconfig.
         if opts.provision {
             self.run_join(spec, &dir, &limits).await?;
         }
