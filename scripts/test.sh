@@ -27,4 +27,6 @@ fi
 HOMELAB_TEST_BOX="$(cat "$box_log.path")"
 rm -f "$box_log" "$box_log.path"
 export HOMELAB_TEST_BOX HOMELAB_TERRAFORM="$TERRAFORM"
+# Panic messages without backtraces: a failing test ends with what failed, not with tokio frames.
+export RUST_BACKTRACE="${HOMELAB_TEST_BACKTRACE:-0}"
 exec cargo nextest run --lib --bins --tests --no-fail-fast "$@"
