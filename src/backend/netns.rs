@@ -153,6 +153,9 @@ impl IfView {
 /// The interfaces of one namespace, by name.
 type NsView = HashMap<String, IfView>;
 
+/// Shared lab-host views by namespace: when each was taken, and the view (`None`: no such namespace).
+type HostViews = HashMap<String, (std::time::Instant, Option<NsView>)>;
+
 /// How long reads may share one view of a lab host.
 const HOST_VIEW_TTL: std::time::Duration = std::time::Duration::from_millis(1500);
 
@@ -160,9 +163,8 @@ const HOST_VIEW_TTL: std::time::Duration = std::time::Duration::from_millis(1500
 /// configuration at once and each read needs the same lab-host interfaces; one `ip` call then
 /// serves them all. A view lives at most [`HOST_VIEW_TTL`], only `observe` takes and uses it,
 /// and this process forgets it as soon as it changes that lab host (converge, teardown).
-fn host_views() -> &'static tokio::sync::Mutex<HashMap<String, (std::time::Instant, Option<NsView>)>> {
-    static VIEWS: std::sync::OnceLock<tokio::sync::Mutex<HashMap<String, (std::time::Instant, Option<NsView>)>>> =
-        std::sync::OnceLock::new();
+fn host_views() -> &'static tokio::sync::Mutex<HostViews> {
+    static VIEWS: std::sync::OnceLock<tokio::sync::Mutex<HostViews>> = std::sync::OnceLock::new();
     VIEWS.get_or_init(|| tokio::sync::Mutex::new(HashMap::new()))
 }
 

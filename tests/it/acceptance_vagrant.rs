@@ -152,7 +152,7 @@ fn terraform_real_vms_isolated_scaled_federated_and_destroyed() {
     step(t0, BUDGET, "destroy the federation");
     w.write(&config(&lab, 1, false));
     tf(&lab, &w, &["apply", "-auto-approve"], long).ok();
-    let res = reached(&lab, &acme_dir, "acme-cp-1", &[globex_hostonly.clone()]);
+    let res = reached(&lab, &acme_dir, "acme-cp-1", std::slice::from_ref(&globex_hostonly));
     assert!(!res[0].1, "after the federation: acme-cp-1 still reaches globex");
 
     // Step 6 (read drift): globex's VM powered off behind Vagrant's back: the plan shows it

@@ -77,7 +77,7 @@ impl FakeLab {
 fn alive(pid: i32) -> bool {
     // A zombie is dead for our purpose.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.split_whitespace().nth(2).is_some_and(|st| st == "Z"))
+        .map(|s| s.split_whitespace().nth(2).is_none_or(|st| st != "Z"))
         .unwrap_or(false)
 }
 

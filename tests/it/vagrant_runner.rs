@@ -404,6 +404,69 @@ async fn stand_in_vagrant_observe_reports_missing_and_extra_machines() {
 }
 
 #[tokio::test]
+async fn stand_in_vagrant_reads_of_one_instance_at_once_do_not_lock_each_other_out() {
+    // Terraform refreshes an instance (`vagrant status`) and its federation (`vagrant ssh` on
+    // each node) at the same time. The stand-in locks machines as Vagrant does and holds them
+    // 0.3 s: no command may meet a machine another command of this process holds.
+    let fake = Fake::new();
+    fake.backend(&[])
+        .converge(&spec(1), &OpControl::with_timeout(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let backend = fake.backend(&[("FAKE_VAGRANT_LOCKS", "1"), ("FAKE_VAGRANT_HOLD", "0.3")]);
+    let s = spec(1);
+    for _ in 0..3 {
+        let (seen, routes, again) = tokio::join!(
+            backend.observe(&s),
+            backend.guest_routes(&s),
+            backend.observe(&s)
+        );
+        assert!(seen.unwrap().healthy());
+        assert!(again.unwrap().healthy());
+        assert_eq!(routes.unwrap(), vec![]);
+    }
+    let locked: Vec<String> = fake.invocations().into_iter().filter(|l| l.starts_with("LOCKED")).collect();
+    assert!(locked.is_empty(), "commands of one process met each other's machine locks: {locked:?}");
+    assert_eq!(
+        fake.invocations().iter().filter(|l| l.starts_with("ssh ")).count(),
+        6,
+        "{:?}",
+        fake.invocations()
+    );
+}
+
+#[tokio::test]
+async fn stand_in_vagrant_machine_locked_by_another_process_is_retried_until_the_deadline() {
+    let fake = Fake::new();
+    fake.backend(&[])
+        .converge(&spec(1), &OpControl::with_timeout(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    // Another Vagrant process holds the machines for the first two commands: retried.
+    let seen = fake
+        .backend(&[("FAKE_VAGRANT_LOCKED", "2")])
+        .observe(&spec(1))
+        .await
+        .unwrap();
+    assert!(seen.healthy(), "{seen:?}");
+    let locked = fake.invocations().iter().filter(|l| l.starts_with("LOCKED status")).count();
+    assert_eq!(locked, 2, "{:?}", fake.invocations());
+
+    // Held for good: the operation's deadline ends the retries, and the error says why.
+    std::fs::remove_file(fake.instance_dir("acme").join(".fake-locked-count")).unwrap();
+    let t0 = Instant::now();
+    let err = fake
+        .backend(&[("FAKE_VAGRANT_LOCKED", "1000")])
+        .converge(&spec(1), &OpControl::with_timeout(Duration::from_secs(3)))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert!(err.contains("MachineLocked"), "{err}");
+    assert!(err.contains("vagrant status"), "{err}");
+}
+
+#[tokio::test]
 async fn observe_without_an_instance_folder_is_absent_without_running_vagrant() {
     let fake = Fake::new();
     let seen = fake.backend(&[]).observe(&spec(1)).await.unwrap();
