@@ -127,11 +127,13 @@ impl Report for BackendError {
             BackendError::ToolFailed { .. } => "Vagrant failed".into(),
             BackendError::Io { .. } => "Lab files could not be written".into(),
             BackendError::Other(_) => "Backend error".into(),
+            BackendError::WithConsoles { source, .. } => source.summary(),
         }
     }
     fn detail(&self) -> String {
         match self {
             BackendError::Unavailable { what, fix } => format!("{what}\n\n{fix}"),
+            BackendError::WithConsoles { source, consoles } => format!("{}\n\n{consoles}", source.detail()),
             other => other.to_string(),
         }
     }

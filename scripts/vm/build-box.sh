@@ -128,7 +128,7 @@ TIMEOUT 0
 LABEL linux
   LINUX /boot/$KERNEL
   INITRD /boot/$INITRD
-  APPEND root=UUID=$ROOT_UUID rw console=ttyS0 net.ifnames=0 biosdevname=0 quiet mitigations=off
+  APPEND root=UUID=$ROOT_UUID rw console=ttyS0 net.ifnames=0 biosdevname=0 quiet mitigations=off panic=10
 EXT
 
 say "making the disk (raw, one partition, extlinux)"

@@ -251,6 +251,15 @@ pub enum BackendError {
     /// Anything else the backend found wrong, in its own words.
     #[error("{0}")]
     Other(String),
+    /// A failure while machines were booting, with the last lines of their serial consoles
+    /// (what a hung boot printed last).
+    #[error("{source}\n{consoles}")]
+    WithConsoles {
+        /// What failed.
+        source: Box<BackendError>,
+        /// `last lines of the serial console of <node> (<file>):` blocks.
+        consoles: String,
+    },
 }
 
 /// A way of running labs. Implementations must be idempotent: every method may be called

@@ -186,7 +186,7 @@ impl InstanceResource {
             ("memory_mb", optional_computed(number(), "Vagrant only: memory per VM in MiB (default 2048).")),
             ("kubernetes_version", optional_computed(string(), "Vagrant only: Kubernetes minor version to install with kubeadm (default `1.33`).")),
             ("provision", optional_computed(boolean(), "Vagrant only: install Kubernetes (containerd, kubeadm, Cilium) and join the workers (default true); false gives plain VMs.")),
-            ("dir", computed(string(), "Vagrant only: the instance folder `<home>/instances/<name>`.")),
+            ("dir", computed(string(), "Vagrant only: the instance folder `<home>/instances/<name>`: the generated Vagrantfile, the provisioning scripts, the kubeconfig, and with libvirt each machine's serial console log under `console/` (its last lines are shown when a boot fails).")),
             ("vagrantfile_path", computed(string(), "Vagrant only: the generated Vagrantfile.")),
             ("kubeconfig_path", computed(string(), "Vagrant with `provision` only: the kubeconfig file (mode 0600).")),
             ("kubeconfig", sensitive(computed(string(), "Vagrant with `provision` only: the kubeconfig's content."))),

@@ -114,6 +114,16 @@ impl Fake {
             .collect()
     }
 
+    /// A fake home where `acme` (1 control plane, `workers` workers) is up.
+    async fn with_lab(workers: u32) -> Fake {
+        let fake = Fake::new();
+        fake.backend(&[])
+            .converge(&spec(workers), &OpControl::with_timeout(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        fake
+    }
+
     fn instance_dir(&self, name: &str) -> PathBuf {
         self.dir.path().join("home/instances").join(name)
     }
@@ -408,11 +418,7 @@ async fn stand_in_vagrant_reads_of_one_instance_at_once_do_not_lock_each_other_o
     // Terraform refreshes an instance (`vagrant status`) and its federation (`vagrant ssh` on
     // each node) at the same time. The stand-in locks machines as Vagrant does and holds them
     // 0.3 s: no command may meet a machine another command of this process holds.
-    let fake = Fake::new();
-    fake.backend(&[])
-        .converge(&spec(1), &OpControl::with_timeout(Duration::from_secs(60)))
-        .await
-        .unwrap();
+    let fake = Fake::with_lab(1).await;
     let backend = fake.backend(&[("FAKE_VAGRANT_LOCKS", "1"), ("FAKE_VAGRANT_HOLD", "0.3")]);
     let s = spec(1);
     for _ in 0..3 {
@@ -437,11 +443,7 @@ async fn stand_in_vagrant_reads_of_one_instance_at_once_do_not_lock_each_other_o
 
 #[tokio::test]
 async fn stand_in_vagrant_machine_locked_by_another_process_is_retried_until_the_deadline() {
-    let fake = Fake::new();
-    fake.backend(&[])
-        .converge(&spec(1), &OpControl::with_timeout(Duration::from_secs(60)))
-        .await
-        .unwrap();
+    let fake = Fake::with_lab(1).await;
     // Another Vagrant process holds the machines for the first two commands: retried.
     let seen = fake
         .backend(&[("FAKE_VAGRANT_LOCKED", "2")])

@@ -333,14 +333,7 @@ impl VagrantBackend {
                     .map_err(|e| io_err(&file, e))?;
                 tracing::info!(network = %name, bridge = %bridge, %subnet, "defining isolated libvirt network");
                 let path = file.display().to_string();
-                let def = self.virsh(&["net-define", &path]).await?;
-                if !def.status.success() {
-                    return Err(BackendError::Other(format!(
-                        "virsh net-define {path} failed ({}): {}",
-                        def.status_text(),
-                        def.stderr.trim()
-                    )));
-                }
+                self.virsh(&["net-define", &path]).await?.ok()?;
             }
             let info = self.virsh(&["net-info", &name]).await?;
             let active = info
@@ -348,17 +341,34 @@ impl VagrantBackend {
                 .lines()
                 .any(|l| l.starts_with("Active:") && l.trim_end().ends_with("yes"));
             if !active {
-                let start = self.virsh(&["net-start", &name]).await?;
-                if !start.status.success() {
-                    return Err(BackendError::Other(format!(
-                        "virsh net-start {name} failed ({}): {}",
-                        start.status_text(),
-                        start.stderr.trim()
-                    )));
-                }
+                self.virsh(&["net-start", &name]).await?.ok()?;
             }
         }
         Ok(())
+    }
+
+    /// `err` with the last lines of the serial consoles of `nodes` (libvirt keeps them in the
+    /// instance folder); `err` itself when there are none.
+    fn with_consoles(&self, err: BackendError, dir: &Path, nodes: &[&str]) -> BackendError {
+        if self.cfg.hypervisor != Hypervisor::Libvirt {
+            return err;
+        }
+        let mut consoles = String::new();
+        for node in nodes {
+            let path = dir.join(render::console_log(node));
+            let Ok(bytes) = std::fs::read(&path) else { continue };
+            let tail = console_tail(&String::from_utf8_lossy(&bytes), CONSOLE_LINES);
+            let shown = if tail.is_empty() { "(nothing yet)".to_string() } else { tail.join("\n") };
+            consoles.push_str(&format!(
+                "last lines of the serial console of {node} ({}):\n{shown}\n",
+                path.display()
+            ));
+        }
+        if consoles.is_empty() {
+            err
+        } else {
+            BackendError::WithConsoles { source: Box::new(err), consoles: consoles.trim_end().to_string() }
+        }
     }
 
     /// `vagrant status --machine-readable` in `dir`.
@@ -899,7 +909,10 @@ impl Backend for VagrantBackend {
             }
             args.extend(down.iter().copied());
             tracing::info!(instance = %spec.instance, machines = ?down, "bringing machines up");
-            self.vagrant(&dir, &args, &limits, true).await?.ok()?;
+            let up = self.vagrant(&dir, &args, &limits, true).await.and_then(Finished::ok);
+            if let Err(e) = up {
+                return Err(self.with_consoles(e, &dir, &down));
+            }
         }
 
         // 5. Kubernetes: join the other nodes, fetch the kubeconfig.
@@ -1028,6 +1041,38 @@ impl Backend for VagrantBackend {
     }
 }
 
+/// How many lines of a serial console an error shows.
+const CONSOLE_LINES: usize = 12;
+
+/// The last `n` lines of a serial console log that hold text (escape sequences and carriage
+/// returns removed).
+pub fn console_tail(log: &str, n: usize) -> Vec<String> {
+    let clean = |line: &str| {
+        let mut out = String::new();
+        let mut chars = line.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // CSI: ESC [ parameters final-byte; other escapes: ESC + one character.
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                } else {
+                    chars.next();
+                }
+            } else if !c.is_control() || c == '\t' {
+                out.push(c);
+            }
+        }
+        out.trim_end().to_string()
+    };
+    let lines: Vec<String> = log.lines().map(clean).filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
 /// First wait before retrying a command that met a locked machine, and the longest wait.
 const LOCKED_RETRY_FIRST: Duration = Duration::from_millis(250);
 const LOCKED_RETRY_MAX: Duration = Duration::from_secs(4);
@@ -1116,6 +1161,40 @@ pub fn routes_via(ip_json: &str, gateway: Ipv4Addr) -> Vec<Ipv4Net> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_boot_shows_the_consoles_of_the_machines_it_was_starting() {
+        let home = tempfile::tempdir().unwrap();
+        let mut cfg = VagrantConfig::new(home.path());
+        cfg.hypervisor = Hypervisor::Libvirt;
+        let backend = VagrantBackend::new(cfg.clone());
+        let dir = backend.instance_dir("acme").unwrap();
+        std::fs::create_dir_all(dir.join("console")).unwrap();
+        std::fs::write(dir.join(render::console_log("acme-cp-1")), "Booting\r\nGave up waiting for root file system device.\r\n").unwrap();
+        let timeout = || BackendError::Timeout { timeout: Duration::from_secs(480), running: "vagrant up".into() };
+        let err = backend.with_consoles(timeout(), &dir, &["acme-cp-1", "acme-worker-1"]);
+        let text = err.to_string();
+        assert!(matches!(err, BackendError::WithConsoles { .. }), "{err:?}");
+        assert!(text.starts_with("timed out after 480s while running `vagrant up`"), "{text}");
+        assert!(text.contains("last lines of the serial console of acme-cp-1"), "{text}");
+        assert!(text.ends_with("Booting\nGave up waiting for root file system device."), "{text}");
+        assert!(!text.contains("acme-worker-1"), "a machine without a console log is not listed: {text}");
+        // VirtualBox keeps no console file: the error stays as it was.
+        cfg.hypervisor = Hypervisor::VirtualBox;
+        let err = VagrantBackend::new(cfg).with_consoles(timeout(), &dir, &["acme-cp-1"]);
+        assert!(matches!(err, BackendError::Timeout { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn console_tails_drop_escapes_and_blank_lines() {
+        let log = "SeaBIOS\r\n\u{1b}[0m\u{1b}[1;31mBegin: Mounting root\u{1b}[0m\r\n\r\n  \r\nGave up waiting for root file system device.\r\n(initramfs) ";
+        assert_eq!(
+            console_tail(log, 2),
+            vec!["Gave up waiting for root file system device.".to_string(), "(initramfs)".to_string()]
+        );
+        assert_eq!(console_tail(log, 10)[1], "Begin: Mounting root");
+        assert!(console_tail("", 5).is_empty());
+    }
 
     #[test]
     fn machine_locks_are_recognised_and_scoped() {

@@ -105,6 +105,11 @@ pub fn hostonly_network_name(instance: &str) -> String {
     format!("homelab-{instance}")
 }
 
+/// The serial console log of a libvirt machine, relative to its instance folder.
+pub fn console_log(node: &str) -> String {
+    format!("console/{node}.log")
+}
+
 /// Name of the instance's own (isolated) libvirt management network.
 pub fn mgmt_network_name(instance: &str) -> String {
     format!("homelab-{instance}-mgmt")
@@ -231,6 +236,11 @@ pub fn render_vagrantfile(spec: &LabSpec, target: RenderTarget) -> Result<String
                     ruby_str(&netmask(&spec.subnet)),
                     ruby_str(&hostonly_network_name(inst)),
                     ruby_str(&spec.gateway.to_string()),
+                );
+                let _ = writeln!(
+                    v,
+                    "    node.vm.provider :libvirt do |libvirt|\n      # Kernel and boot messages, kept beside this file (the provider shows their\n      # last lines when a boot fails or hangs).\n      libvirt.serial :type => \"file\", :source => {{:path => File.join(__dir__, {})}}\n    end",
+                    ruby_str(&console_log(&node.name))
                 );
             }
             Hypervisor::VirtualBox => {
