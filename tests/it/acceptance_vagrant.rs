@@ -99,6 +99,13 @@ fn terraform_real_vms_isolated_scaled_federated_and_destroyed() {
     }
     let r = tf(&lab, &w, &["plan", "-detailed-exitcode"], long);
     assert_eq!(r.code, 0, "second plan not empty:\n{}", r.all());
+    // Each VM's serial console is logged beside its Vagrantfile (shown when a boot fails):
+    // the box runs a getty there once booted.
+    for (n, node) in [("acme", "acme-cp-1"), ("globex", "globex-cp-1")] {
+        let log = instance_dir(&lab, n).join(format!("console/{node}.log"));
+        let text = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+        assert!(text.contains(" login:"), "{}:\n{text}", log.display());
+    }
 
     // Step 2 (isolation audit): from acme's VM, nothing of globex answers on any interface
     // pair (host-only and management); its own gateway does (so the ping itself works).
