@@ -1048,26 +1048,12 @@ const CONSOLE_LINES: usize = 12;
 /// returns removed).
 pub fn console_tail(log: &str, n: usize) -> Vec<String> {
     let clean = |line: &str| {
-        let mut out = String::new();
-        let mut chars = line.chars().peekable();
-        while let Some(c) = chars.next() {
-            if c == '\u{1b}' {
-                // CSI: ESC [ parameters final-byte; other escapes: ESC + one character.
-                if chars.peek() == Some(&'[') {
-                    chars.next();
-                    for c in chars.by_ref() {
-                        if ('@'..='~').contains(&c) {
-                            break;
-                        }
-                    }
-                } else {
-                    chars.next();
-                }
-            } else if !c.is_control() || c == '\t' {
-                out.push(c);
-            }
-        }
-        out.trim_end().to_string()
+        let text = runner::strip_ansi(line);
+        text.chars()
+            .filter(|c| !c.is_control() || *c == '\t')
+            .collect::<String>()
+            .trim_end()
+            .to_string()
     };
     let lines: Vec<String> = log.lines().map(clean).filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..].to_vec()
