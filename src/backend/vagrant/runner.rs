@@ -474,6 +474,14 @@ fn short_name(cmd: &Cmd) -> String {
 mod tests {
     use super::*;
 
+    /// `sh -c script` through `run_tool`, 10 s allowed.
+    async fn sh(script: &str) -> Finished {
+        let tc = ToolCommand::new(Cmd::new(["sh", "-c", script]));
+        run_tool(&tc, &Limits::timeout(Duration::from_secs(10)), Grace::default())
+            .await
+            .unwrap()
+    }
+
     #[test]
     fn ansi_escapes_are_stripped() {
         assert_eq!(strip_ansi("\u{1b}[KProgress: 5%\u{1b}[0m"), "Progress: 5%");
@@ -483,14 +491,7 @@ mod tests {
     #[tokio::test]
     async fn progress_redraws_do_not_fill_the_tail() {
         let script = "printf 'start\\n'; for i in 1 2 3; do printf 'Progress: %s%%\\r\\033[K' $i; done; printf '\\ndone\\n'";
-        let tc = ToolCommand::new(Cmd::new(["sh", "-c", script]));
-        let f = run_tool(
-            &tc,
-            &Limits::timeout(Duration::from_secs(10)),
-            Grace::default(),
-        )
-        .await
-        .unwrap();
+        let f = sh(script).await;
         assert_eq!(f.tail, vec!["start", "Progress: 3%", "done"]);
     }
 
@@ -511,14 +512,7 @@ mod tests {
 
     #[tokio::test]
     async fn exit_status_and_output_are_kept() {
-        let tc = ToolCommand::new(Cmd::new(["sh", "-c", "echo out; echo err >&2; exit 4"]));
-        let f = run_tool(
-            &tc,
-            &Limits::timeout(Duration::from_secs(10)),
-            Grace::default(),
-        )
-        .await
-        .unwrap();
+        let f = sh("echo out; echo err >&2; exit 4").await;
         assert_eq!(f.status.code(), Some(4));
         assert_eq!(f.stdout, "out\n");
         assert_eq!(f.stderr, "err\n");
