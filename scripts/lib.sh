@@ -73,7 +73,7 @@ EOC
 tf() { TF_CLI_CONFIG_FILE="$CLI_CONFIG" "$TERRAFORM" "$@"; }
 
 ensure_base() {
-  apt_install protobuf-compiler iproute2 nftables iputils-ping
+  apt_install iproute2 nftables iputils-ping
   python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
   ensure_terraform
 }
