@@ -74,6 +74,13 @@ fn document(pools: &Pools, n: usize) -> Document {
                 workers: 2,
                 settings: Default::default(),
             }),
+            // As the provider writes them: every entry carries its workspace and run.
+            owner: Some(homelab::registry::Workspace {
+                host: "lab-host".into(),
+                dir: "/home/alice/labs/main".into(),
+                name: "default".into(),
+            }),
+            run: Some(format!("{i:016x}")),
         };
         doc.instances.insert(name, entry);
     }

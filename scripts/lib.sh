@@ -69,6 +69,17 @@ provider_installation {
 EOC
 }
 
+# The newest Terraform on PATH, when it is newer than $TF_VERSION: prints "<path> <version>".
+newest_terraform() {
+  local bin v
+  bin="${HOMELAB_TERRAFORM_NEWEST:-$(command -v terraform || true)}"
+  [ -n "$bin" ] && [ -x "$bin" ] || return 1
+  v="$("$bin" version -json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["terraform_version"])' 2>/dev/null)" || return 1
+  [ -n "$v" ] || return 1
+  [ "$(printf '%s\n%s\n' "$TF_VERSION" "$v" | sort -V | tail -n1)" = "$v" ] && [ "$v" != "$TF_VERSION" ] || return 1
+  echo "$bin $v"
+}
+
 # Terraform with the project-local CLI config.
 tf() { TF_CLI_CONFIG_FILE="$CLI_CONFIG" "$TERRAFORM" "$@"; }
 

@@ -63,7 +63,7 @@ fn user_name(uid: u32) -> String {
     std::env::var("USER").unwrap_or_else(|_| uid.to_string())
 }
 
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     let mut buf = [0u8; 256];
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
     if rc == 0 {

@@ -63,6 +63,7 @@ fn alloc_attribute(e: &AllocError) -> &'static str {
         AllocError::Conflict { kind, .. }
         | AllocError::Exhausted { kind, .. }
         | AllocError::WrongPrefix { kind, .. }
+        | AllocError::SpecialPurpose { kind, .. }
         | AllocError::NotCanonical { kind, .. } => kind.attribute(),
     }
 }
@@ -83,6 +84,9 @@ impl Report for RegistryError {
             RegistryError::Alloc { source: AllocError::NotCanonical { kind, .. }, .. } => {
                 format!("Host bits set in {}", kind.attribute())
             }
+            RegistryError::Alloc { source: AllocError::SpecialPurpose { kind, .. }, .. } => {
+                format!("{} is in a special-purpose range", kind.attribute())
+            }
             RegistryError::Corrupt { .. }
             | RegistryError::UnknownVersion { .. }
             | RegistryError::Unreadable { .. }
@@ -92,6 +96,9 @@ impl Report for RegistryError {
             RegistryError::ReservationLost { name, .. } => {
                 format!("Networks planned for `{name}` were taken after its reservation expired")
             }
+            RegistryError::ReservationTaken { name, by, .. } => {
+                format!("Networks planned for `{name}` were taken over by `{by}`")
+            }
             RegistryError::ClaimConflict { name, .. } => {
                 format!("Networks planned for `{name}` are no longer free")
             }
@@ -99,6 +106,12 @@ impl Report for RegistryError {
             RegistryError::NotAllocated { name } => format!("Instance `{name}` is not created"),
             RegistryError::Federated { name, .. } => format!("Instance `{name}` is federated"),
             RegistryError::AlreadyFederated { a, b } => format!("`{a}` and `{b}` are already federated"),
+            RegistryError::ReservedElsewhere { name, .. } => {
+                format!("Instance name `{name}` is planned by another configuration")
+            }
+            RegistryError::TakenInThisRun { kind, other, .. } => {
+                format!("Pinned {} was planned for `{other}` moments ago: plan again", kind.attribute())
+            }
         }
     }
     fn detail(&self) -> String {
@@ -106,9 +119,10 @@ impl Report for RegistryError {
     }
     fn attribute(&self) -> Option<AttributePath> {
         match self {
-            RegistryError::InvalidName { .. } | RegistryError::AlreadyAllocated { .. } => {
-                Some(AttributePath::new("name"))
-            }
+            RegistryError::InvalidName { .. }
+            | RegistryError::AlreadyAllocated { .. }
+            | RegistryError::ReservedElsewhere { .. } => Some(AttributePath::new("name")),
+            RegistryError::TakenInThisRun { kind, .. } => Some(AttributePath::new(kind.attribute())),
             RegistryError::Alloc { source, .. } | RegistryError::ClaimConflict { source, .. } => {
                 Some(AttributePath::new(alloc_attribute(source)))
             }

@@ -140,6 +140,20 @@ pub struct Pair {
     pub b: Side,
 }
 
+/// The route lines of `me`'s nodes towards `peer`.
+fn guest_route_lines(me: &Side, peer: &Side) -> Vec<String> {
+    me.spec
+        .nodes
+        .iter()
+        .map(|n| format!("{}: route {} via {}", n.name, peer.spec.subnet, me.spec.gateway))
+        .collect()
+}
+
+/// `<instance>/<namespace>/<policy>` of the NetworkPolicy in `me`'s cluster admitting `peer`.
+fn policy_line(me: &Side, peer: &Side, namespace: &str) -> String {
+    format!("{}/{namespace}/{}", me.name(), crate::k8s::policy_name(peer.name()))
+}
+
 /// The id of a pair: names sorted, joined by `+`.
 pub fn pair_id(x: &str, y: &str) -> String {
     if x <= y {
@@ -235,9 +249,7 @@ impl Pair {
             if let Err(source) = me.backend.set_guest_route(&me.spec, peer.spec.subnet, true, ctl).await {
                 return Err((done, FederationError::Backend { what: format!("adding routes in `{}`", me.name()), source }));
             }
-            for n in &me.spec.nodes {
-                done.routes.push(format!("{}: route {} via {}", n.name, peer.spec.subnet, me.spec.gateway));
-            }
+            done.routes.extend(guest_route_lines(me, peer));
         }
         for (me, peer) in self.sides() {
             let policies = match Self::policies_of(me).await {
@@ -256,7 +268,26 @@ impl Pair {
                 if let Err(source) = policies.apply(&spec).await {
                     return Err((done, FederationError::K8s { what: format!("applying the NetworkPolicy in `{}`", me.name()), source }));
                 }
-                done.policies.push(format!("{}/{}/{}", me.name(), ns, spec.name()));
+                done.policies.push(policy_line(me, peer, ns));
+            }
+        }
+        Ok(done)
+    }
+
+    /// What an open pair has in place, in the words [`Pair::open`] reports it (read-only: for
+    /// import, whose state must be what a create would have recorded).
+    pub async fn opened(&self, namespaces: &[String]) -> Result<Opened, FederationError> {
+        let (la, lb) = self.links().await?;
+        let mut done = Opened {
+            routes: self.a.backend.forwarding().describe_pair(&la, &lb),
+            policies: Vec::new(),
+        };
+        for (me, peer) in self.sides() {
+            done.routes.extend(guest_route_lines(me, peer));
+        }
+        for (me, peer) in self.sides() {
+            if me.kubeconfig.is_some() {
+                done.policies.extend(namespaces.iter().map(|ns| policy_line(me, peer, ns)));
             }
         }
         Ok(done)

@@ -2,8 +2,9 @@
 //! Configuration turns the HCL `provider "homelab"` block into a [`Configured`] context (the
 //! registry, the backends, the defaults) that every resource and data source reads.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -16,10 +17,11 @@ use crate::backend::{BackendKind, BackendSet};
 use crate::data_sources::cidr_allocation::CidrAllocationDataSource;
 use crate::diagnostics::{self, Message};
 use crate::registry::file::FileStore;
-use crate::registry::{External, Registry, SystemClock};
+use crate::registry::{declared, External, Origin, Registry, SystemClock};
 use crate::resources::federation::FederationResource;
 use crate::resources::instance::InstanceResource;
-use crate::schema::{attributes, number, optional, string};
+use crate::resources::names::NameBook;
+use crate::schema::{attributes, number, optional, string, Number};
 use crate::settings::{self, RawSettings, Settings};
 
 /// The provider block as Terraform sends it.
@@ -31,19 +33,19 @@ pub struct ProviderConfig {
     /// Host-only pool.
     pub host_pool: Value<String>,
     /// Host-only subnet prefix.
-    pub host_prefix: Value<i64>,
+    pub host_prefix: Value<Number>,
     /// Pod pool.
     pub pod_pool: Value<String>,
     /// Pod CIDR prefix.
-    pub pod_prefix: Value<i64>,
+    pub pod_prefix: Value<Number>,
     /// Service pool.
     pub service_pool: Value<String>,
     /// Service CIDR prefix.
-    pub service_prefix: Value<i64>,
+    pub service_prefix: Value<Number>,
     /// Management network pool.
     pub mgmt_pool: Value<String>,
     /// Management network prefix.
-    pub mgmt_prefix: Value<i64>,
+    pub mgmt_prefix: Value<Number>,
     /// Reservation TTL.
     pub reservation_ttl: Value<String>,
     /// Default backend.
@@ -65,19 +67,49 @@ fn known<T: Clone>(v: &Value<T>) -> Option<T> {
     }
 }
 
+/// A prefix setting: its whole value, or an error naming the attribute when it is not whole.
+fn prefix(errors: &mut Vec<settings::SettingError>, attribute: &'static str, v: &Value<Number>) -> Option<i64> {
+    match known(v)? {
+        Number::Whole(n) => Some(n),
+        Number::Other(x) => {
+            errors.push(settings::SettingError {
+                attribute,
+                message: format!("{attribute} = {x} is not a whole number: it is a prefix length, from 0 to 32"),
+            });
+            None
+        }
+    }
+}
+
 impl ProviderConfig {
-    fn raw(&self) -> RawSettings {
-        RawSettings {
+    /// The settings as given, and the errors found on the way (numbers that are not whole).
+    fn raw(&self) -> (RawSettings, Vec<settings::SettingError>) {
+        let mut errors = Vec::new();
+        let raw = RawSettings {
             home: known(&self.home),
             host_pool: known(&self.host_pool),
-            host_prefix: known(&self.host_prefix),
+            host_prefix: prefix(&mut errors, "host_prefix", &self.host_prefix),
             pod_pool: known(&self.pod_pool),
-            pod_prefix: known(&self.pod_prefix),
+            pod_prefix: prefix(&mut errors, "pod_prefix", &self.pod_prefix),
             service_pool: known(&self.service_pool),
-            service_prefix: known(&self.service_prefix),
+            service_prefix: prefix(&mut errors, "service_prefix", &self.service_prefix),
             mgmt_pool: known(&self.mgmt_pool),
-            mgmt_prefix: known(&self.mgmt_prefix),
+            mgmt_prefix: prefix(&mut errors, "mgmt_prefix", &self.mgmt_prefix),
             reservation_ttl: known(&self.reservation_ttl),
+        };
+        (raw, errors)
+    }
+
+    /// Validated settings, or every error found.
+    fn settings(&self) -> Result<Settings, Vec<settings::SettingError>> {
+        let (raw, mut errors) = self.raw();
+        match settings::validate(&raw) {
+            Ok(s) if errors.is_empty() => Ok(s),
+            Ok(_) => Err(errors),
+            Err(more) => {
+                errors.extend(more);
+                Err(errors)
+            }
         }
     }
 
@@ -202,9 +234,11 @@ pub struct Configured {
     pub registry: Registry,
     /// The backends.
     pub backends: Arc<dyn BackendSet>,
-    /// Instances planned for replacement in this process (their create half may reuse the
-    /// networks they already hold).
-    pub replacing: Mutex<HashSet<String>>,
+    /// The instance names the resource objects of this run use (one provider process serves
+    /// one plan or one apply).
+    pub names: NameBook,
+    /// A plan call of this run failed: Terraform will not keep this plan.
+    pub plan_failed: AtomicBool,
     /// Host networks to use instead of reading the host's (tests).
     pub host_networks_override: Option<Vec<External>>,
 }
@@ -219,6 +253,22 @@ impl std::fmt::Debug for Configured {
 }
 
 impl Configured {
+    /// After a plan call: when it failed, this run's plan will not be kept, so the reservations
+    /// it made (and any it makes after this) must not stay in anyone's way.
+    pub fn after_plan(&self, diags: &Diagnostics) {
+        if diags.errors.is_empty() && !self.plan_failed.load(Ordering::SeqCst) {
+            return;
+        }
+        self.plan_failed.store(true, Ordering::SeqCst);
+        match self.registry.drop_run_reservations() {
+            Ok(dropped) if !dropped.is_empty() => {
+                tracing::info!(dropped = %dropped.join(", "), "the plan failed: its reservations were dropped");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "the plan failed, and its reservations could not be dropped"),
+        }
+    }
+
     /// The host's own networks (addresses and routes of this namespace), for the isolation check.
     pub async fn host_networks(&self) -> Result<Vec<External>, crate::hostnet::HostNetError> {
         if let Some(v) = &self.host_networks_override {
@@ -235,10 +285,24 @@ impl Configured {
     }
 }
 
-/// State shared by the provider and its resources: filled in by configure.
-#[derive(Default)]
+/// State shared by the provider and its resources: who this process is, what validation
+/// sees, and what configure fills in.
 pub struct Shared {
     configured: RwLock<Option<Arc<Configured>>>,
+    /// This process: its workspace and run.
+    pub origin: Origin,
+    /// The configuration's pins, as validation sees them (see `registry::declared`).
+    pub declared: declared::Recorder,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            configured: RwLock::new(None),
+            origin: Origin::current(),
+            declared: declared::Recorder::new(),
+        }
+    }
 }
 
 impl Shared {
@@ -246,6 +310,7 @@ impl Shared {
     pub fn with(configured: Configured) -> Arc<Shared> {
         Arc::new(Shared {
             configured: RwLock::new(Some(Arc::new(configured))),
+            ..Shared::default()
         })
     }
 
@@ -304,8 +369,8 @@ impl HomelabProvider {
                      (`<home>/events.jsonl`).",
                 ),
                 attributes: attributes(vec![
-                    ("home", optional(string(), "Folder of the instance registry and event log. Default: `$HOMELAB_HOME`, else `~/.homelab`. Configurations that share a home share one registry, so their instances never overlap.")),
-                    ("host_pool", optional(string(), "Pool of host-only subnets, a canonical IPv4 CIDR. Default `192.168.56.0/21` (VirtualBox's default permitted host-only range: 8 subnets of /24).")),
+                    ("home", optional(string(), "Folder of the instance registry and event log (created when missing; a file there is refused). Default: `$HOMELAB_HOME`, else `~/.homelab`. Configurations that share a home share one registry, so their instances never overlap, and no two of them can hold an instance of the same name.")),
+                    ("host_pool", optional(string(), "Pool of host-only subnets, a canonical IPv4 CIDR outside the special-purpose ranges (unspecified 0.0.0.0/8, loopback, link-local, multicast, reserved 240.0.0.0/4, broadcast). Default `192.168.56.0/21` (VirtualBox's default permitted host-only range: 8 subnets of /24).")),
                     ("host_prefix", optional(number(), "Prefix length of each instance subnet taken from `host_pool`. Default 24; at most 27 (nodes sit at .10 to .29).")),
                     ("pod_pool", optional(string(), "Pool of pod CIDRs, a canonical IPv4 CIDR. Default `10.240.0.0/12` (the /12 holding the well-known 10.244.0.0/16). Allocation starts at the slot holding 10.244.0.0 when the pool contains it, and wraps round.")),
                     ("pod_prefix", optional(number(), "Prefix length of each pod CIDR. Default 16 (16 instances in the default pool).")),
@@ -313,7 +378,7 @@ impl HomelabProvider {
                     ("service_prefix", optional(number(), "Prefix length of each service CIDR. Default 16.")),
                     ("mgmt_pool", optional(string(), "Pool of per-instance management networks (Vagrant on libvirt only: each instance gets its own isolated management network). Default `172.30.0.0/16`.")),
                     ("mgmt_prefix", optional(number(), "Prefix length of each management network. Default 24.")),
-                    ("reservation_ttl", optional(string(), "How long the networks shown in a plan stay reserved for it, as a duration (`30s`, `10m`, `24h`). Default `24h`. An expired reservation is free again; a saved plan applied after its networks were taken fails with the name of the new holder.")),
+                    ("reservation_ttl", optional(string(), "How long the networks shown in a plan stay reserved for it, as a duration (`30s`, `10m`, `24h`), longer than 0s and at most `720h` (30 days). Default `24h`. An expired reservation is free again; a saved plan applied after its networks were taken fails with the name of the new holder.")),
                     ("default_backend", optional(string(), "Backend of instances that do not set `backend`: `vagrant` (default) or `netns`.")),
                     ("netns_host", optional(string(), "Name of the network namespace that is the lab's host for the `netns` backend. 1 to 24 lowercase letters and digits; default `homelab`. Node namespaces are named `<netns_host>-<node>`. The root namespace is never changed.")),
                     ("vagrant_bin", optional(string(), "Vagrant executable. Default `vagrant` on `PATH`.")),
@@ -349,8 +414,9 @@ impl Provider for HomelabProvider {
 
     async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::Config<'a>) -> Option<()> {
         if !config.any_unknown() {
-            if let Err(errors) = settings::validate(&config.raw()) {
-                settings_errors(diags, errors);
+            match config.settings() {
+                Ok(s) => self.shared.declared.set_home(s.home, &self.shared.origin),
+                Err(errors) => settings_errors(diags, errors),
             }
         }
         if let Err(errors) = BackendChoices::from_config(&config) {
@@ -374,13 +440,17 @@ impl Provider for HomelabProvider {
             );
             return None;
         }
-        let settings = match settings::validate(&config.raw()) {
+        let settings = match config.settings() {
             Ok(s) => s,
             Err(errors) => {
                 settings_errors(diags, errors);
                 return Some(());
             }
         };
+        if let Err(e) = settings::check_home(&settings.home) {
+            settings_errors(diags, vec![e]);
+            return Some(());
+        }
         let choices = match BackendChoices::from_config(&config) {
             Ok(c) => c,
             Err(errors) => {
@@ -390,6 +460,7 @@ impl Provider for HomelabProvider {
                 return Some(());
             }
         };
+        let origin = self.shared.origin.clone();
         let registry = Registry::new(
             Arc::new(FileStore::new(settings.home.clone())),
             settings.pools,
@@ -397,7 +468,9 @@ impl Provider for HomelabProvider {
             Arc::new(SystemClock),
             Actor::current(),
             Client::provider(terraform_version),
-        );
+        )
+        .with_declared(declared::load(&settings.home, &origin.workspace))
+        .with_origin(origin);
         let backends = (self.factory)(&settings, &choices);
         tracing::info!(home = %settings.home.display(), "homelab provider configured");
         self.shared.set(Configured {
@@ -405,7 +478,8 @@ impl Provider for HomelabProvider {
             choices,
             registry,
             backends,
-            replacing: Mutex::new(HashSet::new()),
+            names: NameBook::new(),
+            plan_failed: AtomicBool::new(false),
             host_networks_override: None,
         });
         Some(())

@@ -23,6 +23,10 @@ pub const DEFAULT_MGMT_POOL: &str = "172.30.0.0/16";
 pub const POD_POOL_START: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 0);
 /// Default reservation lifetime.
 pub const DEFAULT_RESERVATION_TTL: &str = "24h";
+/// Longest reservation lifetime: 30 days (`720h`). A plan older than that is stale anyway.
+pub const MAX_RESERVATION_TTL: Duration = Duration::from_secs(720 * 3600);
+/// Longest operation timeout (`timeouts` of an instance): 24 hours.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// Default lab host namespace of the netns backend.
 pub const DEFAULT_NETNS_HOST: &str = "homelab";
 
@@ -104,7 +108,7 @@ fn pool_setting(
 ) -> Option<Pool> {
     let pool_attr = kind.pool_attribute();
     let prefix_attr = kind.prefix_attribute();
-    let cidr = match net::parse_canonical(cidr.unwrap_or(default_cidr)) {
+    let cidr = match net::parse_lab_network(cidr.unwrap_or(default_cidr)) {
         Ok(c) => c,
         Err(e) => {
             errors.push(SettingError::new(pool_attr, e.to_string()));
@@ -183,11 +187,10 @@ pub fn validate(raw: &RawSettings) -> Result<Settings, Vec<SettingError>> {
             ));
         }
     }
-    let ttl = match parse_duration(raw.reservation_ttl.as_deref().unwrap_or(DEFAULT_RESERVATION_TTL)) {
-        Ok(d) if d.is_zero() => {
-            errors.push(SettingError::new("reservation_ttl", "must be longer than 0s"));
-            None
-        }
+    let ttl = match parse_bounded_duration(
+        raw.reservation_ttl.as_deref().unwrap_or(DEFAULT_RESERVATION_TTL),
+        MAX_RESERVATION_TTL,
+    ) {
         Ok(d) => Some(d),
         Err(e) => {
             errors.push(SettingError::new("reservation_ttl", e));
@@ -240,10 +243,28 @@ pub fn validate(raw: &RawSettings) -> Result<Settings, Vec<SettingError>> {
     Err(errors)
 }
 
+/// [`parse_duration`], longer than zero and at most `max`.
+pub fn parse_bounded_duration(text: &str, max: Duration) -> Result<Duration, String> {
+    let d = parse_duration(text).map_err(|e| format!("{e}; the maximum is {}h", max.as_secs() / 3600))?;
+    if d.is_zero() {
+        return Err(format!("`{text}` is no time at all: it must be longer than 0s"));
+    }
+    if d > max {
+        return Err(format!(
+            "`{text}` is longer than the maximum of {}h ({} s)",
+            max.as_secs() / 3600,
+            max.as_secs()
+        ));
+    }
+    Ok(d)
+}
+
 /// Parse a Go-style duration as Terraform users write them: `24h`, `10m`, `90s`, `1h30m`.
+/// Anything longer than about 31 years is refused (no sensible duration is, and larger ones
+/// cannot be added to a date).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("`{text}` is not a duration (examples: 30s, 10m, 24h, 1h30m)");
-    if text.is_empty() {
+    if text.is_empty() || text.len() > 64 {
         return Err(bad());
     }
     let mut total = 0f64;
@@ -270,12 +291,40 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         total += value * scale;
         rest = &rest[unit_len..];
     }
-    Ok(Duration::from_secs_f64(total))
+    const LIMIT_SECS: f64 = 1e9;
+    if !(total.is_finite() && total <= LIMIT_SECS) {
+        return Err(format!("`{text}` is far too long to be a duration (more than 31 years)"));
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
 
-/// Parse and check a CIDR given for an attribute.
+/// Check that `home` can be the registry's folder: a folder, or a path whose nearest existing
+/// ancestor is one (the registry creates the rest on its first write).
+pub fn check_home(home: &std::path::Path) -> Result<(), SettingError> {
+    let mut at = Some(home);
+    while let Some(p) = at {
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => return Ok(()),
+            Ok(_) => {
+                let what = if p == home {
+                    format!("{} is a file, not a folder", home.display())
+                } else {
+                    format!("{} cannot be created: {} is a file, not a folder", home.display(), p.display())
+                };
+                return Err(SettingError::new(
+                    "home",
+                    format!("{what}. `home` is the folder that holds the instance registry (instances.json), its event log and the instance folders: point it at a folder (it is created when missing), or unset it for $HOMELAB_HOME, else ~/.homelab"),
+                ));
+            }
+            Err(_) => at = p.parent(),
+        }
+    }
+    Ok(())
+}
+
+/// Parse and check a CIDR given for an attribute (canonical, not a special-purpose range).
 pub fn cidr_setting(attribute: &'static str, text: &str) -> Result<Ipv4Net, SettingError> {
-    net::parse_canonical(text).map_err(|e| SettingError::new(attribute, e.to_string()))
+    net::parse_lab_network(text).map_err(|e| SettingError::new(attribute, e.to_string()))
 }
 
 #[cfg(test)]
@@ -323,6 +372,54 @@ mod tests {
         };
         let errs = validate(&raw).unwrap_err();
         assert_eq!(errs[0].attribute, "host_prefix");
+    }
+
+    #[test]
+    fn huge_or_zero_durations_are_refused_not_a_panic() {
+        for text in ["9999999999h", "99999999999999999999s", "1e400h", "100000000000000000000000000000000000000000000000000000000000000h"] {
+            assert!(parse_duration(text).is_err(), "{text}");
+        }
+        let raw = RawSettings {
+            reservation_ttl: Some("9999999999h".into()),
+            ..Default::default()
+        };
+        let errs = validate(&raw).unwrap_err();
+        assert_eq!(errs[0].attribute, "reservation_ttl");
+        let raw = RawSettings {
+            reservation_ttl: Some("721h".into()),
+            ..Default::default()
+        };
+        let errs = validate(&raw).unwrap_err();
+        assert!(errs[0].message.contains("maximum of 720h"), "{}", errs[0].message);
+        assert_eq!(parse_bounded_duration("720h", MAX_RESERVATION_TTL).unwrap(), MAX_RESERVATION_TTL);
+        assert!(parse_bounded_duration("0s", MAX_TIMEOUT).unwrap_err().contains("longer than 0s"));
+        assert!(parse_bounded_duration("25h", MAX_TIMEOUT).unwrap_err().contains("maximum of 24h"));
+    }
+
+    #[test]
+    fn home_that_is_a_file_is_refused_naming_home() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        let e = check_home(&file).unwrap_err();
+        assert_eq!(e.attribute, "home");
+        assert!(e.message.contains("is a file, not a folder"), "{}", e.message);
+        let e = check_home(&file.join("below")).unwrap_err();
+        assert!(e.message.contains("cannot be created"), "{}", e.message);
+        assert!(check_home(&dir.path().join("new/deeper")).is_ok());
+        assert!(check_home(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn pools_in_special_purpose_ranges_are_refused() {
+        let raw = RawSettings {
+            pod_pool: Some("224.0.0.0/4".into()),
+            host_pool: Some("127.0.0.0/21".into()),
+            ..Default::default()
+        };
+        let errs = validate(&raw).unwrap_err();
+        assert!(errs.iter().any(|e| e.attribute == "pod_pool" && e.message.contains("multicast")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.attribute == "host_pool" && e.message.contains("loopback")), "{errs:?}");
     }
 
     #[test]

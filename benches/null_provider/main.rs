@@ -58,7 +58,7 @@ impl Resource for NullResource {
         Some((s, p))
     }
 
-    async fn plan_create<'a>(&self, _d: &mut Diagnostics, mut s: State, _c: State, _m: ValueEmpty) -> Option<(State, ValueEmpty)> {
+    async fn plan_create<'a>(&self, _d: &mut Diagnostics, mut s: State, _c: State, _p: ValueEmpty, _m: ValueEmpty) -> Option<(State, ValueEmpty)> {
         s.id = Value::Unknown;
         Some((s, Value::Null))
     }

@@ -288,7 +288,6 @@ impl Forwarding for IptablesForwarding {
         for pos in remove {
             process::run(&self.iptables(&["-D", "FORWARD", &pos.to_string()])).await?;
         }
-        let mut lines = Vec::new();
         for (i, (from, to)) in [(a, b), (b, a)].into_iter().enumerate() {
             if !ok[i] {
                 let (src, dst) = (from.subnet.to_string(), to.subnet.to_string());
@@ -314,7 +313,6 @@ impl Forwarding for IptablesForwarding {
                 tracing::info!(rule = %self.describe(from, to), "inserting forward rule");
                 process::run(&self.iptables(&args)).await?;
             }
-            lines.push(self.describe(from, to));
         }
         if !self.ip_forward().await? {
             tracing::info!(place = %self.place(), "turning IPv4 forwarding on");
@@ -326,8 +324,15 @@ impl Forwarding for IptablesForwarding {
                 })?;
             self.set_ip_forward(true).await?;
         }
-        lines.push(format!("{}: net.ipv4.ip_forward=1", self.place()));
-        Ok(lines)
+        Ok(self.describe_pair(a, b))
+    }
+
+    fn describe_pair(&self, a: &Link, b: &Link) -> Vec<String> {
+        vec![
+            self.describe(a, b),
+            self.describe(b, a),
+            format!("{}: net.ipv4.ip_forward=1", self.place()),
+        ]
     }
 
     async fn deny_pair(&self, a: &Link, b: &Link) -> Result<(), HostNetError> {

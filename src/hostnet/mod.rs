@@ -61,6 +61,9 @@ pub trait Forwarding: Send + Sync {
     /// Returns one human-readable line per rule or setting it ensured.
     async fn allow_pair(&self, a: &Link, b: &Link) -> Result<Vec<String>, HostNetError>;
 
+    /// The lines `allow_pair` returns for this pair, once everything is in place (no I/O).
+    fn describe_pair(&self, a: &Link, b: &Link) -> Vec<String>;
+
     /// Remove what `allow_pair` added for this pair. Succeeds when already gone. Turns IPv4
     /// forwarding off again when no pair is left.
     async fn deny_pair(&self, a: &Link, b: &Link) -> Result<(), HostNetError>;

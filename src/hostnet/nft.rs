@@ -315,13 +315,11 @@ impl Forwarding for NftForwarding {
                 )),
             }
         }
-        let mut lines = Vec::new();
         for (i, (from, to)) in directions.iter().enumerate() {
             if !kept[i] {
                 script.push_str(&Self::rule_text(from, to, &comment));
                 tracing::info!(netns = %self.netns, rule = %self.describe(from, to), "adding forward rule");
             }
-            lines.push(self.describe(from, to));
         }
         if !script.is_empty() {
             process::run(&self.exec(&["nft", "-f", "-"]).with_stdin(script)).await?;
@@ -330,8 +328,15 @@ impl Forwarding for NftForwarding {
             tracing::info!(netns = %self.netns, "turning IPv4 forwarding on");
             self.set_ip_forward(true).await?;
         }
-        lines.push(format!("netns {}: net.ipv4.ip_forward=1", self.netns));
-        Ok(lines)
+        Ok(self.describe_pair(a, b))
+    }
+
+    fn describe_pair(&self, a: &Link, b: &Link) -> Vec<String> {
+        vec![
+            self.describe(a, b),
+            self.describe(b, a),
+            format!("netns {}: net.ipv4.ip_forward=1", self.netns),
+        ]
     }
 
     async fn deny_pair(&self, a: &Link, b: &Link) -> Result<(), HostNetError> {

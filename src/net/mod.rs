@@ -25,6 +25,63 @@ pub enum NetError {
         /// The canonical network that contains it.
         suggestion: Ipv4Net,
     },
+    /// A special-purpose range: nothing would ever reach a lab there.
+    #[error("`{given}` overlaps the special-purpose range {range}: no lab network can work there. Use a private range such as 192.168.0.0/16, 172.16.0.0/12 or 10.0.0.0/8")]
+    SpecialPurpose {
+        /// The text as given.
+        given: String,
+        /// The range it touches.
+        range: SpecialRange,
+    },
+}
+
+/// A special-purpose IPv4 range (RFC 6890) that no lab network or pool may touch: packets to
+/// or from it never behave like a lab network's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecialRange {
+    /// The range.
+    pub cidr: Ipv4Net,
+    /// What it is.
+    pub what: &'static str,
+    /// Where it is defined.
+    pub rfc: &'static str,
+}
+
+impl std::fmt::Display for SpecialRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}, {})", self.cidr, self.what, self.rfc)
+    }
+}
+
+/// The special-purpose ranges refused, most specific first.
+pub const SPECIAL_RANGES: [(Ipv4Addr, u8, &str, &str); 6] = [
+    (Ipv4Addr::new(0, 0, 0, 0), 8, "unspecified: \"this network\"", "RFC 1122"),
+    (Ipv4Addr::new(127, 0, 0, 0), 8, "loopback", "RFC 1122"),
+    (Ipv4Addr::new(169, 254, 0, 0), 16, "link-local", "RFC 3927"),
+    (Ipv4Addr::new(224, 0, 0, 0), 4, "multicast", "RFC 5771"),
+    (Ipv4Addr::new(255, 255, 255, 255), 32, "limited broadcast", "RFC 919"),
+    (Ipv4Addr::new(240, 0, 0, 0), 4, "reserved", "RFC 1112"),
+];
+
+/// The first special-purpose range that `net` overlaps, if any.
+pub fn special_range(net: &Ipv4Net) -> Option<SpecialRange> {
+    SPECIAL_RANGES.iter().find_map(|&(addr, prefix, what, rfc)| {
+        let cidr = Ipv4Net::new(addr, prefix).expect("valid special range");
+        overlaps(net, &cidr).then_some(SpecialRange { cidr, what, rfc })
+    })
+}
+
+/// [`parse_canonical`], refusing networks that touch a [`special_range`]: what a pool or an
+/// instance's network may be.
+pub fn parse_lab_network(text: &str) -> Result<Ipv4Net, NetError> {
+    let net = parse_canonical(text)?;
+    match special_range(&net) {
+        Some(range) => Err(NetError::SpecialPurpose {
+            given: text.to_string(),
+            range,
+        }),
+        None => Ok(net),
+    }
 }
 
 /// Parse `a.b.c.d/n` and insist that it is the network address (no host bits set).
@@ -154,6 +211,28 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn special_purpose_ranges_are_refused_citing_the_range() {
+        for (text, cites) in [
+            ("0.0.0.0/24", "0.0.0.0/8 (unspecified"),
+            ("127.0.0.0/16", "loopback, RFC 1122"),
+            ("169.254.3.0/24", "link-local, RFC 3927"),
+            ("224.0.0.0/24", "224.0.0.0/4 (multicast, RFC 5771)"),
+            ("239.255.0.0/16", "multicast"),
+            ("255.255.255.0/24", "255.255.255.255/32 (limited broadcast, RFC 919)"),
+            ("240.0.0.0/24", "240.0.0.0/4 (reserved, RFC 1112)"),
+            ("0.0.0.0/0", "0.0.0.0/8"),
+        ] {
+            let e = parse_lab_network(text).unwrap_err().to_string();
+            assert!(e.contains(cites), "{text}: {e}");
+        }
+        for ok in ["10.244.0.0/16", "192.168.56.0/24", "172.30.0.0/24", "1.0.0.0/24", "223.255.255.0/24", "126.255.255.0/24"] {
+            assert!(parse_lab_network(ok).is_ok(), "{ok}");
+        }
+        // Canonical form is still checked first.
+        assert!(matches!(parse_lab_network("10.244.0.0/12"), Err(NetError::NotCanonical { .. })));
+    }
 
     fn n(s: &str) -> Ipv4Net {
         s.parse().unwrap()

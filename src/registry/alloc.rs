@@ -102,6 +102,15 @@ pub enum AllocError {
         /// The CIDR asked for.
         cidr: Ipv4Net,
     },
+    /// A pinned CIDR lies in a special-purpose range (loopback, multicast, …).
+    SpecialPurpose {
+        /// The attribute.
+        kind: Kind,
+        /// The CIDR asked for.
+        cidr: Ipv4Net,
+        /// The range it touches.
+        range: net::SpecialRange,
+    },
     /// A pinned CIDR has the wrong size.
     WrongPrefix {
         /// The attribute.
@@ -147,6 +156,11 @@ impl fmt::Display for AllocError {
                 kind.attribute(),
                 cidr.prefix_len(),
                 cidr.trunc()
+            ),
+            AllocError::SpecialPurpose { kind, cidr, range } => write!(
+                f,
+                "{} {cidr} overlaps the special-purpose range {range}: no lab network can work there",
+                kind.attribute()
             ),
             AllocError::WrongPrefix {
                 kind,
@@ -356,6 +370,9 @@ pub fn assign(
             let pool = pools.get(kind);
             if cidr.trunc() != cidr {
                 return Err(AllocError::NotCanonical { kind, cidr });
+            }
+            if let Some(range) = net::special_range(&cidr) {
+                return Err(AllocError::SpecialPurpose { kind, cidr, range });
             }
             if cidr.prefix_len() != pool.prefix {
                 return Err(AllocError::WrongPrefix {

@@ -5,12 +5,16 @@
 //! - [`file`]: the file store (sidecar `fs2` lock, write to a temp file + fsync + rename, events
 //!   written under the same lock).
 //! - [`memory`]: the in-memory twin with the same contract, for fast tests.
+//! - [`owner`]: the workspace an entry belongs to and the run that reserved it.
+//! - [`declared`]: what the workspace's configuration pins, written down by its validation.
 //! - [`Registry`]: the operations (reserve, claim, release, federate, …) on top of any [`Store`];
 //!   each is one locked read-modify-write that records exactly one event per change.
 
 pub mod alloc;
+pub mod declared;
 pub mod file;
 pub mod memory;
+pub mod owner;
 #[cfg(test)]
 mod tests;
 
@@ -29,6 +33,7 @@ use crate::audit::{self, Actor, AuditError, Client, Draft, Event, Head, Verified
 use crate::net::{Ipv4Net, Pool};
 
 pub use alloc::{AllocError, Holder, Occupied};
+pub use owner::{Origin, Workspace};
 
 /// Version of the `instances.json` format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -261,6 +266,38 @@ pub struct Reservation {
     /// When the networks become free again.
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
+    /// The run that made it (renewals keep it; the entry's `run` is the newest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_run: Option<String>,
+    /// The networks the configuration pinned (the others were chosen automatically, and a
+    /// pinned request elsewhere may take them over while they are only reserved).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pinned: Vec<Kind>,
+    /// Set when another request took the networks over: the entry then holds nothing and only
+    /// remains so that the plan it was made for fails naming the taker (once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken: Option<TakenOver>,
+}
+
+/// Who took a reservation over, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TakenOver {
+    /// The instance that took it.
+    pub by: String,
+    /// The run that took it (that run's own plans do not trip over it).
+    pub run: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// Why it was allowed to, in words.
+    pub why: String,
+}
+
+impl Reservation {
+    /// Whether `kind` was chosen automatically (not pinned by the configuration).
+    pub fn is_auto(&self, kind: Kind) -> bool {
+        !self.pinned.contains(&kind)
+    }
 }
 
 /// The shape of an instance's lab, recorded so that import can rebuild state.
@@ -296,6 +333,11 @@ pub struct Entry {
     pub reservation: Option<Reservation>,
     /// Present once allocated.
     pub lab: Option<LabRecord>,
+    /// The workspace that planned or created it (absent in entries written before owners were
+    /// recorded).
+    pub owner: Option<Workspace>,
+    /// The run (provider process) that last reserved or claimed it.
+    pub run: Option<String>,
 }
 
 /// The file form of an [`Entry`]: its networks spelled out beside the other fields. (Serde's
@@ -319,6 +361,10 @@ struct EntryFields {
     reservation: Option<Reservation>,
     #[serde(default)]
     lab: Option<LabRecord>,
+    #[serde(default)]
+    owner: Option<Workspace>,
+    #[serde(default)]
+    run: Option<String>,
 }
 
 impl From<EntryFields> for Entry {
@@ -337,6 +383,8 @@ impl From<EntryFields> for Entry {
             federated: f.federated,
             reservation: f.reservation,
             lab: f.lab,
+            owner: f.owner,
+            run: f.run,
         }
     }
 }
@@ -359,6 +407,10 @@ struct EntryFieldsRef<'a> {
     reservation: Option<&'a Reservation>,
     #[serde(skip_serializing_if = "Option::is_none")]
     lab: Option<&'a LabRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<&'a Workspace>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run: Option<&'a str>,
 }
 
 /// A CIDR written as `a.b.c.d/n` without the formatting machinery (`Ipv4Net`'s own
@@ -405,6 +457,8 @@ impl Serialize for Entry {
             federated: &self.federated,
             reservation: self.reservation.as_ref(),
             lab: self.lab.as_ref(),
+            owner: self.owner.as_ref(),
+            run: self.run.as_deref(),
         }
         .serialize(serializer)
     }
@@ -418,13 +472,16 @@ impl Entry {
             Status::Reserved => self
                 .reservation
                 .as_ref()
-                .is_some_and(|r| r.expires_at > now),
+                .is_some_and(|r| r.expires_at > now && r.taken.is_none()),
         }
     }
 
     /// `allocated`, or `reserved until <time> by <who>`.
     pub fn describe_status(&self, now: OffsetDateTime) -> String {
         match (&self.status, &self.reservation) {
+            (Status::Reserved, Some(Reservation { taken: Some(t), .. })) => {
+                format!("reservation taken over by `{}` at {}", t.by, rfc3339(t.at))
+            }
             (Status::Reserved, Some(r)) => format!(
                 "{} until {} by {}",
                 if r.expires_at > now { "reserved" } else { "reservation expired" },
@@ -472,6 +529,22 @@ pub struct Document {
     /// The newest change's events.
     #[serde(default)]
     pub journal: Journal,
+    /// Federations by id (`<a>+<b>`): what they were declared with, so import adopts it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub federations: BTreeMap<String, FederationRecord>,
+}
+
+/// What a federation was declared with (its pieces on the host are read from the host).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FederationRecord {
+    /// The declared reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Kubernetes namespaces that get the NetworkPolicy.
+    pub namespaces: Vec<String>,
+    /// When it was created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
 }
 
 impl Default for Document {
@@ -481,6 +554,7 @@ impl Default for Document {
             instances: BTreeMap::new(),
             released: BTreeMap::new(),
             journal: Journal::default(),
+            federations: BTreeMap::new(),
         }
     }
 }
@@ -615,7 +689,7 @@ pub enum RegistryError {
         source: AllocError,
     },
     /// The name already has an allocation (created elsewhere, or state was lost).
-    #[error("instance `{name}` already exists in the registry ({allocation}, backend {backend}, allocated at {created_at}); import it (`terraform import homelab_instance.<address> {name}`) or choose another name")]
+    #[error("instance `{name}` already exists in the registry ({allocation}, backend {backend}, allocated at {created_at}{owner}); import it (`terraform import homelab_instance.<address> {name}`) or choose another name", owner = owner.as_ref().map(|o| format!(" by {o}")).unwrap_or_default())]
     AlreadyAllocated {
         /// Instance name.
         name: String,
@@ -625,6 +699,33 @@ pub enum RegistryError {
         backend: String,
         /// When it was allocated.
         created_at: String,
+        /// The workspace that created it, when recorded.
+        owner: Option<Workspace>,
+    },
+    /// Another workspace's plan holds a reservation for this name.
+    #[error("instance name `{name}` is reserved by a plan of {by} until {until}: another configuration plans an instance of this name, and two configurations must never share one. Choose another name; if that plan will never be applied, its reservation expires at {until} or can be dropped (`terraform-provider-homelab reservations drop {name}`)")]
+    ReservedElsewhere {
+        /// Instance name.
+        name: String,
+        /// The other workspace.
+        by: Workspace,
+        /// When its reservation expires.
+        until: String,
+    },
+    /// A pinned network was given, moments before in this same plan, to an instance that asked
+    /// for any network: that plan cannot be shown any more, so this one fails once.
+    #[error("instance `{name}`: {kind} {cidr} is pinned in the configuration, but earlier in this same plan Terraform planned instance `{other}` first, which was given {other_cidr} automatically. The pinned value wins: it is now reserved for `{name}`, and `{other}` will get another network. Nothing was built: run `terraform plan` (or `apply`) again, and it converges", kind = kind.attribute())]
+    TakenInThisRun {
+        /// Instance name (the pinned one).
+        name: String,
+        /// Which of its networks.
+        kind: Kind,
+        /// The pinned CIDR.
+        cidr: Ipv4Net,
+        /// The instance it was taken from.
+        other: String,
+        /// The network the other had been given.
+        other_cidr: Ipv4Net,
     },
     /// A saved plan's networks were taken after its reservation expired.
     #[error("instance `{name}`: the reservation made at plan time ({allocation}) expired at {expired_at} and {taken}. The stale reservation was dropped and nothing was built: run `terraform plan` again to get free networks")]
@@ -637,6 +738,20 @@ pub enum RegistryError {
         expired_at: String,
         /// Who took what since, in words.
         taken: String,
+    },
+    /// Another request took the networks of this name's reservation over since its plan.
+    #[error("instance `{name}`: the networks reserved for it at plan time ({allocation}) were taken over by instance `{by}` at {at} ({why}). Nothing was built: run `terraform plan` again to get free networks")]
+    ReservationTaken {
+        /// Instance name.
+        name: String,
+        /// The networks it had reserved.
+        allocation: Allocation,
+        /// Who took them.
+        by: String,
+        /// When.
+        at: String,
+        /// Why that was allowed.
+        why: String,
     },
     /// The planned networks are no longer free at apply.
     #[error("instance `{name}`: the networks planned for it are no longer free: {source}. Nothing was built; run `terraform plan` again")]
@@ -758,6 +873,8 @@ pub struct Registry {
     clock: Arc<dyn Clock>,
     actor: Actor,
     client: Client,
+    origin: Origin,
+    declared: Vec<declared::Pin>,
 }
 
 impl fmt::Debug for Registry {
@@ -776,6 +893,17 @@ fn occupied_by_others(
     now: OffsetDateTime,
     host: &[External],
 ) -> Vec<Occupied> {
+    occupied_except(doc, name, now, host, |_, _, _| false)
+}
+
+/// [`occupied_by_others`], leaving out the networks `yields` says may be taken over.
+fn occupied_except(
+    doc: &Document,
+    name: &str,
+    now: OffsetDateTime,
+    host: &[External],
+    yields: impl Fn(&Entry, Kind, &Ipv4Net) -> bool,
+) -> Vec<Occupied> {
     let mut out = Vec::new();
     for e in doc.instances.values() {
         if e.name == name || !e.holds(now) {
@@ -783,6 +911,9 @@ fn occupied_by_others(
         }
         let status = e.describe_status(now);
         for (kind, cidr) in e.allocation.iter() {
+            if yields(e, kind, &cidr) {
+                continue;
+            }
             out.push(Occupied {
                 cidr,
                 holder: Holder::Instance {
@@ -819,6 +950,25 @@ fn occupied_by_others(
     out
 }
 
+/// Whether a network another entry holds may be taken over by a plan of `origin` that pins
+/// `pins`: only reservations ever yield (allocations never), and only those that
+/// - an older plan of the same workspace made (its newer plans may take them over), or
+/// - chose this network automatically, where the request pins a network overlapping it (the
+///   automatic one can go anywhere; the pinned one cannot).
+fn yields(e: &Entry, kind: Kind, cidr: &Ipv4Net, origin: &Origin, pins: &[Ipv4Net], now: OffsetDateTime) -> bool {
+    if e.status != Status::Reserved || !e.holds(now) {
+        return false;
+    }
+    // Older: made before this run started (runs of one workspace do not overlap: Terraform
+    // locks the state for a plan or an apply).
+    let stale_own = e.owner.as_ref() == Some(&origin.workspace)
+        && e.run.as_ref() != Some(&origin.run)
+        && e.reservation.as_ref().is_some_and(|r| r.reserved_at < origin.started);
+    let auto_in_the_way = e.reservation.as_ref().is_some_and(|r| r.is_auto(kind))
+        && pins.iter().any(|p| crate::net::overlaps(p, cidr));
+    stale_own || auto_in_the_way
+}
+
 fn names_pair(a: &str, b: &str) -> (String, String) {
     if a <= b {
         (a.to_string(), b.to_string())
@@ -844,7 +994,28 @@ impl Registry {
             clock,
             actor,
             client,
+            origin: Origin::current(),
+            declared: Vec::new(),
         }
+    }
+
+    /// The same registry, knowing what this workspace's configuration pins (automatic choices
+    /// step around those pins of the other instances).
+    pub fn with_declared(mut self, pins: Vec<declared::Pin>) -> Registry {
+        self.declared = pins;
+        self
+    }
+
+    /// The same registry, planning and applying as `origin` (tests; the provider's own origin
+    /// is its process's).
+    pub fn with_origin(mut self, origin: Origin) -> Registry {
+        self.origin = origin;
+        self
+    }
+
+    /// Who plans and applies through this registry.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
     }
 
     /// The pools.
@@ -950,11 +1121,13 @@ impl Registry {
         }
         enum Outcome {
             Done(Planned),
-            Lost(RegistryError),
+            Refused(RegistryError),
         }
         let ttl = self.ttl;
         let actor = self.actor.clone();
         let pools = self.pools;
+        let origin = self.origin.clone();
+        let declared = &self.declared;
         let outcome = self.commit(|doc, now| {
             let occupied = occupied_by_others(doc, name, now, host);
             let previous = doc.instances.get(name).cloned();
@@ -973,6 +1146,42 @@ impl Registry {
                     vec![],
                 ));
             }
+            // Taken over since this name's plan by a request of another run: that plan (a saved
+            // plan being applied, or the next plan) fails once, naming the taker. The run that
+            // took it plans the name afresh.
+            if let Some((prev, t)) = previous.as_ref().and_then(|e| e.reservation.as_ref().and_then(|r| r.taken.as_ref()).map(|t| (e, t))) {
+                let lost = t.run != origin.run;
+                let err = RegistryError::ReservationTaken {
+                    name: name.into(),
+                    allocation: prev.allocation,
+                    by: t.by.clone(),
+                    at: rfc3339(t.at),
+                    why: t.why.clone(),
+                };
+                doc.instances.remove(name);
+                if lost {
+                    let draft = Draft::new(
+                        "instance.reservation_lost",
+                        name,
+                        json!({"allocation": prev.allocation.details(), "taken_by": t.by}),
+                    );
+                    return Ok((Outcome::Refused(err), vec![draft]));
+                }
+            }
+            let previous = previous.filter(|e| e.reservation.as_ref().is_none_or(|r| r.taken.is_none()));
+            // A live reservation of this name by another workspace: that configuration plans an
+            // instance of the same name. Two states must never hold one instance.
+            if let Some(prev) = previous.as_ref().filter(|e| e.holds(now)) {
+                if let Some(by) = prev.owner.as_ref().filter(|o| **o != origin.workspace) {
+                    let until = prev.reservation.as_ref().map(|r| rfc3339(r.expires_at)).unwrap_or_default();
+                    return Ok((
+                        Outcome::Refused(RegistryError::ReservedElsewhere { name: name.into(), by: by.clone(), until }),
+                        vec![],
+                    ));
+                }
+            }
+            // What another workspace let expire is not this plan's: start afresh.
+            let previous = previous.filter(|e| e.owner.as_ref().is_none_or(|o| *o == origin.workspace));
             // A reservation that expired and whose automatic networks were taken since is lost:
             // drop it and say so (a saved plan must never be applied with other values).
             if let Some(prev) = previous.as_ref().filter(|e| !e.holds(now)) {
@@ -1003,21 +1212,103 @@ impl Registry {
                         name,
                         json!({"allocation": prev.allocation.details(), "expired_at": expired_at, "taken": taken}),
                     );
-                    return Ok((Outcome::Lost(err), vec![draft]));
+                    return Ok((Outcome::Refused(err), vec![draft]));
                 }
             }
             let prefer = previous
                 .as_ref()
                 .map(|e| e.allocation)
                 .or_else(|| doc.released.get(name).map(|r| r.allocation));
-            let allocation = alloc::assign(&pools, wants, &occupied, prefer.as_ref()).map_err(
-                |source| RegistryError::Alloc {
-                    name: name.into(),
-                    source,
-                },
-            )?;
+            // First try: around everything held, and around what the other instances of this
+            // configuration pin (they may simply not be planned yet).
+            let mut around = occupied.clone();
+            around.extend(
+                declared
+                    .iter()
+                    .filter(|p| p.name != name)
+                    .map(|p| Occupied {
+                        cidr: p.cidr,
+                        holder: Holder::Instance {
+                            name: p.name.clone(),
+                            kind: p.kind,
+                            status: "pinned in this configuration".into(),
+                        },
+                    }),
+            );
+            // Then around what is held only; then, only when that fails, with what this request
+            // may take over out of the way.
+            let retry = |e: &AllocError| matches!(e, AllocError::Conflict { .. } | AllocError::Exhausted { .. });
+            let first = alloc::assign(&pools, wants, &around, prefer.as_ref())
+                .or_else(|e| if retry(&e) { alloc::assign(&pools, wants, &occupied, prefer.as_ref()) } else { Err(e) });
+            let (allocation, taken_over) = match first {
+                Ok(a) => (a, Vec::new()),
+                Err(e) if retry(&e) => {
+                    let pins: Vec<Ipv4Net> = wants
+                        .iter()
+                        .filter_map(|(_, w)| match w {
+                            Want::Pinned(c) => Some(c),
+                            Want::Auto => None,
+                        })
+                        .collect();
+                    let soft = occupied_except(doc, name, now, host, |e, kind, cidr| yields(e, kind, cidr, &origin, &pins, now));
+                    let a = alloc::assign(&pools, wants, &soft, prefer.as_ref())
+                        .map_err(|source| RegistryError::Alloc { name: name.into(), source })?;
+                    let taken: Vec<Entry> = doc
+                        .instances
+                        .values()
+                        .filter(|e| e.name != name && e.holds(now) && e.status == Status::Reserved)
+                        .filter(|e| e.allocation.iter().any(|(_, c)| a.iter().any(|(_, m)| crate::net::overlaps(&c, &m))))
+                        .cloned()
+                        .collect();
+                    (a, taken)
+                }
+                Err(source) => return Err(RegistryError::Alloc { name: name.into(), source }),
+            };
+            let mut drafts = Vec::new();
+            let mut lost_in_this_run = None;
+            for e in &taken_over {
+                let older = e.reservation.as_ref().is_some_and(|r| r.reserved_at < origin.started);
+                let why = if e.owner.as_ref() == Some(&origin.workspace) && e.run.as_ref() != Some(&origin.run) && older {
+                    "an older plan of this workspace had reserved them, and this newer plan needed the room"
+                } else {
+                    "they had been chosen automatically, and a pinned value takes precedence"
+                };
+                // The entry stays, holding nothing, so that the plan it was made for (a saved
+                // plan applied later) fails naming the taker instead of getting other values.
+                if let Some(r) = doc.instances.get_mut(&e.name).and_then(|t| t.reservation.as_mut()) {
+                    r.taken = Some(TakenOver {
+                        by: name.to_string(),
+                        run: origin.run.clone(),
+                        at: now,
+                        why: why.to_string(),
+                    });
+                }
+                drafts.push(Draft::new(
+                    "instance.reservation_taken",
+                    &e.name,
+                    json!({"allocation": e.allocation.details(), "by": name, "why": why}),
+                ));
+                if e.run.as_ref() == Some(&origin.run) && lost_in_this_run.is_none() {
+                    // Terraform already has that instance's plan: this plan cannot stand.
+                    lost_in_this_run = wants.iter().find_map(|(kind, w)| match w {
+                        Want::Pinned(cidr) => e
+                            .allocation
+                            .iter()
+                            .find(|(_, c)| crate::net::overlaps(c, &cidr))
+                            .map(|(_, c)| (kind, cidr, e.name.clone(), c)),
+                        Want::Auto => None,
+                    });
+                }
+            }
             let expires_at = now + ttl;
-            let renewed = previous.is_some();
+            let renewed = previous.as_ref().is_some_and(|e| e.holds(now));
+            let first_run = previous
+                .as_ref()
+                .filter(|e| e.holds(now))
+                .and_then(|e| e.reservation.as_ref())
+                .and_then(|r| r.first_run.clone())
+                .unwrap_or_else(|| origin.run.clone());
+            let pinned: Vec<Kind> = wants.iter().filter(|(_, w)| matches!(w, Want::Pinned(_))).map(|(k, _)| k).collect();
             let entry = Entry {
                 name: name.into(),
                 allocation,
@@ -1029,11 +1320,16 @@ impl Registry {
                     reserved_at: now,
                     by: actor.clone(),
                     expires_at,
+                    first_run: Some(first_run),
+                    pinned,
+                    taken: None,
                 }),
                 lab: None,
+                owner: Some(origin.workspace.clone()),
+                run: Some(origin.run.clone()),
             };
             doc.instances.insert(name.into(), entry.clone());
-            let draft = Draft::new(
+            drafts.push(Draft::new(
                 "instance.reserve",
                 name,
                 json!({
@@ -1041,14 +1337,52 @@ impl Registry {
                     "backend": backend,
                     "expires_at": rfc3339(expires_at),
                     "renewed": renewed,
+                    "workspace": origin.workspace,
                 }),
-            );
-            Ok((Outcome::Done(Planned::Reserved(entry)), vec![draft]))
+            ));
+            match lost_in_this_run {
+                Some((kind, cidr, other, other_cidr)) => Ok((
+                    Outcome::Refused(RegistryError::TakenInThisRun { name: name.into(), kind, cidr, other, other_cidr }),
+                    drafts,
+                )),
+                None => Ok((Outcome::Done(Planned::Reserved(entry)), drafts)),
+            }
         })?;
         match outcome {
             Outcome::Done(p) => Ok(p),
-            Outcome::Lost(e) => Err(e),
+            Outcome::Refused(e) => Err(e),
         }
+    }
+
+    /// The run failed (a plan that Terraform will not keep): drop the reservations this run made
+    /// that pinned nothing, so a plan that fails leaves nothing in anyone's way. Reservations
+    /// that pin a network stay until they expire: they keep the next plan from handing those
+    /// networks to an automatic request. Renewed reservations of earlier runs stay too.
+    pub fn drop_run_reservations(&self) -> Result<Vec<String>, RegistryError> {
+        let run = self.origin.run.clone();
+        self.commit(|doc, _| {
+            let chosen: Vec<Entry> = doc
+                .instances
+                .values()
+                .filter(|e| e.status == Status::Reserved && e.run.as_ref() == Some(&run))
+                .filter(|e| {
+                    e.reservation
+                        .as_ref()
+                        .is_some_and(|r| r.first_run.as_ref() == Some(&run) && r.pinned.is_empty())
+                })
+                .cloned()
+                .collect();
+            let mut drafts = Vec::new();
+            for e in &chosen {
+                doc.instances.remove(&e.name);
+                drafts.push(Draft::new(
+                    "instance.reservation_drop",
+                    &e.name,
+                    json!({"allocation": e.allocation.details(), "why": "the plan that made it failed"}),
+                ));
+            }
+            Ok((chosen.into_iter().map(|e| e.name).collect(), drafts))
+        })
     }
 
     /// Apply time: turn the reservation into an allocation, only with exactly the planned
@@ -1064,10 +1398,14 @@ impl Registry {
     ) -> Result<Entry, RegistryError> {
         validate_name(name)?;
         let pools = self.pools;
+        let origin = self.origin.clone();
         self.commit(|doc, now| {
             if let Some(e) = doc.instances.get(name) {
                 if e.status == Status::Allocated {
-                    if e.allocation == *allocation && e.backend == backend {
+                    // The same run claiming again (a retried call) gets what it has; anything
+                    // else is another resource, or another configuration, using this name.
+                    let same_run = e.run.as_ref() == Some(&origin.run);
+                    if same_run && e.allocation == *allocation && e.backend == backend {
                         return Ok((e.clone(), vec![]));
                     }
                     return Err(RegistryError::AlreadyAllocated {
@@ -1075,6 +1413,14 @@ impl Registry {
                         allocation: e.allocation,
                         backend: e.backend.clone(),
                         created_at: rfc3339(e.created_at),
+                        owner: e.owner.clone(),
+                    });
+                }
+                if let Some(by) = e.owner.as_ref().filter(|o| e.holds(now) && **o != origin.workspace) {
+                    return Err(RegistryError::ReservedElsewhere {
+                        name: name.into(),
+                        by: by.clone(),
+                        until: e.reservation.as_ref().map(|r| rfc3339(r.expires_at)).unwrap_or_default(),
                     });
                 }
             }
@@ -1094,15 +1440,35 @@ impl Registry {
                 federated: vec![],
                 reservation: None,
                 lab: Some(lab.clone()),
+                owner: Some(origin.workspace.clone()),
+                run: Some(origin.run.clone()),
             };
             doc.instances.insert(name.into(), entry.clone());
             doc.released.remove(name);
             let draft = Draft::new(
                 "instance.allocate",
                 name,
-                json!({"allocation": allocation.details(), "backend": backend, "lab": lab}),
+                json!({"allocation": allocation.details(), "backend": backend, "lab": lab, "workspace": origin.workspace}),
             );
             Ok((entry, vec![draft]))
+        })
+    }
+
+    /// An import: this workspace becomes the owner of the allocated instance `name` (an event
+    /// names the previous owner). The entry as it is, or as it now is; `None` when absent.
+    pub fn adopt(&self, name: &str) -> Result<Option<Entry>, RegistryError> {
+        let origin = self.origin.clone();
+        self.commit(|doc, _| {
+            let Some(e) = doc.instances.get_mut(name) else {
+                return Ok((None, vec![]));
+            };
+            if e.status != Status::Allocated || e.owner.as_ref() == Some(&origin.workspace) {
+                return Ok((Some(e.clone()), vec![]));
+            }
+            let before = e.owner.replace(origin.workspace.clone());
+            e.run = Some(origin.run.clone());
+            let draft = Draft::new("instance.import", name, json!({"owner_before": before, "owner": origin.workspace}));
+            Ok((Some(e.clone()), vec![draft]))
         })
     }
 
@@ -1218,9 +1584,10 @@ impl Registry {
         })
     }
 
-    /// Tag `a` and `b` as federated with each other. Both must be allocated; a pair already
-    /// federated is refused. `details` (reason, CIDRs opened) go into the event.
-    pub fn federate(&self, a: &str, b: &str, details: serde_json::Value) -> Result<(), RegistryError> {
+    /// Tag `a` and `b` as federated with each other and keep what the federation was declared
+    /// with (`record`). Both must be allocated; a pair already federated is refused. `details`
+    /// (reason, CIDRs opened) go into the event.
+    pub fn federate(&self, a: &str, b: &str, record: FederationRecord, details: serde_json::Value) -> Result<(), RegistryError> {
         let (a, b) = names_pair(a, b);
         self.commit(|doc, _| {
             for n in [&a, &b] {
@@ -1241,6 +1608,7 @@ impl Registry {
                 });
             }
             tag(doc, &a, &b, true);
+            doc.federations.insert(format!("{a}+{b}"), record.clone());
             let d = Draft::new("federation.create", &format!("{a}+{b}"), details.clone());
             Ok(((), vec![d]))
         })
@@ -1266,11 +1634,29 @@ impl Registry {
         })
     }
 
+    /// A federation's declaration changed (reason, namespaces): keep it, with an event.
+    pub fn update_federation(&self, a: &str, b: &str, reason: Option<String>, namespaces: Vec<String>, details: serde_json::Value) -> Result<(), RegistryError> {
+        let (a, b) = names_pair(a, b);
+        let now = self.clock.now();
+        self.commit(|doc, _| {
+            let id = format!("{a}+{b}");
+            let record = doc.federations.entry(id.clone()).or_insert_with(|| FederationRecord {
+                reason: None,
+                namespaces: Vec::new(),
+                created_at: now,
+            });
+            record.reason = reason.clone();
+            record.namespaces = namespaces.clone();
+            Ok(((), vec![Draft::new("federation.update", &id, details.clone())]))
+        })
+    }
+
     /// Remove the federation tags of a pair (tolerates tags or instances already gone).
     pub fn unfederate(&self, a: &str, b: &str, details: serde_json::Value) -> Result<(), RegistryError> {
         let (a, b) = names_pair(a, b);
         self.commit(|doc, _| {
             tag(doc, &a, &b, false);
+            doc.federations.remove(&format!("{a}+{b}"));
             let d = Draft::new("federation.destroy", &format!("{a}+{b}"), details.clone());
             Ok(((), vec![d]))
         })
@@ -1283,6 +1669,7 @@ impl Registry {
     pub fn demote(&self, name: &str, why: &str) -> Result<bool, RegistryError> {
         let ttl = self.ttl;
         let actor = self.actor.clone();
+        let run = self.origin.run.clone();
         self.commit(|doc, now| {
             let Some(e) = doc.instances.get_mut(name) else {
                 return Ok((false, vec![]));
@@ -1292,11 +1679,17 @@ impl Registry {
             }
             e.status = Status::Reserved;
             let expires_at = now + ttl;
+            // Its values were the configuration's choice or not: unknown here, so they are
+            // kept as if pinned (no other request takes them over before the re-create).
             e.reservation = Some(Reservation {
                 reserved_at: now,
                 by: actor.clone(),
                 expires_at,
+                first_run: Some(run.clone()),
+                pinned: Kind::ALL.to_vec(),
+                taken: None,
             });
+            e.run = Some(run.clone());
             let draft = Draft::new(
                 "instance.lab_gone",
                 name,

@@ -19,7 +19,7 @@ use crate::backend::{BackendKind, OpControl};
 use crate::diagnostics::{self, attribute_error, Message, Report};
 use crate::federation::{pair_id, FederationError, Opened, Pair, Side};
 use crate::provider::{Configured, Shared};
-use crate::registry::{Entry, RegistryError, Status};
+use crate::registry::{Entry, FederationRecord, RegistryError, Status};
 use crate::resources::{known, val};
 use crate::schema::{attributes, computed, optional, optional_computed, required, string, string_list};
 
@@ -173,6 +173,40 @@ impl FederationResource {
         Pair::new(sa, sb)
     }
 
+    /// What the federation `id` was declared with: the registry's record, else the newest
+    /// `federation.create` event and the `federation.update`s after it (registries written
+    /// before records were kept).
+    fn declaration(ctx: &Configured, id: &str) -> Result<Option<FederationRecord>, RegistryError> {
+        if let Some(r) = ctx.registry.snapshot()?.federations.get(id) {
+            return Ok(Some(r.clone()));
+        }
+        let mut record: Option<FederationRecord> = None;
+        for e in ctx.registry.store().events()?.into_iter().filter(|e| e.subject == id) {
+            match e.action.as_str() {
+                "federation.create" => {
+                    record = Some(FederationRecord {
+                        reason: e.details["reason"].as_str().map(str::to_string),
+                        namespaces: e.details["namespaces"]
+                            .as_array()
+                            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                            .unwrap_or_default(),
+                        created_at: e.time,
+                    })
+                }
+                "federation.update" => {
+                    if let Some(r) = record.as_mut() {
+                        if let Some(after) = e.details.pointer("/reason/after") {
+                            r.reason = after.as_str().map(str::to_string);
+                        }
+                    }
+                }
+                "federation.destroy" => record = None,
+                _ => {}
+            }
+        }
+        Ok(record)
+    }
+
     fn allocated_pair(ctx: &Configured, a: &str, b: &str) -> Result<Pair, FederationError> {
         let (ea, eb) = Self::entries(ctx, a, b)?;
         let get = |e: Option<Entry>, n: &str| match e {
@@ -181,6 +215,78 @@ impl FederationResource {
             None => Err(FederationError::Registry(RegistryError::NotFound { name: n.into() })),
         };
         Self::pair(ctx, get(ea, a)?, get(eb, b)?)
+    }
+    /// `plan_create`: the pair must exist (or be planned) and not be federated yet; the plan
+    /// warns what becomes reachable.
+    async fn plan_new(ctx: &Configured, diags: &mut Diagnostics, proposed_state: FederationState, config_state: FederationState) -> Option<(FederationState, ValueEmpty)> {
+        let mut planned = proposed_state;
+        planned.namespaces = match &config_state.namespaces {
+            Value::Null => val(vec!["default".to_string()]),
+            other => other.clone(),
+        };
+        planned.routes = Value::Unknown;
+        planned.policies = Value::Unknown;
+        planned.created_at = Value::Unknown;
+        planned.state = Value::Unknown;
+        let Some((a, b)) = names(&config_state) else {
+            // Names unknown until apply: they are checked then.
+            planned.id = Value::Unknown;
+            return Some((planned, Value::Null));
+        };
+        let id = pair_id(&a, &b);
+        planned.id = val(id.clone());
+        let context = ctx_name(&id);
+        let (ea, eb) = match Self::entries(&ctx, &a, &b) {
+            Ok(x) => x,
+            Err(e) => {
+                diagnostics::error(diags, &context, &e);
+                return None;
+            }
+        };
+        let now = ctx.registry.now();
+        let mut present = Vec::new();
+        for (n, e) in [(&a, &ea), (&b, &eb)] {
+            match e {
+                Some(e) if e.holds(now) => present.push(e.clone()),
+                _ => {
+                    attribute_error(
+                        diags,
+                        "instances",
+                        format!("No instance `{n}` to federate"),
+                        format!("`{n}` is neither in the registry ({}) nor planned in this configuration. Declare it as a homelab_instance and refer to it (`homelab_instance.{n}.name`) so it is planned first.", ctx.registry.store().location()),
+                    );
+                }
+            }
+        }
+        if present.len() != 2 {
+            return None;
+        }
+        if present[0].federated.contains(&b) || present[1].federated.contains(&a) {
+            let e = FederationError::Registry(RegistryError::AlreadyFederated { a: a.clone(), b: b.clone() });
+            diagnostics::error(diags, &context, &e);
+            return None;
+        }
+        // Touching the host needs privileges: fail at plan, before anything changes.
+        let kind = BackendKind::parse(&present[0].backend).unwrap_or(ctx.choices.default_backend);
+        let settings = present[0].lab.as_ref().map(|l| l.settings.clone()).unwrap_or_else(|| ctx.backends.lab_settings(kind));
+        if let Err(e) = ctx.backends.backend(kind, &settings).forwarding().preflight().await {
+            diagnostics::error(diags, &context, &e);
+            return None;
+        }
+        let (pa, pb) = (&present[0], &present[1]);
+        diagnostics::warning(
+            diags,
+            format!("Federation {id} opens a path between two isolated instances"),
+            format!(
+                "Once applied, these become reachable, in both directions:\n  {} (subnet {}, pod CIDR {}) <-> {} (subnet {}, pod CIDR {})\n\
+                 Forwarding is opened for this pair only; every node gets a route to the peer's subnet; clusters get a NetworkPolicy admitting the peer's pod CIDR and subnet in {:?}. \
+                 Other instances stay unreachable and federation is not transitive. The change is recorded in the audit log{}.",
+                pa.name, pa.allocation.subnet, pa.allocation.pod_cidr, pb.name, pb.allocation.subnet, pb.allocation.pod_cidr,
+                known(&planned.namespaces).unwrap_or_default(),
+                known(&config_state.reason).map(|r| format!(" with the reason {r:?}")).unwrap_or_default(),
+            ),
+        );
+        Some((planned, Value::Null))
     }
 }
 
@@ -272,77 +378,13 @@ impl Resource for FederationResource {
         diags: &mut Diagnostics,
         proposed_state: Self::State<'a>,
         config_state: Self::State<'a>,
+        _prior_private_state: Self::PrivateState<'a>,
         _meta: Self::ProviderMetaState<'a>,
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
         let ctx = self.shared.get(diags)?;
-        let mut planned = proposed_state;
-        planned.namespaces = match &config_state.namespaces {
-            Value::Null => val(vec!["default".to_string()]),
-            other => other.clone(),
-        };
-        planned.routes = Value::Unknown;
-        planned.policies = Value::Unknown;
-        planned.created_at = Value::Unknown;
-        planned.state = Value::Unknown;
-        let Some((a, b)) = names(&config_state) else {
-            // Names unknown until apply: they are checked then.
-            planned.id = Value::Unknown;
-            return Some((planned, Value::Null));
-        };
-        let id = pair_id(&a, &b);
-        planned.id = val(id.clone());
-        let context = ctx_name(&id);
-        let (ea, eb) = match Self::entries(&ctx, &a, &b) {
-            Ok(x) => x,
-            Err(e) => {
-                diagnostics::error(diags, &context, &e);
-                return None;
-            }
-        };
-        let now = ctx.registry.now();
-        let mut present = Vec::new();
-        for (n, e) in [(&a, &ea), (&b, &eb)] {
-            match e {
-                Some(e) if e.holds(now) => present.push(e.clone()),
-                _ => {
-                    attribute_error(
-                        diags,
-                        "instances",
-                        format!("No instance `{n}` to federate"),
-                        format!("`{n}` is neither in the registry ({}) nor planned in this configuration. Declare it as a homelab_instance and refer to it (`homelab_instance.{n}.name`) so it is planned first.", ctx.registry.store().location()),
-                    );
-                }
-            }
-        }
-        if present.len() != 2 {
-            return None;
-        }
-        if present[0].federated.contains(&b) || present[1].federated.contains(&a) {
-            let e = FederationError::Registry(RegistryError::AlreadyFederated { a: a.clone(), b: b.clone() });
-            diagnostics::error(diags, &context, &e);
-            return None;
-        }
-        // Touching the host needs privileges: fail at plan, before anything changes.
-        let kind = BackendKind::parse(&present[0].backend).unwrap_or(ctx.choices.default_backend);
-        let settings = present[0].lab.as_ref().map(|l| l.settings.clone()).unwrap_or_else(|| ctx.backends.lab_settings(kind));
-        if let Err(e) = ctx.backends.backend(kind, &settings).forwarding().preflight().await {
-            diagnostics::error(diags, &context, &e);
-            return None;
-        }
-        let (pa, pb) = (&present[0], &present[1]);
-        diagnostics::warning(
-            diags,
-            format!("Federation {id} opens a path between two isolated instances"),
-            format!(
-                "Once applied, these become reachable, in both directions:\n  {} (subnet {}, pod CIDR {}) <-> {} (subnet {}, pod CIDR {})\n\
-                 Forwarding is opened for this pair only; every node gets a route to the peer's subnet; clusters get a NetworkPolicy admitting the peer's pod CIDR and subnet in {:?}. \
-                 Other instances stay unreachable and federation is not transitive. The change is recorded in the audit log{}.",
-                pa.name, pa.allocation.subnet, pa.allocation.pod_cidr, pb.name, pb.allocation.subnet, pb.allocation.pod_cidr,
-                known(&planned.namespaces).unwrap_or_default(),
-                known(&config_state.reason).map(|r| format!(" with the reason {r:?}")).unwrap_or_default(),
-            ),
-        );
-        Some((planned, Value::Null))
+        let planned = Self::plan_new(&ctx, diags, proposed_state, config_state).await;
+        ctx.after_plan(diags);
+        planned
     }
 
     async fn plan_update<'a>(
@@ -354,7 +396,7 @@ impl Resource for FederationResource {
         prior_private_state: Self::PrivateState<'a>,
         _meta: Self::ProviderMetaState<'a>,
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>, Vec<AttributePath>)> {
-        let _ = self.shared.get(diags)?;
+        let ctx = self.shared.get(diags)?;
         let mut planned = proposed_state;
         let mut replace = Vec::new();
         if config_state.instances != prior_state.instances {
@@ -375,6 +417,7 @@ impl Resource for FederationResource {
             planned.id = Value::Unknown;
             planned.state = Value::Unknown;
         }
+        ctx.after_plan(diags);
         Some((planned, prior_private_state, replace))
     }
 
@@ -423,7 +466,13 @@ impl Resource for FederationResource {
                 b.clone(): {"subnet": pair.b.spec.subnet.to_string(), "pod_cidr": pair.b.spec.pod_cidr.to_string()},
             },
         });
-        if let Err(e) = ctx.registry.federate(&a, &b, details) {
+        let record = FederationRecord {
+            reason: known(&config_state.reason),
+            namespaces: nss.clone(),
+            created_at: ctx.registry.now(),
+        };
+        let created_at = record.created_at;
+        if let Err(e) = ctx.registry.federate(&a, &b, record, details) {
             diagnostics::error(diags, &context, &e);
             return None;
         }
@@ -431,7 +480,7 @@ impl Resource for FederationResource {
         let mut state = planned_state;
         state.id = val(id.clone());
         state.namespaces = val(nss.clone());
-        state.created_at = val(crate::registry::rfc3339(ctx.registry.now()));
+        state.created_at = val(crate::registry::rfc3339(created_at));
         let ctl = OpControl { timeout: OP_TIMEOUT, cancel: tf_provider::stop_token() };
         record_opened(&mut state, pair.open(&nss, &ctl).await, diags, &context);
         Some((state, planned_private_state))
@@ -465,18 +514,21 @@ impl Resource for FederationResource {
                 return None;
             }
         }
-        if config_state.reason != prior_state.reason {
-            if let Err(e) = ctx.registry.record(
-                "federation.update",
-                &id,
-                json!({"reason": {"before": known(&prior_state.reason), "after": known(&config_state.reason)}}),
-            ) {
+        let nss = namespaces(&planned_state);
+        if config_state.reason != prior_state.reason || nss != namespaces(&prior_state) {
+            let mut details = serde_json::Map::new();
+            if config_state.reason != prior_state.reason {
+                details.insert("reason".into(), json!({"before": known(&prior_state.reason), "after": known(&config_state.reason)}));
+            }
+            if nss != namespaces(&prior_state) {
+                details.insert("namespaces".into(), json!({"before": namespaces(&prior_state), "after": nss}));
+            }
+            if let Err(e) = ctx.registry.update_federation(&a, &b, known(&config_state.reason), nss.clone(), details.into()) {
                 diagnostics::error(diags, &context, &e);
                 return None;
             }
         }
         let ctl = OpControl { timeout: OP_TIMEOUT, cancel: tf_provider::stop_token() };
-        let nss = namespaces(&planned_state);
         let dropped: Vec<String> = namespaces(&prior_state).into_iter().filter(|n| !nss.contains(n)).collect();
         if !dropped.is_empty() {
             if let Err(e) = pair.close_policies(&dropped).await {
@@ -543,8 +595,9 @@ impl Resource for FederationResource {
             return None;
         }
         let (a, b) = (parts[0].to_string(), parts[1].to_string());
-        match Self::entries(&ctx, &a, &b) {
-            Ok((Some(ea), Some(eb))) if ea.federated.contains(&b) || eb.federated.contains(&a) => {}
+        let id = pair_id(&a, &b);
+        let (ea, eb) = match Self::entries(&ctx, &a, &b) {
+            Ok((Some(ea), Some(eb))) if ea.federated.contains(&b) || eb.federated.contains(&a) => (ea, eb),
             Ok(_) => {
                 diags.root_error(
                     format!("Cannot import homelab_federation {id:?}"),
@@ -556,14 +609,43 @@ impl Resource for FederationResource {
                 diagnostics::error(diags, &ctx_name(&id), &e);
                 return None;
             }
-        }
-        let state = FederationState {
-            id: val(pair_id(&a, &b)),
-            instances: val([val(a), val(b)].into_iter().collect()),
-            namespaces: val(vec!["default".to_string()]),
+        };
+        // What it was declared with: the registry's record, else (registries from before
+        // records were kept) the audit log.
+        let record = match Self::declaration(&ctx, &id) {
+            Ok(r) => r,
+            Err(e) => {
+                diagnostics::error(diags, &ctx_name(&id), &e);
+                return None;
+            }
+        };
+        let nss = record.as_ref().map(|r| r.namespaces.clone()).filter(|n| !n.is_empty()).unwrap_or_else(|| vec!["default".to_string()]);
+        let mut state = FederationState {
+            id: val(id.clone()),
+            instances: val([val(a.clone()), val(b.clone())].into_iter().collect()),
+            reason: record.as_ref().and_then(|r| r.reason.clone()).map(val).unwrap_or(Value::Null),
+            namespaces: val(nss.clone()),
+            created_at: record.as_ref().map(|r| val(crate::registry::rfc3339(r.created_at))).unwrap_or(Value::Null),
             state: val(COMPLETE.into()),
             ..Default::default()
         };
+        // What is in place, as a create would have recorded it.
+        match Self::pair(&ctx, ea, eb) {
+            Ok(pair) => match pair.opened(&nss).await {
+                Ok(opened) => {
+                    state.routes = val(opened.routes);
+                    state.policies = val(opened.policies);
+                }
+                Err(e) => {
+                    diagnostics::error(diags, &ctx_name(&id), &e);
+                    return None;
+                }
+            },
+            Err(e) => {
+                diagnostics::error(diags, &ctx_name(&id), &e);
+                return None;
+            }
+        }
         Some((state, Value::Null))
     }
 }

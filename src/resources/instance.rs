@@ -21,11 +21,12 @@ use crate::backend::{
 use crate::diagnostics::{self, attribute_error, Message};
 use crate::net;
 use crate::provider::{Configured, Shared};
-use crate::registry::{Allocation, Entry, LabRecord, Planned, Status, Want, Wants};
+use crate::registry::{Allocation, Entry, Kind, LabRecord, Planned, Status, Want, Wants};
+use crate::resources::names::Clash;
 use crate::resources::{known, val};
 use crate::schema::{
     attributes, boolean, computed, number, object, optional, optional_computed, required,
-    sensitive, string, string_list,
+    sensitive, string, string_list, Number,
 };
 use crate::settings;
 
@@ -63,9 +64,9 @@ pub struct InstanceState {
     /// `netns` / `vagrant`.
     pub backend: Value<String>,
     /// Control plane count.
-    pub control_planes: Value<i64>,
+    pub control_planes: Value<Number>,
     /// Worker count.
-    pub workers: Value<i64>,
+    pub workers: Value<Number>,
     /// Host-only subnet.
     pub subnet: Value<String>,
     /// Pod CIDR.
@@ -90,9 +91,9 @@ pub struct InstanceState {
     /// Vagrant box version.
     pub box_version: Value<String>,
     /// vCPUs per VM.
-    pub cpus: Value<i64>,
+    pub cpus: Value<Number>,
     /// Memory per VM.
-    pub memory_mb: Value<i64>,
+    pub memory_mb: Value<Number>,
     /// Kubernetes minor.
     pub kubernetes_version: Value<String>,
     /// Install Kubernetes.
@@ -113,18 +114,22 @@ pub struct InstanceState {
 }
 
 /// Private state: whether the last create stopped halfway (its lab is then kept in state even
-/// when nothing of it runs, so `terraform destroy` cleans up what it left).
+/// when nothing of it runs, so `terraform destroy` cleans up what it left), and which run
+/// planned the object (so the create half of its replacement is known as the same object).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstancePrivate {
     /// The create failed before the lab was complete.
     #[serde(default)]
     pub incomplete: bool,
+    /// The run whose `plan_update` planned this object (only in planned private state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_in_run: Option<String>,
 }
 
 type Private = Value<InstancePrivate>;
 
 fn incomplete(p: &Private) -> bool {
-    matches!(p, Value::Value(InstancePrivate { incomplete: true }))
+    matches!(p, Value::Value(InstancePrivate { incomplete: true, .. }))
 }
 
 /// The resource.
@@ -159,19 +164,19 @@ impl InstanceResource {
             version: 1,
             description: Description::markdown("How long each operation may take before it is stopped."),
             attributes: attributes(vec![
-                ("create", optional(string(), "Create timeout, a duration such as `10m`. Default 5m for `netns`, 30m for `vagrant`.")),
-                ("update", optional(string(), "Update timeout (adding or removing workers, repairs). Default 5m for `netns`, 30m for `vagrant`.")),
-                ("delete", optional(string(), "Delete timeout. Default 5m for `netns`, 15m for `vagrant`.")),
+                ("create", optional(string(), "Create timeout, a duration such as `10m`, longer than 0s and at most `24h`. Default 5m for `netns`, 30m for `vagrant`.")),
+                ("update", optional(string(), "Update timeout (adding or removing workers, repairs), at most `24h`. Default 5m for `netns`, 30m for `vagrant`.")),
+                ("delete", optional(string(), "Delete timeout, at most `24h`. Default 5m for `netns`, 15m for `vagrant`.")),
             ]),
             ..Default::default()
         };
         let attrs: Vec<(&str, Attribute)> = vec![
             ("id", computed(string(), "The instance name.")),
-            ("name", required(string(), "Instance name: a lowercase DNS label of 1 to 32 characters, starting with a letter and not ending with `-`. It names the VMs or namespaces, the instance folder and the registry entry. Changing it replaces the instance.")),
+            ("name", required(string(), "Instance name: a lowercase DNS label of 1 to 32 characters, starting with a letter and not ending with `-`. It names the VMs or namespaces, the instance folder and the registry entry, so it is unique among the configurations sharing a `home`: a second resource (in this configuration or another) planning a name already held is refused at plan. Changing it replaces the instance.")),
             ("backend", optional_computed(string(), "`netns` (network namespaces: for CI and quick labs) or `vagrant` (VMs). Default: the provider's `default_backend`. Changing it replaces the instance.")),
-            ("control_planes", optional_computed(number(), "Number of control-plane nodes, 1 to 3 (default 1), at .10, .11, .12 of the subnet. Changing it replaces the instance.")),
-            ("workers", optional_computed(number(), "Number of worker nodes, 0 to 10 (default 2), from .20 up. Updated in place: nodes are added or removed, the others are untouched.")),
-            ("subnet", optional_computed(string(), "Host-only subnet. Not set: the first free slot of the provider's `host_pool`, shown as a concrete value at plan (held by a reservation until apply). Set: must be a canonical CIDR of the pool's prefix that overlaps nothing. Changing it replaces the instance.")),
+            ("control_planes", optional_computed(number(), "Number of control-plane nodes, a whole number from 1 to 3 (default 1), at .10, .11, .12 of the subnet. Changing it replaces the instance.")),
+            ("workers", optional_computed(number(), "Number of worker nodes, a whole number from 0 to 10 (default 2), from .20 up. Updated in place: nodes are added or removed, the others are untouched.")),
+            ("subnet", optional_computed(string(), "Host-only subnet. Not set: the first free slot of the provider's `host_pool`, shown as a concrete value at plan (held by a reservation until apply), stepping around what other instances of the configuration pin. Set: must be a canonical CIDR of the pool's prefix that overlaps nothing and no special-purpose range (unspecified, loopback, link-local, multicast, reserved, broadcast); a pinned value takes over a network that another plan only reserved and had chosen automatically. Changing it replaces the instance (refused while the instance is federated).")),
             ("pod_cidr", optional_computed(string(), "Kubernetes pod CIDR. Not set: the first free slot of `pod_pool` (10.244.0.0/16 for the first instance). Set: checked like `subnet`. Changing it replaces the instance.")),
             ("service_cidr", optional_computed(string(), "Kubernetes service CIDR. Not set: the first free slot of `service_pool` (10.96.0.0/16 for the first instance). Set: checked like `subnet`. Changing it replaces the instance.")),
             ("mgmt_cidr", computed(string(), "The instance's own isolated management network (Vagrant on libvirt only; null otherwise).")),
@@ -182,8 +187,8 @@ impl InstanceResource {
             ("state", computed(string(), "What the backend reports: `running` when every node is up and wired as planned; otherwise what is wrong (a plan then shows the repair).")),
             ("box", optional_computed(string(), "Vagrant only: box name. Default `bento/ubuntu-24.04`. Changing it replaces the instance.")),
             ("box_version", optional(string(), "Vagrant only: box version constraint.")),
-            ("cpus", optional_computed(number(), "Vagrant only: vCPUs per VM (default 2).")),
-            ("memory_mb", optional_computed(number(), "Vagrant only: memory per VM in MiB (default 2048).")),
+            ("cpus", optional_computed(number(), "Vagrant only: vCPUs per VM, a whole number from 1 to 1024 (default 2).")),
+            ("memory_mb", optional_computed(number(), "Vagrant only: memory per VM in MiB, a whole number from 256 to 1048576 (default 2048).")),
             ("kubernetes_version", optional_computed(string(), "Vagrant only: Kubernetes minor version to install with kubeadm (default `1.33`).")),
             ("provision", optional_computed(boolean(), "Vagrant only: install Kubernetes (containerd, kubeadm, Cilium) and join the workers (default true); false gives plain VMs.")),
             ("dir", computed(string(), "Vagrant only: the instance folder `<home>/instances/<name>`: the generated Vagrantfile, the provisioning scripts, the kubeconfig, and with libvirt each machine's serial console log under `console/` (its last lines are shown when a boot fails).")),
@@ -233,12 +238,23 @@ struct Desired {
     vagrant: Option<VagrantOptions>,
 }
 
+/// The whole value of a number attribute (validation refuses the others).
+fn whole(v: &Value<Number>) -> Option<i64> {
+    known(v).and_then(|n| n.whole())
+}
+
+/// A number attribute's value as a count, when it is one that fits (validation refuses the
+/// others).
+fn count(v: &Value<Number>) -> Option<u32> {
+    whole(v).and_then(|n| u32::try_from(n).ok())
+}
+
 fn vagrant_options(s: &InstanceState) -> VagrantOptions {
     VagrantOptions {
         r#box: known(&s.box_name).unwrap_or_else(|| backend::vagrant::DEFAULT_BOX.to_string()),
         box_version: known(&s.box_version),
-        cpus: known(&s.cpus).map(|c| c as u32).unwrap_or(backend::vagrant::DEFAULT_CPUS),
-        memory_mb: known(&s.memory_mb).map(|c| c as u32).unwrap_or(backend::vagrant::DEFAULT_MEMORY_MB),
+        cpus: count(&s.cpus).unwrap_or(backend::vagrant::DEFAULT_CPUS),
+        memory_mb: count(&s.memory_mb).unwrap_or(backend::vagrant::DEFAULT_MEMORY_MB),
         kubernetes_version: known(&s.kubernetes_version)
             .unwrap_or_else(|| backend::vagrant::DEFAULT_KUBERNETES_VERSION.to_string()),
         provision: known(&s.provision).unwrap_or(true),
@@ -257,28 +273,26 @@ fn validate_config(diags: &mut Diagnostics, c: &InstanceState) {
             attribute_error(diags, "backend", "Invalid backend".into(), format!("{b:?} is not `netns` or `vagrant`"));
         }
     }
-    if let Value::Value(n) = c.control_planes {
-        if !(1..=i64::from(MAX_CONTROL_PLANES)).contains(&n) {
-            attribute_error(diags, "control_planes", "Invalid control_planes".into(), format!("{n} is not between 1 and {MAX_CONTROL_PLANES}"));
-        }
-    }
-    if let Value::Value(n) = c.workers {
-        if !(0..=i64::from(MAX_WORKERS)).contains(&n) {
-            attribute_error(diags, "workers", "Invalid workers".into(), format!("{n} is not between 0 and {MAX_WORKERS}"));
+    for (attr, v, lo, hi, what) in [
+        ("control_planes", &c.control_planes, 1, i64::from(MAX_CONTROL_PLANES), "control-plane nodes"),
+        ("workers", &c.workers, 0, i64::from(MAX_WORKERS), "worker nodes"),
+        ("cpus", &c.cpus, 1, 1 << 10, "vCPUs per VM"),
+        ("memory_mb", &c.memory_mb, 256, 1 << 20, "MiB of memory per VM"),
+    ] {
+        match v {
+            Value::Value(Number::Whole(n)) if !(lo..=hi).contains(n) => {
+                attribute_error(diags, attr, format!("Invalid {attr}"), format!("{attr} = {n} is out of range: it counts {what}, from {lo} to {hi}."));
+            }
+            Value::Value(Number::Other(x)) => {
+                attribute_error(diags, attr, format!("Invalid {attr}"), format!("{attr} = {x} is not a whole number: it counts {what}, from {lo} to {hi}."));
+            }
+            _ => {}
         }
     }
     for (attr, v) in [("subnet", &c.subnet), ("pod_cidr", &c.pod_cidr), ("service_cidr", &c.service_cidr)] {
         if let Value::Value(text) = v {
             if let Err(e) = settings::cidr_setting(attr, text) {
                 attribute_error(diags, attr, format!("Invalid {attr}"), e.message);
-            }
-        }
-    }
-    for (attr, v) in [("cpus", c.cpus), ("memory_mb", c.memory_mb)] {
-        if let Value::Value(n) = v {
-            let min = if attr == "cpus" { 1 } else { 256 };
-            if n < min || n > 1 << 20 {
-                attribute_error(diags, attr, format!("Invalid {attr}"), format!("{n} is out of range (at least {min})"));
             }
         }
     }
@@ -294,10 +308,10 @@ fn validate_config(diags: &mut Diagnostics, c: &InstanceState) {
     if let Value::Value(t) = &c.timeouts {
         for (attr, v) in [("create", &t.create), ("update", &t.update), ("delete", &t.delete)] {
             if let Value::Value(text) = v {
-                if let Err(e) = settings::parse_duration(text) {
+                if let Err(e) = settings::parse_bounded_duration(text, settings::MAX_TIMEOUT) {
                     diags.error(
                         format!("Invalid timeouts.{attr}"),
-                        e,
+                        format!("{e}. A timeout is a duration such as `10m` or `1h30m`, from 1ms to 24h."),
                         AttributePath::new("timeouts").index(0).attribute(attr),
                     );
                 }
@@ -348,8 +362,8 @@ fn desired(ctx: &Configured, diags: &mut Diagnostics, config: &InstanceState) ->
     Some(Desired {
         name,
         kind,
-        control_planes: known(&config.control_planes).unwrap_or(DEFAULT_CONTROL_PLANES) as u32,
-        workers: known(&config.workers).unwrap_or(DEFAULT_WORKERS) as u32,
+        control_planes: count(&config.control_planes).unwrap_or(DEFAULT_CONTROL_PLANES as u32),
+        workers: count(&config.workers).unwrap_or(DEFAULT_WORKERS as u32),
         vagrant: (kind == BackendKind::Vagrant).then(|| vagrant_options(config)),
     })
 }
@@ -362,7 +376,7 @@ fn timeout(state: &InstanceState, kind: BackendKind, op: &str) -> Duration {
         _ => &t.delete,
     };
     known(v)
-        .and_then(|s| settings::parse_duration(&s).ok())
+        .and_then(|s| settings::parse_bounded_duration(&s, settings::MAX_TIMEOUT).ok())
         .unwrap_or_else(|| default_timeout(kind, op))
 }
 
@@ -373,17 +387,28 @@ fn op_control(state: &InstanceState, kind: BackendKind, op: &str) -> OpControl {
     }
 }
 
-fn wants(ctx: &Configured, config: &InstanceState, kind: BackendKind) -> Wants {
-    let w = |v: &Value<String>| match v {
-        Value::Value(t) => net::parse_canonical(t).map(Want::Pinned).unwrap_or(Want::Auto),
+/// What the configuration asks for each network. `None` (with an error on the attribute)
+/// when a pinned value is not a network an instance may have: it is never taken for "any".
+fn wants(ctx: &Configured, diags: &mut Diagnostics, config: &InstanceState, kind: BackendKind) -> Option<Wants> {
+    let mut ok = true;
+    let mut w = |attr: &'static str, v: &Value<String>| match v {
+        Value::Value(t) => match settings::cidr_setting(attr, t) {
+            Ok(n) => Want::Pinned(n),
+            Err(e) => {
+                attribute_error(diags, attr, format!("Invalid {attr}"), e.message);
+                ok = false;
+                Want::Auto
+            }
+        },
         _ => Want::Auto,
     };
-    Wants {
-        subnet: w(&config.subnet),
-        pod_cidr: w(&config.pod_cidr),
-        service_cidr: w(&config.service_cidr),
+    let wants = Wants {
+        subnet: w("subnet", &config.subnet),
+        pod_cidr: w("pod_cidr", &config.pod_cidr),
+        service_cidr: w("service_cidr", &config.service_cidr),
         mgmt_cidr: ctx.backends.needs_mgmt_network(kind).then_some(Want::Auto),
-    }
+    };
+    ok.then_some(wants)
 }
 
 fn lab_spec(d: &Desired, a: &Allocation) -> Option<LabSpec> {
@@ -435,8 +460,8 @@ fn fill(state: &mut InstanceState, ctx: &Configured, d: &Desired, a: &Allocation
     state.id = val(d.name.clone());
     state.name = val(d.name.clone());
     state.backend = val(d.kind.as_str().to_string());
-    state.control_planes = val(i64::from(d.control_planes));
-    state.workers = val(i64::from(d.workers));
+    state.control_planes = val(Number::from(i64::from(d.control_planes)));
+    state.workers = val(Number::from(i64::from(d.workers)));
     state.subnet = val(a.subnet.to_string());
     state.pod_cidr = val(a.pod_cidr.to_string());
     state.service_cidr = val(a.service_cidr.to_string());
@@ -458,8 +483,8 @@ fn fill(state: &mut InstanceState, ctx: &Configured, d: &Desired, a: &Allocation
             let dir = ctx.settings.home.join("instances").join(&d.name);
             state.box_name = val(v.r#box.clone());
             state.box_version = v.box_version.clone().map(val).unwrap_or(Value::Null);
-            state.cpus = val(i64::from(v.cpus));
-            state.memory_mb = val(i64::from(v.memory_mb));
+            state.cpus = val(Number::from(i64::from(v.cpus)));
+            state.memory_mb = val(Number::from(i64::from(v.memory_mb)));
             state.kubernetes_version = val(v.kubernetes_version.clone());
             state.provision = val(v.provision);
             state.vagrantfile_path = val(dir.join("Vagrantfile").display().to_string());
@@ -566,6 +591,306 @@ impl InstanceResource {
     }
 }
 
+impl InstanceResource {
+    /// `plan_create`: a new object, the create half of a replacement, or the replacement of a
+    /// tainted object.
+    async fn plan_new(
+        &self,
+        ctx: &Configured,
+        diags: &mut Diagnostics,
+        proposed_state: InstanceState,
+        config_state: InstanceState,
+        prior_private_state: Private,
+    ) -> Option<(InstanceState, Private)> {
+        let mut planned = proposed_state;
+        let unknown_inputs = config_state.name.is_unknown()
+            || config_state.backend.is_unknown()
+            || config_state.subnet.is_unknown()
+            || config_state.pod_cidr.is_unknown()
+            || config_state.service_cidr.is_unknown()
+            || config_state.control_planes.is_unknown()
+            || config_state.workers.is_unknown();
+        if unknown_inputs {
+            // Without the name or pinned values there is nothing to reserve: values come at apply.
+            for v in [&mut planned.id, &mut planned.subnet, &mut planned.pod_cidr, &mut planned.service_cidr, &mut planned.mgmt_cidr, &mut planned.gateway, &mut planned.created_at, &mut planned.state] {
+                *v = Value::Unknown;
+            }
+            planned.nodes = Value::Unknown;
+            planned.federated_with = Value::Unknown;
+            return Some((planned, Value::Null));
+        }
+        // Values unknown at validation (variables, other resources) are known now.
+        validate_config(diags, &config_state);
+        if !diags.errors.is_empty() {
+            return None;
+        }
+        let d = desired(ctx, diags, &config_state)?;
+        if let Some(v) = &d.vagrant {
+            if let Err(e) = backend::vagrant::check_options(v) {
+                attribute_error(diags, e.attribute, format!("Invalid {}", e.attribute), e.message);
+            }
+        }
+        if !diags.errors.is_empty() {
+            return None;
+        }
+        let context = ctx_name(&d.name);
+        // The create half of this run's replacement of an object in state is that object;
+        // anything else is a new object, and a name is held by one object per run.
+        let replacement = matches!(&prior_private_state, Value::Value(InstancePrivate { planned_in_run: Some(run), .. }) if *run == ctx.registry.origin().run);
+        if !replacement {
+            if let Err(clash) = ctx.names.create(&d.name) {
+                name_clash(diags, ctx, &d.name, clash);
+                return None;
+            }
+        }
+        let backend = self.backend_for(ctx, &d, None);
+        if let Err(e) = backend.preflight().await {
+            diagnostics::error(diags, &context, &e);
+            return None;
+        }
+        let host = match ctx.host_networks().await {
+            Ok(h) => h,
+            Err(e) => {
+                diagnostics::error(diags, &format!("{context}: reading the host's networks"), &e);
+                return None;
+            }
+        };
+        let w = wants(ctx, diags, &config_state, d.kind)?;
+        // Checks on the networks themselves come before the reservation: a refused plan writes
+        // nothing.
+        if d.kind == BackendKind::Vagrant && entry_hypervisor(&ctx, &d) == "virtualbox" {
+            let subnet = match w.subnet {
+                Want::Pinned(n) => Some(n),
+                Want::Auto => ctx.registry.preview(&d.name, &w, &host).ok().map(|p| p.allocation.subnet),
+            };
+            if let Some(subnet) = subnet {
+                let allowed = backend::vagrant::virtualbox_allowed_ranges_here();
+                if let Err(e) = backend::vagrant::check_virtualbox_subnet(&subnet, &allowed) {
+                    attribute_error(diags, "subnet", "Subnet not permitted by VirtualBox".into(), e.message);
+                    return None;
+                }
+            }
+        }
+        let allocation = match ctx.registry.reserve(&d.name, &w, d.kind.as_str(), &host) {
+            Ok(Planned::Reserved(entry)) => entry.allocation,
+            Ok(Planned::Existing { entry, allocation }) => {
+                // The name is allocated. This run may create it again only where the object
+                // that holds it goes first: its own replacement, or a tainted object of this
+                // workspace's state. Anything else (another configuration, a state that lost
+                // it) would make two owners of one lab.
+                let mine = entry.owner.as_ref().is_none_or(|o| *o == ctx.registry.origin().workspace);
+                let lab_gone = match lab_spec(&d, &entry.allocation) {
+                    Some(spec) => matches!(
+                        self.backend_for(ctx, &d, Some(&entry)).observe(&spec).await,
+                        Ok(LabStatus { exists: false, .. })
+                    ),
+                    None => false,
+                };
+                let replaces_own = mine && (replacement || ctx.names.tainted_in_state(&d.name));
+                if !(replaces_own || (mine && lab_gone)) {
+                    let e = crate::registry::RegistryError::AlreadyAllocated {
+                        name: d.name.clone(),
+                        allocation: entry.allocation,
+                        backend: entry.backend.clone(),
+                        created_at: crate::registry::rfc3339(entry.created_at),
+                        owner: entry.owner.clone(),
+                    };
+                    diagnostics::error(diags, &context, &e);
+                    return None;
+                }
+                if !entry.federated.is_empty() {
+                    refuse_federated_replacement(diags, &d.name, &entry.federated, "Replacing it (`-replace`, `terraform taint`, or a replace-forcing change)");
+                    return None;
+                }
+                allocation
+            }
+            Err(e) => {
+                diagnostics::error(diags, &context, &e);
+                return None;
+            }
+        };
+        if lab_spec(&d, &allocation).is_none() {
+            attribute_error(
+                diags,
+                "subnet",
+                "Subnet too small".into(),
+                format!("{} cannot hold the nodes at .10 to .{}", allocation.subnet, 19 + d.workers.max(1)),
+            );
+            return None;
+        }
+        fill(&mut planned, &ctx, &d, &allocation);
+        planned.timeouts = config_state.timeouts.clone();
+        planned.created_at = Value::Unknown;
+        planned.state = Value::Unknown;
+        planned.federated_with = val(vec![]);
+        planned.kubeconfig = match &d.vagrant {
+            Some(v) if v.provision => Value::Unknown,
+            _ => Value::Null,
+        };
+        Some((planned, Value::Null))
+    }
+
+    /// `plan_update`: an object in state, changed in place, replaced, or unchanged.
+    async fn plan_change(
+        &self,
+        ctx: &Configured,
+        diags: &mut Diagnostics,
+        prior_state: InstanceState,
+        proposed_state: InstanceState,
+        config_state: InstanceState,
+        prior_private_state: Private,
+    ) -> Option<(InstanceState, Private, Vec<AttributePath>)> {
+        let mut planned = proposed_state;
+        let mut replace: Vec<&'static str> = Vec::new();
+        validate_config(diags, &config_state);
+        if !diags.errors.is_empty() {
+            return None;
+        }
+        if let Some(name) = known(&prior_state.name) {
+            if let Err(clash) = ctx.names.keep(&name) {
+                name_clash(diags, ctx, &name, clash);
+                return None;
+            }
+        }
+        let Some(d) = desired(ctx, diags, &config_state) else {
+            return Some((planned, prior_private_state, vec![]));
+        };
+        if !diags.errors.is_empty() {
+            return None;
+        }
+        let differs = |a: &Value<String>, b: &str| known(a).as_deref() != Some(b);
+        if differs(&prior_state.name, &d.name) {
+            replace.push("name");
+        }
+        if differs(&prior_state.backend, d.kind.as_str()) {
+            replace.push("backend");
+        }
+        if whole(&prior_state.control_planes) != Some(i64::from(d.control_planes)) {
+            replace.push("control_planes");
+        }
+        for (attr, cfg, prior) in [
+            ("subnet", &config_state.subnet, &prior_state.subnet),
+            ("pod_cidr", &config_state.pod_cidr, &prior_state.pod_cidr),
+            ("service_cidr", &config_state.service_cidr, &prior_state.service_cidr),
+        ] {
+            if cfg.is_unknown() || (cfg.is_value() && cfg != prior) {
+                replace.push(attr);
+            }
+        }
+        if let Some(v) = &d.vagrant {
+            if differs(&prior_state.box_name, &v.r#box) {
+                replace.push("box");
+            }
+            if known(&prior_state.box_version) != v.box_version {
+                replace.push("box_version");
+            }
+            if whole(&prior_state.cpus) != Some(i64::from(v.cpus)) {
+                replace.push("cpus");
+            }
+            if whole(&prior_state.memory_mb) != Some(i64::from(v.memory_mb)) {
+                replace.push("memory_mb");
+            }
+            if differs(&prior_state.kubernetes_version, &v.kubernetes_version) {
+                replace.push("kubernetes_version");
+            }
+            if known(&prior_state.provision) != Some(v.provision) {
+                replace.push("provision");
+            }
+        }
+        let mut allocation = allocation_of(&prior_state);
+        for (kind_attr, cfg) in [("subnet", &config_state.subnet), ("pod_cidr", &config_state.pod_cidr), ("service_cidr", &config_state.service_cidr)] {
+            if let (Some(a), Some(text)) = (allocation.as_mut(), known(cfg)) {
+                if let Ok(n) = net::parse_canonical(&text) {
+                    match kind_attr {
+                        "subnet" => a.subnet = n,
+                        "pod_cidr" => a.pod_cidr = n,
+                        _ => a.service_cidr = n,
+                    }
+                }
+            }
+        }
+        if !replace.is_empty() {
+            // Destroying the lab would cut the federation: apply would refuse, so plan does.
+            let name = known(&prior_state.name).unwrap_or_else(|| d.name.clone());
+            if let Ok(Some(e)) = ctx.registry.get(&name) {
+                if !e.federated.is_empty() {
+                    let attrs: Vec<String> = replace.iter().map(|a| format!("`{a}`")).collect();
+                    refuse_federated_replacement(diags, &name, &e.federated, &format!("Changing {} replaces it", attrs.join(", ")));
+                    return None;
+                }
+            }
+        }
+        match allocation {
+            Some(a) if !config_state.subnet.is_unknown() => {
+                if lab_spec(&d, &a).is_none() {
+                    attribute_error(diags, "workers", "Too many nodes for the subnet".into(), format!("{} cannot hold {} workers", a.subnet, d.workers));
+                    return None;
+                }
+                fill(&mut planned, &ctx, &d, &a);
+            }
+            _ => {}
+        }
+        planned.timeouts = config_state.timeouts.clone();
+        planned.federated_with = prior_state.federated_with.clone();
+        planned.created_at = prior_state.created_at.clone();
+        planned.kubeconfig = prior_state.kubeconfig.clone();
+        // A lab that read found damaged or halted is planned back to running: that is the repair.
+        planned.state = val("running".to_string());
+        if !replace.is_empty() {
+            planned.state = Value::Unknown;
+            planned.created_at = Value::Unknown;
+        }
+        // Marked with this run, so that the create half of a replacement (a replace-forcing
+        // change, or `-replace`) is known as this object.
+        let mut private = known(&prior_private_state).unwrap_or_default();
+        private.planned_in_run = Some(ctx.registry.origin().run.clone());
+        Some((planned, val(private), replace.into_iter().map(AttributePath::new).collect()))
+    }
+}
+
+/// Refuse a plan that would replace a federated instance: its destroy would be refused.
+fn refuse_federated_replacement(diags: &mut Diagnostics, name: &str, peers: &[String], what: &str) {
+    let federations: Vec<String> = peers
+        .iter()
+        .map(|p| if name <= p.as_str() { format!("{name}+{p}") } else { format!("{p}+{name}") })
+        .collect();
+    attribute_error(
+        diags,
+        "name",
+        format!("Instance `{name}` is federated and cannot be replaced"),
+        format!(
+            "{what}: its lab would be destroyed and built again, which the federation {} it is part of forbids (a federated instance is never destroyed before its federation). \
+             Destroy the federation first (remove its homelab_federation from the configuration and apply, or `terraform destroy -target=homelab_federation.<name>`), \
+             then apply this change, then declare the federation again.",
+            federations.join(", ")
+        ),
+    );
+}
+
+/// Two resource objects of this run use one instance name: say so, naming the resources of
+/// the root module that set the name literally, when there are any.
+fn name_clash(diags: &mut Diagnostics, ctx: &Configured, name: &str, clash: Clash) {
+    let why = match clash {
+        Clash::TwoCreates => "Two homelab_instance resources of this configuration plan an instance of this name.",
+        Clash::KeptByExisting => "A homelab_instance already in this state holds this name, and another resource of this configuration plans to create an instance of the same name.",
+        Clash::DestroyedByExisting => "A homelab_instance that left the configuration is destroyed by this plan, and another resource plans to create an instance of the same name. If the resource was renamed (or its `count`/`for_each` key changed), add a `moved` block from the old address to the new one, so the instance is kept; otherwise apply the removal first, then the new resource.",
+        Clash::TwoExisting => "Two homelab_instance resources in this state hold an instance of this name.",
+    };
+    let dir = std::path::PathBuf::from(&ctx.registry.origin().workspace.dir);
+    let found = super::config_scan::resources_setting(&dir, "homelab_instance", "name", name);
+    let which = if found.is_empty() {
+        format!("Look for the homelab_instance resources whose `name` is {name:?} (Terraform does not tell providers resource addresses, and no `name = {name:?}` was found in the root module's files).")
+    } else {
+        format!("Resources that set `name = {name:?}`: {}.", found.join(", "))
+    };
+    attribute_error(
+        diags,
+        "name",
+        format!("Instance name `{name}` is used by two resources"),
+        format!("{why} Both would own one lab (and destroying either would destroy it), so this plan is refused before anything is made. {which} Give each instance its own name."),
+    );
+}
+
 #[async_trait]
 impl Resource for InstanceResource {
     type State<'a> = InstanceState;
@@ -578,6 +903,19 @@ impl Resource for InstanceResource {
 
     async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::State<'a>) -> Option<()> {
         validate_config(diags, &config);
+        // Write down what this configuration pins, so that the plan's automatic choices step
+        // around it whatever order Terraform plans the instances in.
+        if let Value::Value(name) = &config.name {
+            let pins: Vec<(Kind, net::Ipv4Net)> = [
+                (Kind::Subnet, &config.subnet),
+                (Kind::PodCidr, &config.pod_cidr),
+                (Kind::ServiceCidr, &config.service_cidr),
+            ]
+            .into_iter()
+            .filter_map(|(kind, v)| known(v).and_then(|t| net::parse_lab_network(&t).ok()).map(|c| (kind, c)))
+            .collect();
+            self.shared.declared.record(name, pins, &self.shared.origin);
+        }
         Some(())
     }
 
@@ -590,6 +928,9 @@ impl Resource for InstanceResource {
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
         let ctx = self.shared.get(diags)?;
         let name = known(&state.name)?;
+        // An object of this name is in state: a create of the name in this run replaces it
+        // (taint), unless another object keeps the name too.
+        ctx.names.read(&name);
         let entry = match ctx.registry.get(&name) {
             Ok(e) => e,
             Err(e) => {
@@ -642,111 +983,13 @@ impl Resource for InstanceResource {
         diags: &mut Diagnostics,
         proposed_state: Self::State<'a>,
         config_state: Self::State<'a>,
+        prior_private_state: Self::PrivateState<'a>,
         _meta: Self::ProviderMetaState<'a>,
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
         let ctx = self.shared.get(diags)?;
-        let mut planned = proposed_state;
-        let unknown_inputs = config_state.name.is_unknown()
-            || config_state.backend.is_unknown()
-            || config_state.subnet.is_unknown()
-            || config_state.pod_cidr.is_unknown()
-            || config_state.service_cidr.is_unknown()
-            || config_state.control_planes.is_unknown()
-            || config_state.workers.is_unknown();
-        if unknown_inputs {
-            // Without the name or pinned values there is nothing to reserve: values come at apply.
-            for v in [&mut planned.id, &mut planned.subnet, &mut planned.pod_cidr, &mut planned.service_cidr, &mut planned.mgmt_cidr, &mut planned.gateway, &mut planned.created_at, &mut planned.state] {
-                *v = Value::Unknown;
-            }
-            planned.nodes = Value::Unknown;
-            planned.federated_with = Value::Unknown;
-            return Some((planned, Value::Null));
-        }
-        let d = desired(&ctx, diags, &config_state)?;
-        if let Some(v) = &d.vagrant {
-            if let Err(e) = backend::vagrant::check_options(v) {
-                attribute_error(diags, e.attribute, format!("Invalid {}", e.attribute), e.message);
-            }
-        }
-        if !diags.errors.is_empty() {
-            return None;
-        }
-        let context = ctx_name(&d.name);
-        let backend = self.backend_for(&ctx, &d, None);
-        if let Err(e) = backend.preflight().await {
-            diagnostics::error(diags, &context, &e);
-            return None;
-        }
-        let host = match ctx.host_networks().await {
-            Ok(h) => h,
-            Err(e) => {
-                diagnostics::error(diags, &format!("{context}: reading the host's networks"), &e);
-                return None;
-            }
-        };
-        let w = wants(&ctx, &config_state, d.kind);
-        // Checks on the networks themselves come before the reservation: a refused plan writes
-        // nothing.
-        if d.kind == BackendKind::Vagrant && entry_hypervisor(&ctx, &d) == "virtualbox" {
-            let subnet = match w.subnet {
-                Want::Pinned(n) => Some(n),
-                Want::Auto => ctx.registry.preview(&d.name, &w, &host).ok().map(|p| p.allocation.subnet),
-            };
-            if let Some(subnet) = subnet {
-                let allowed = backend::vagrant::virtualbox_allowed_ranges_here();
-                if let Err(e) = backend::vagrant::check_virtualbox_subnet(&subnet, &allowed) {
-                    attribute_error(diags, "subnet", "Subnet not permitted by VirtualBox".into(), e.message);
-                    return None;
-                }
-            }
-        }
-        let allocation = match ctx.registry.reserve(&d.name, &w, d.kind.as_str(), &host) {
-            Ok(Planned::Reserved(entry)) => entry.allocation,
-            Ok(Planned::Existing { entry, allocation }) => {
-                let replacing = ctx.replacing.lock().expect("replacing lock").contains(&d.name);
-                let lab_gone = match lab_spec(&d, &entry.allocation) {
-                    Some(spec) => matches!(
-                        self.backend_for(&ctx, &d, Some(&entry)).observe(&spec).await,
-                        Ok(LabStatus { exists: false, .. })
-                    ),
-                    None => false,
-                };
-                if !(replacing || lab_gone) {
-                    let e = crate::registry::RegistryError::AlreadyAllocated {
-                        name: d.name.clone(),
-                        allocation: entry.allocation,
-                        backend: entry.backend.clone(),
-                        created_at: crate::registry::rfc3339(entry.created_at),
-                    };
-                    diagnostics::error(diags, &context, &e);
-                    return None;
-                }
-                allocation
-            }
-            Err(e) => {
-                diagnostics::error(diags, &context, &e);
-                return None;
-            }
-        };
-        if lab_spec(&d, &allocation).is_none() {
-            attribute_error(
-                diags,
-                "subnet",
-                "Subnet too small".into(),
-                format!("{} cannot hold the nodes at .10 to .{}", allocation.subnet, 19 + d.workers.max(1)),
-            );
-            return None;
-        }
-        fill(&mut planned, &ctx, &d, &allocation);
-        planned.timeouts = config_state.timeouts.clone();
-        planned.created_at = Value::Unknown;
-        planned.state = Value::Unknown;
-        planned.federated_with = val(vec![]);
-        planned.kubeconfig = match &d.vagrant {
-            Some(v) if v.provision => Value::Unknown,
-            _ => Value::Null,
-        };
-        Some((planned, Value::Null))
+        let planned = self.plan_new(&ctx, diags, proposed_state, config_state, prior_private_state).await;
+        ctx.after_plan(diags);
+        planned
     }
 
     async fn plan_update<'a>(
@@ -759,91 +1002,9 @@ impl Resource for InstanceResource {
         _meta: Self::ProviderMetaState<'a>,
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>, Vec<AttributePath>)> {
         let ctx = self.shared.get(diags)?;
-        let mut planned = proposed_state;
-        let mut replace = Vec::new();
-        let Some(d) = desired(&ctx, diags, &config_state) else {
-            return Some((planned, prior_private_state, replace));
-        };
-        if !diags.errors.is_empty() {
-            return None;
-        }
-        let differs = |a: &Value<String>, b: &str| known(a).as_deref() != Some(b);
-        if differs(&prior_state.name, &d.name) {
-            replace.push(AttributePath::new("name"));
-        }
-        if differs(&prior_state.backend, d.kind.as_str()) {
-            replace.push(AttributePath::new("backend"));
-        }
-        if known(&prior_state.control_planes) != Some(i64::from(d.control_planes)) {
-            replace.push(AttributePath::new("control_planes"));
-        }
-        for (attr, cfg, prior) in [
-            ("subnet", &config_state.subnet, &prior_state.subnet),
-            ("pod_cidr", &config_state.pod_cidr, &prior_state.pod_cidr),
-            ("service_cidr", &config_state.service_cidr, &prior_state.service_cidr),
-        ] {
-            if cfg.is_unknown() || (cfg.is_value() && cfg != prior) {
-                replace.push(AttributePath::new(attr));
-            }
-        }
-        if let Some(v) = &d.vagrant {
-            if differs(&prior_state.box_name, &v.r#box) {
-                replace.push(AttributePath::new("box"));
-            }
-            if known(&prior_state.box_version) != v.box_version {
-                replace.push(AttributePath::new("box_version"));
-            }
-            if known(&prior_state.cpus) != Some(i64::from(v.cpus)) {
-                replace.push(AttributePath::new("cpus"));
-            }
-            if known(&prior_state.memory_mb) != Some(i64::from(v.memory_mb)) {
-                replace.push(AttributePath::new("memory_mb"));
-            }
-            if differs(&prior_state.kubernetes_version, &v.kubernetes_version) {
-                replace.push(AttributePath::new("kubernetes_version"));
-            }
-            if known(&prior_state.provision) != Some(v.provision) {
-                replace.push(AttributePath::new("provision"));
-            }
-        }
-        let mut allocation = allocation_of(&prior_state);
-        for (kind_attr, cfg) in [("subnet", &config_state.subnet), ("pod_cidr", &config_state.pod_cidr), ("service_cidr", &config_state.service_cidr)] {
-            if let (Some(a), Some(text)) = (allocation.as_mut(), known(cfg)) {
-                if let Ok(n) = net::parse_canonical(&text) {
-                    match kind_attr {
-                        "subnet" => a.subnet = n,
-                        "pod_cidr" => a.pod_cidr = n,
-                        _ => a.service_cidr = n,
-                    }
-                }
-            }
-        }
-        if !replace.is_empty() {
-            ctx.replacing.lock().expect("replacing lock").insert(
-                known(&prior_state.name).unwrap_or_else(|| d.name.clone()),
-            );
-        }
-        match allocation {
-            Some(a) if !config_state.subnet.is_unknown() => {
-                if lab_spec(&d, &a).is_none() {
-                    attribute_error(diags, "workers", "Too many nodes for the subnet".into(), format!("{} cannot hold {} workers", a.subnet, d.workers));
-                    return None;
-                }
-                fill(&mut planned, &ctx, &d, &a);
-            }
-            _ => {}
-        }
-        planned.timeouts = config_state.timeouts.clone();
-        planned.federated_with = prior_state.federated_with.clone();
-        planned.created_at = prior_state.created_at.clone();
-        planned.kubeconfig = prior_state.kubeconfig.clone();
-        // A lab that read found damaged or halted is planned back to running: that is the repair.
-        planned.state = val("running".to_string());
-        if !replace.is_empty() {
-            planned.state = Value::Unknown;
-            planned.created_at = Value::Unknown;
-        }
-        Some((planned, prior_private_state, replace))
+        let planned = self.plan_change(&ctx, diags, prior_state, proposed_state, config_state, prior_private_state).await;
+        ctx.after_plan(diags);
+        planned
     }
 
     async fn plan_destroy<'a>(
@@ -853,19 +1014,24 @@ impl Resource for InstanceResource {
         prior_private_state: Self::PrivateState<'a>,
         _meta: Self::ProviderMetaState<'a>,
     ) -> Option<Self::PrivateState<'a>> {
+        let ctx = self.shared.get(diags)?;
+        let name = known(&prior_state.name)?;
+        if let Err(clash) = ctx.names.destroy(&name) {
+            name_clash(diags, &ctx, &name, clash);
+            ctx.after_plan(diags);
+            return None;
+        }
         // Refuse at plan when the registry still lists federations: destroy would fail anyway.
-        if let (Some(ctx), Some(name)) = (self.shared.get(diags), known(&prior_state.name)) {
-            if let Ok(Some(e)) = ctx.registry.get(&name) {
-                if !e.federated.is_empty() {
-                    let pending: Vec<String> = e.federated.clone();
-                    // Terraform destroys federations first when they are in the same
-                    // configuration; only warn here, delete checks again.
-                    diagnostics::warning(
-                        diags,
-                        format!("Instance `{name}` is federated with {}", pending.join(", ")),
-                        "Its federations must be destroyed before it; if they are not part of this run, the destroy of this instance will be refused.".into(),
-                    );
-                }
+        if let Ok(Some(e)) = ctx.registry.get(&name) {
+            if !e.federated.is_empty() {
+                let pending: Vec<String> = e.federated.clone();
+                // Terraform destroys federations first when they are in the same
+                // configuration; only warn here, delete checks again.
+                diagnostics::warning(
+                    diags,
+                    format!("Instance `{name}` is federated with {}", pending.join(", ")),
+                    "Its federations must be destroyed before it; if they are not part of this run, the destroy of this instance will be refused.".into(),
+                );
             }
         }
         Some(prior_private_state)
@@ -908,7 +1074,6 @@ impl Resource for InstanceResource {
                 return None;
             }
         }
-        ctx.replacing.lock().expect("replacing lock").remove(&d.name);
         let backend = self.backend_for(&ctx, &d, Some(&entry));
         let spec = lab_spec(&d, &allocation)?;
         let mut state = planned_state;
@@ -1049,7 +1214,8 @@ impl Resource for InstanceResource {
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
         let ctx = self.shared.get(diags)?;
         let context = ctx_name(&id);
-        let entry = match ctx.registry.get(&id) {
+        // Importing makes this workspace the instance's owner (recorded in the audit log).
+        let entry = match ctx.registry.adopt(&id) {
             Ok(Some(e)) if e.status == Status::Allocated => e,
             Ok(Some(_)) => {
                 diagnostics::error(diags, &context, &crate::registry::RegistryError::NotAllocated { name: id });
@@ -1077,15 +1243,16 @@ impl Resource for InstanceResource {
         let mut state = InstanceState {
             name: val(id.clone()),
             backend: val(kind.as_str().into()),
-            control_planes: val(i64::from(lab.control_planes.max(1))),
-            workers: val(i64::from(lab.workers)),
+            control_planes: val(Number::from(i64::from(lab.control_planes.max(1)))),
+            workers: val(Number::from(i64::from(lab.workers))),
             ..Default::default()
         };
         if kind == BackendKind::Vagrant {
             state.box_name = s.get("box").cloned().map(val).unwrap_or(Value::Null);
             state.box_version = s.get("box_version").cloned().map(val).unwrap_or(Value::Null);
-            state.cpus = s.get("cpus").and_then(|v| v.parse().ok()).map(val).unwrap_or(Value::Null);
-            state.memory_mb = s.get("memory_mb").and_then(|v| v.parse().ok()).map(val).unwrap_or(Value::Null);
+            let number = |key: &str| s.get(key).and_then(|v| v.parse::<i64>().ok()).map(|n| val(Number::from(n))).unwrap_or(Value::Null);
+            state.cpus = number("cpus");
+            state.memory_mb = number("memory_mb");
             state.kubernetes_version = s.get("kubernetes_version").cloned().map(val).unwrap_or(Value::Null);
             state.provision = s.get("provision").and_then(|v| v.parse().ok()).map(val).unwrap_or(Value::Null);
         }

@@ -2,8 +2,10 @@
 //! struct and the lifecycle methods in lifecycle order (schema, validate, read, plan, apply,
 //! import); the work itself is done by the domain modules.
 
+mod config_scan;
 pub mod federation;
 pub mod instance;
+pub mod names;
 
 use tf_provider::value::Value;
 

@@ -8,6 +8,7 @@ use homelab::registry::file::FileStore;
 use homelab::registry::Store;
 
 use crate::util::netns::{namespaces_of, sh, try_sh, LabHostGuard};
+use crate::acceptance;
 use crate::util::terraform::Workdir;
 
 struct Lab {
@@ -102,10 +103,10 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
     v
 }
 
-#[test]
-fn federation_opens_exactly_one_pair_never_transitively_and_closes_again() {
+acceptance! {
+fn federation_opens_exactly_one_pair_never_transitively_and_closes_again(tf: Tf) {
     let lab = Lab::new();
-    let w = Workdir::new(&lab.config(&[]));
+    let w = Workdir::new(tf, &lab.config(&[]));
     w.init();
     w.apply().ok();
     // Before: nothing crosses.
@@ -160,11 +161,12 @@ fn federation_opens_exactly_one_pair_never_transitively_and_closes_again() {
     w.destroy().ok();
     assert!(namespaces_of(&lab.host.name).is_empty());
 }
+}
 
-#[test]
-fn federation_drift_is_repaired_by_the_next_apply() {
+acceptance! {
+fn federation_drift_is_repaired_by_the_next_apply(tf: Tf) {
     let lab = Lab::new();
-    let w = Workdir::new(&lab.config(&[("acme", "globex")]));
+    let w = Workdir::new(tf, &lab.config(&[("acme", "globex")]));
     w.init();
     w.apply().ok();
     assert_eq!(lab.matrix(&w), pairs(&[("acme", "globex")]));
@@ -214,15 +216,16 @@ fn federation_drift_is_repaired_by_the_next_apply() {
     assert!(namespaces_of(&lab.host.name).is_empty());
     assert!(lab.store().load().unwrap().instances.is_empty());
 }
+}
 
-#[test]
-fn duplicate_federation_is_refused_at_plan_naming_the_existing_one() {
+acceptance! {
+fn duplicate_federation_is_refused_at_plan_naming_the_existing_one(tf: Tf) {
     let lab = Lab::new();
-    let w = Workdir::new(&lab.config(&[("acme", "globex")]));
+    let w = Workdir::new(tf, &lab.config(&[("acme", "globex")]));
     w.init();
     w.apply().ok();
     // Another folder sharing the home federating the same pair.
-    let other = Workdir::new(&format!(
+    let other = Workdir::new(tf, &format!(
         "provider \"homelab\" {{\n  home = \"{}\"\n  default_backend = \"netns\"\n  netns_host = \"{}\"\n}}\nresource \"homelab_federation\" \"again\" {{\n  instances = [\"globex\", \"acme\"]\n}}\n",
         lab.home.path().display(),
         lab.host.name
@@ -250,7 +253,7 @@ fn duplicate_federation_is_refused_at_plan_naming_the_existing_one() {
     // Destroying an instance the registry still lists as federated is refused by the provider,
     // naming the federation (here from a folder that imported the instance alone).
     w.write(&lab.config(&[("acme", "globex")]));
-    let lone = Workdir::new(&format!(
+    let lone = Workdir::new(tf, &format!(
         "provider \"homelab\" {{\n  home = \"{}\"\n  default_backend = \"netns\"\n  netns_host = \"{}\"\n}}\nresource \"homelab_instance\" \"acme\" {{\n  name = \"acme\"\n  workers = 1\n}}\n",
         lab.home.path().display(),
         lab.host.name
@@ -262,4 +265,5 @@ fn duplicate_federation_is_refused_at_plan_naming_the_existing_one() {
     assert!(namespaces_of(&lab.host.name).contains(&format!("{}-acme-cp-1", lab.host.name)));
     w.destroy().ok();
     lab.store().verify_events().unwrap();
+}
 }

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use crate::acceptance;
 use crate::util::terraform::{repo_root, Workdir};
 
 fn provider(home: &Path, extra: &str) -> String {
@@ -20,13 +21,14 @@ output "acme" {
 }
 "#;
 
-#[test]
-fn init_finds_provider_in_local_mirror_offline() {
+acceptance! {
+fn init_finds_provider_in_local_mirror_offline(tf: Tf) {
     let home = tempfile::tempdir().unwrap();
-    let w = Workdir::new(&format!("{}{DATA}", provider(home.path(), "")));
+    let w = Workdir::new(tf, &format!("{}{DATA}", provider(home.path(), "")));
     let r = w.init();
     assert!(r.stdout.contains("Installing homelab/homelab"), "{}", r.all());
     assert!(r.stdout.contains("Terraform has been successfully initialized"), "{}", r.all());
+}
 }
 
 fn walk_attributes(path: &str, block: &serde_json::Value, missing: &mut Vec<String>, count: &mut usize) {
@@ -46,10 +48,10 @@ fn walk_attributes(path: &str, block: &serde_json::Value, missing: &mut Vec<Stri
     }
 }
 
-#[test]
-fn schema_shows_provider_resources_data_source_every_attribute_described() {
+acceptance! {
+fn schema_shows_provider_resources_data_source_every_attribute_described(tf: Tf) {
     let home = tempfile::tempdir().unwrap();
-    let w = Workdir::new(&format!("{}{DATA}", provider(home.path(), "")));
+    let w = Workdir::new(tf, &format!("{}{DATA}", provider(home.path(), "")));
     w.init();
     let r = w.tf(&["providers", "schema", "-json"]).ok();
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
@@ -81,12 +83,13 @@ fn schema_shows_provider_resources_data_source_every_attribute_described() {
         assert!(prov[a].is_object(), "provider.{a} missing");
     }
 }
+}
 
-#[test]
-fn data_source_on_empty_home_shows_defaults_and_writes_nothing() {
+acceptance! {
+fn data_source_on_empty_home_shows_defaults_and_writes_nothing(tf: Tf) {
     let parent = tempfile::tempdir().unwrap();
     let home = parent.path().join("home");
-    let w = Workdir::new(&format!("{}{DATA}", provider(&home, "")));
+    let w = Workdir::new(tf, &format!("{}{DATA}", provider(&home, "")));
     w.init();
     w.apply().ok();
     let out = w.outputs();
@@ -102,11 +105,12 @@ fn data_source_on_empty_home_shows_defaults_and_writes_nothing() {
     assert_eq!(v["pools"]["service"]["cidr"], "10.96.0.0/12");
     assert!(!home.exists(), "reading the data source created {}", home.display());
 }
+}
 
-#[test]
-fn non_canonical_pool_fails_at_plan_naming_attribute_and_fix() {
+acceptance! {
+fn non_canonical_pool_fails_at_plan_naming_attribute_and_fix(tf: Tf) {
     let home = tempfile::tempdir().unwrap();
-    let w = Workdir::new(&format!("{}{DATA}", provider(home.path(), "  pod_pool = \"10.244.0.0/12\"\n")));
+    let w = Workdir::new(tf, &format!("{}{DATA}", provider(home.path(), "  pod_pool = \"10.244.0.0/12\"\n")));
     w.init();
     let r = w.tf(&["plan"]).failed();
     let all = r.all();
@@ -114,11 +118,12 @@ fn non_canonical_pool_fails_at_plan_naming_attribute_and_fix() {
     assert!(all.contains("10.240.0.0/12"), "{all}");
     assert!(all.contains("host bits set"), "{all}");
 }
+}
 
-#[test]
-fn overlapping_pools_and_bad_prefix_fail_at_plan() {
+acceptance! {
+fn overlapping_pools_and_bad_prefix_fail_at_plan(tf: Tf) {
     let home = tempfile::tempdir().unwrap();
-    let w = Workdir::new(&format!(
+    let w = Workdir::new(tf, &format!(
         "{}{DATA}",
         provider(home.path(), "  service_pool = \"10.240.0.0/16\"\n  host_prefix = 20\n")
     ));
@@ -128,11 +133,12 @@ fn overlapping_pools_and_bad_prefix_fail_at_plan() {
     assert!(all.contains("service_pool") && all.contains("overlaps pod_pool"), "{all}");
     assert!(all.contains("host_prefix"), "{all}");
 }
+}
 
-#[test]
-fn committed_docs_match_docs_generated_from_schema() {
+acceptance! {
+fn committed_docs_match_docs_generated_from_schema(tf: Tf) {
     let home = tempfile::tempdir().unwrap();
-    let w = Workdir::new(&format!("{}{DATA}", provider(home.path(), "")));
+    let w = Workdir::new(tf, &format!("{}{DATA}", provider(home.path(), "")));
     w.init();
     let r = w.tf(&["providers", "schema", "-json"]).ok();
     let pages = homelab::docs::render(&r.stdout, &repo_root().join("examples")).unwrap();
@@ -161,4 +167,5 @@ fn committed_docs_match_docs_generated_from_schema() {
         stale.is_empty() && extra.is_empty(),
         "docs/ is out of date (stale: {stale:?}, not generated: {extra:?}): run scripts/gen-docs.sh and commit docs/"
     );
+}
 }

@@ -1,79 +1,18 @@
 //! Acceptance tests of `homelab_instance` on the `netns` backend, through the real Terraform
-//! 1.0.3 CLI and real network namespaces. Each test has its own registry home and its own lab
+//! CLI (1.0.3 and the newest one) and real network namespaces. Each test has its own registry home and its own lab
 //! host namespace (removed by a guard even when the test fails), shaped like HashiCorp's
 //! acceptance steps: create+read, import+verify, update+read, destroy.
 
-use std::path::Path;
-
-use homelab::registry::file::FileStore;
 use homelab::registry::{Status, Store};
 
-use crate::util::netns::{namespaces_of, sh, try_sh, LabHostGuard};
+use crate::acceptance;
+use crate::util::lab::{assert_in_place, inode, instance, plan_is_empty, Lab};
+use crate::util::netns::{namespaces_of, sh, try_sh};
 use crate::util::terraform::{Run, Workdir};
 
-/// A registry home and a lab host for one test.
-struct Lab {
-    home: tempfile::TempDir,
-    host: LabHostGuard,
-}
-
-impl Lab {
-    fn new() -> Lab {
-        Lab {
-            home: tempfile::Builder::new().prefix("homelab-home-").tempdir().unwrap(),
-            host: LabHostGuard::new(),
-        }
-    }
-
-    fn provider(&self, extra: &str) -> String {
-        format!(
-            "provider \"homelab\" {{\n  home = \"{}\"\n  default_backend = \"netns\"\n  netns_host = \"{}\"\n{extra}}}\n",
-            self.home.path().display(),
-            self.host.name
-        )
-    }
-
-    fn workdir(&self, body: &str) -> Workdir {
-        let w = Workdir::new(&format!("{}{body}", self.provider("")));
-        w.init();
-        w
-    }
-
-    fn store(&self) -> FileStore {
-        FileStore::new(self.home.path())
-    }
-
-    fn registry_bytes(&self) -> Option<Vec<u8>> {
-        std::fs::read(self.home.path().join("instances.json")).ok()
-    }
-
-    fn ns(&self, node: &str) -> String {
-        format!("{}-{node}", self.host.name)
-    }
-
-    fn ping(&self, from_node: &str, ip: &str) -> (bool, String) {
-        try_sh(&["ip", "netns", "exec", &self.ns(from_node), "ping", "-c", "1", "-W", "1", ip])
-    }
-}
-
-fn instance(name: &str, extra: &str) -> String {
-    format!("resource \"homelab_instance\" \"{name}\" {{\n  name = \"{name}\"\n{extra}}}\n")
-}
-
-fn plan_is_empty(w: &Workdir) {
-    let r = w.plan_exit();
-    assert_eq!(r.code, 0, "expected an empty plan:\n{}", r.all());
-}
-
-fn assert_in_place(r: &Run) {
-    let all = r.all();
-    assert!(all.contains("updated in-place"), "{all}");
-    assert!(!all.contains("must be replaced"), "{all}");
-}
-
-#[test]
-fn create_shows_concrete_cidrs_at_plan_then_second_plan_is_empty_and_destroy_leaves_nothing() {
-    let lab = Lab::new();
+acceptance! {
+fn create_shows_concrete_cidrs_at_plan_then_second_plan_is_empty_and_destroy_leaves_nothing(tf: Tf) {
+    let lab = Lab::new(tf);
     let w = lab.workdir(&instance("acme", "  workers = 2\n"));
     // Step 1: the plan shows the networks themselves, never "known after apply".
     let plan = w.tf(&["plan"]).ok();
@@ -115,10 +54,11 @@ fn create_shows_concrete_cidrs_at_plan_then_second_plan_is_empty_and_destroy_lea
     assert_eq!(actions.last().unwrap(), "instance.release");
     lab.store().verify_events().unwrap();
 }
+}
 
-#[test]
-fn import_adopts_registry_entry_and_lab_then_plan_is_empty() {
-    let lab = Lab::new();
+acceptance! {
+fn import_adopts_registry_entry_and_lab_then_plan_is_empty(tf: Tf) {
+    let lab = Lab::new(tf);
     let body = instance("acme", "  workers = 1\n");
     let first = lab.workdir(&body);
     first.apply().ok();
@@ -135,10 +75,11 @@ fn import_adopts_registry_entry_and_lab_then_plan_is_empty() {
     second.destroy().ok();
     assert!(namespaces_of(&lab.host.name).is_empty());
 }
+}
 
-#[test]
-fn plain_create_of_a_name_that_exists_elsewhere_is_refused_at_plan() {
-    let lab = Lab::new();
+acceptance! {
+fn plain_create_of_a_name_that_exists_elsewhere_is_refused_at_plan(tf: Tf) {
+    let lab = Lab::new(tf);
     let body = instance("acme", "  workers = 0\n");
     let first = lab.workdir(&body);
     first.apply().ok();
@@ -148,13 +89,13 @@ fn plain_create_of_a_name_that_exists_elsewhere_is_refused_at_plan() {
     assert!(r.all().contains("terraform import"), "{}", r.all());
     first.destroy().ok();
 }
+}
 
-#[test]
-fn workers_update_in_place_and_untouched_nodes_stay() {
-    let lab = Lab::new();
+acceptance! {
+fn workers_update_in_place_and_untouched_nodes_stay(tf: Tf) {
+    let lab = Lab::new(tf);
     let w = lab.workdir(&instance("acme", "  workers = 2\n"));
     w.apply().ok();
-    let inode = |ns: &str| std::fs::metadata(Path::new("/run/netns").join(ns)).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok();
     let cp = inode(&lab.ns("acme-cp-1")).unwrap();
     let w1 = inode(&lab.ns("acme-worker-1")).unwrap();
     // 2 -> 3: one node added, nothing replaced.
@@ -178,10 +119,11 @@ fn workers_update_in_place_and_untouched_nodes_stay() {
     plan_is_empty(&w);
     w.destroy().ok();
 }
+}
 
-#[test]
-fn drift_node_namespace_removed_is_repaired_and_registry_entry_removed_recreates() {
-    let lab = Lab::new();
+acceptance! {
+fn drift_node_namespace_removed_is_repaired_and_registry_entry_removed_recreates(tf: Tf) {
+    let lab = Lab::new(tf);
     let w = lab.workdir(&instance("acme", "  workers = 1\n"));
     w.apply().ok();
     // Out of band: a node's namespace disappears.
@@ -206,10 +148,11 @@ fn drift_node_namespace_removed_is_repaired_and_registry_entry_removed_recreates
     w.destroy().ok();
     assert!(namespaces_of(&lab.host.name).is_empty());
 }
+}
 
-#[test]
-fn seed_audit_acme_cannot_reach_globex_but_reaches_its_gateway() {
-    let lab = Lab::new();
+acceptance! {
+fn seed_audit_acme_cannot_reach_globex_but_reaches_its_gateway(tf: Tf) {
+    let lab = Lab::new(tf);
     let w = lab.workdir(&format!("{}{}", instance("acme", "  workers = 0\n"), instance("globex", "  workers = 0\n")));
     w.apply().ok();
     let globex = w.resource("homelab_instance.globex").unwrap();
@@ -222,10 +165,11 @@ fn seed_audit_acme_cannot_reach_globex_but_reaches_its_gateway() {
     assert!(ok, "acme cannot reach its own gateway: {out}");
     w.destroy().ok();
 }
+}
 
-#[test]
-fn parallel_applies_in_separate_folders_sharing_a_home_get_distinct_values() {
-    let lab = Lab::new();
+acceptance! {
+fn parallel_applies_in_separate_folders_sharing_a_home_get_distinct_values(tf: Tf) {
+    let lab = Lab::new(tf);
     let names = ["acme", "globex", "initech"];
     let dirs: Vec<Workdir> = names.iter().map(|n| lab.workdir(&instance(n, "  workers = 0\n"))).collect();
     let runs: Vec<Run> = std::thread::scope(|s| {
@@ -246,25 +190,26 @@ fn parallel_applies_in_separate_folders_sharing_a_home_get_distinct_values() {
         w.destroy().ok();
     }
 }
+}
 
-#[test]
-fn saved_plan_applied_after_its_networks_were_taken_fails_naming_the_new_holder() {
-    let lab = Lab::new();
+acceptance! {
+fn saved_plan_applied_after_its_networks_were_taken_fails_naming_the_new_holder(tf: Tf) {
+    let lab = Lab::new(tf);
     let ttl = std::time::Duration::from_secs(12);
     let short = lab.provider(&format!("  reservation_ttl = \"{}s\"\n", ttl.as_secs()));
-    let a = Workdir::new(&format!("{short}{}", instance("acme", "  workers = 0\n")));
+    let a = Workdir::new(tf, &format!("{short}{}", instance("acme", "  workers = 0\n")));
     a.init();
-    let b = lab.workdir(&instance("globex", "  workers = 0\n  subnet = \"192.168.56.0/24\"\n"));
+    let b = lab.workdir(&instance("globex", "  workers = 0\n"));
     let planned_at = std::time::Instant::now();
     a.tf(&["plan", "-out=acme.plan"]).ok();
-    // While the reservation lives, another folder pinning the same networks is refused at plan.
-    let r = b.tf(&["plan"]).failed();
+    // While the reservation lives, another folder gets other values.
+    let r = b.tf(&["plan"]).ok();
     assert!(planned_at.elapsed() < ttl, "the test machine is too slow for this TTL");
-    assert!(r.all().contains("instance `acme`") && r.all().contains("reserved until"), "{}", r.all());
+    assert!(r.stdout.contains("subnet         = \"192.168.57.0/24\""), "{}", r.stdout);
     // Once it expired, the other folder takes them.
     std::thread::sleep(ttl.saturating_sub(planned_at.elapsed()) + std::time::Duration::from_secs(2));
+    b.write(&format!("{}{}", lab.provider(""), instance("globex", "  workers = 0\n  subnet = \"192.168.56.0/24\"\n")));
     b.apply().ok();
-    let before = lab.registry_bytes();
     let r = a.tf(&["apply", "acme.plan"]).failed();
     assert!(r.all().contains("globex"), "the error does not name the new holder:\n{}", r.all());
     assert!(r.all().contains("192.168.56.0/24"), "{}", r.all());
@@ -273,8 +218,37 @@ fn saved_plan_applied_after_its_networks_were_taken_fails_naming_the_new_holder(
     let doc = lab.store().load().unwrap();
     assert!(doc.instances.get("acme").is_none_or(|e| e.status != Status::Allocated));
     assert_eq!(doc.instances["globex"].status, Status::Allocated);
-    let _ = before;
     b.destroy().ok();
+}
+}
+
+acceptance! {
+/// A pin elsewhere takes over what a live plan chose automatically (the automatic values can
+/// go anywhere, the pinned ones cannot); that plan, saved, then fails naming the new holder,
+/// and planning again gives it free values. A pin never takes over another pin.
+fn pinned_value_in_another_folder_takes_over_a_live_automatic_reservation(tf: Tf) {
+    let lab = Lab::new(tf);
+    let a = lab.workdir(&instance("acme", "  workers = 0\n"));
+    a.tf(&["plan", "-out=acme.plan"]).ok();
+    let b = lab.workdir(&instance("globex", "  workers = 0\n  subnet = \"192.168.56.0/24\"\n"));
+    b.tf(&["plan"]).ok();
+    let r = a.tf(&["apply", "acme.plan"]).failed();
+    assert!(r.all().contains("globex") && r.all().contains("192.168.56.0/24"), "{}", r.all());
+    assert!(namespaces_of(&lab.host.name).is_empty());
+    let events = lab.store().events().unwrap();
+    assert!(events.iter().any(|e| e.action == "instance.reservation_taken" && e.subject == "acme"), "{events:?}");
+    // Planned again, acme gets free values, and both apply.
+    let r = a.tf(&["plan"]).ok();
+    assert!(r.stdout.contains("subnet         = \"192.168.57.0/24\""), "{}", r.stdout);
+    a.apply().ok();
+    b.apply().ok();
+    // A third folder pinning a subnet that globex pinned is refused, naming it.
+    let c = lab.workdir(&instance("initech", "  workers = 0\n  subnet = \"192.168.56.0/24\"\n"));
+    let r = c.tf(&["plan"]).failed();
+    assert!(r.all().contains("instance `globex`") && r.all().contains("allocated"), "{}", r.all());
+    a.destroy().ok();
+    b.destroy().ok();
+}
 }
 
 fn refused_at_plan(lab: &Lab, body: &str, expect: &[&str]) {
@@ -289,9 +263,9 @@ fn refused_at_plan(lab: &Lab, body: &str, expect: &[&str]) {
     }
 }
 
-#[test]
-fn bad_inputs_fail_at_plan_naming_the_other_side() {
-    let lab = Lab::new();
+acceptance! {
+fn bad_inputs_fail_at_plan_naming_the_other_side(tf: Tf) {
+    let lab = Lab::new(tf);
     // Two instances of one configuration pinning overlapping subnets.
     refused_at_plan(
         &lab,
@@ -319,15 +293,16 @@ fn bad_inputs_fail_at_plan_naming_the_other_side() {
     );
     w.destroy().ok();
 }
+}
 
-#[test]
-fn exhausted_pool_is_refused_at_plan_naming_pool_capacity_and_holders() {
-    let lab = Lab::new();
+acceptance! {
+fn exhausted_pool_is_refused_at_plan_naming_pool_capacity_and_holders(tf: Tf) {
+    let lab = Lab::new(tf);
     let small = lab.provider("  host_pool = \"192.168.56.0/23\"\n");
-    let w = Workdir::new(&format!("{small}{}{}", instance("acme", "  workers = 0\n"), instance("globex", "  workers = 0\n")));
+    let w = Workdir::new(tf, &format!("{small}{}{}", instance("acme", "  workers = 0\n"), instance("globex", "  workers = 0\n")));
     w.init();
     w.apply().ok();
-    let x = Workdir::new(&format!("{small}{}", instance("initech", "  workers = 0\n")));
+    let x = Workdir::new(tf, &format!("{small}{}", instance("initech", "  workers = 0\n")));
     x.init();
     let before = lab.registry_bytes();
     let r = x.tf(&["plan"]).failed();
@@ -337,11 +312,12 @@ fn exhausted_pool_is_refused_at_plan_naming_pool_capacity_and_holders() {
     assert_eq!(lab.registry_bytes(), before);
     w.destroy().ok();
 }
+}
 
-#[test]
-fn subnet_overlapping_a_host_route_is_refused_at_plan_naming_the_route() {
+acceptance! {
+fn subnet_overlapping_a_host_route_is_refused_at_plan_naming_the_route(tf: Tf) {
     // The "host" is a namespace of the test's own: the root namespace is never changed.
-    let lab = Lab::new();
+    let lab = Lab::new(tf);
     let hostns = format!("{}-fakehost", lab.host.name);
     sh(&["ip", "netns", "add", &hostns]);
     // Terraform talks to the plugin over 127.0.0.1.
@@ -361,6 +337,7 @@ fn subnet_overlapping_a_host_route_is_refused_at_plan_naming_the_route() {
     let r = w.tf(&["plan"]).ok();
     assert!(r.stdout.contains("subnet         = \"192.168.60.0/24\""), "{}", r.stdout);
 }
+}
 
 /// Run the provider binary's own subcommands.
 fn provider_cli(args: &[&str]) -> (bool, String) {
@@ -373,9 +350,9 @@ fn provider_cli(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-#[test]
-fn reservations_left_by_a_plan_are_visible_listed_and_dropped_with_an_event() {
-    let lab = Lab::new();
+acceptance! {
+fn reservations_left_by_a_plan_are_visible_listed_and_dropped_with_an_event(tf: Tf) {
+    let lab = Lab::new(tf);
     let body = format!(
         "{}data \"homelab_cidr_allocation\" \"acme\" {{\n  name = \"acme\"\n  depends_on = []\n}}\noutput \"acme\" {{\n  value = data.homelab_cidr_allocation.acme\n}}\n",
         instance("acme", "  workers = 0\n")
@@ -383,7 +360,7 @@ fn reservations_left_by_a_plan_are_visible_listed_and_dropped_with_an_event() {
     let w = lab.workdir(&body);
     // A plan that is never applied leaves a reservation behind.
     w.tf(&["plan"]).ok();
-    let probe = Workdir::new(&format!(
+    let probe = Workdir::new(tf, &format!(
         "{}data \"homelab_cidr_allocation\" \"acme\" {{\n  name = \"acme\"\n}}\noutput \"acme\" {{\n  value = data.homelab_cidr_allocation.acme\n}}\n",
         lab.provider("")
     ));
@@ -413,15 +390,16 @@ fn reservations_left_by_a_plan_are_visible_listed_and_dropped_with_an_event() {
     assert!(lab.store().load().unwrap().instances.contains_key("acme"));
     w.destroy().ok();
 }
+}
 
-#[test]
-fn plan_without_cap_net_admin_fails_saying_so_and_how_to_run() {
-    let lab = Lab::new();
+acceptance! {
+fn plan_without_cap_net_admin_fails_saying_so_and_how_to_run(tf: Tf) {
+    let lab = Lab::new(tf);
     let w = lab.workdir(&instance("acme", "  workers = 0\n"));
     // Terraform and the provider without CAP_NET_ADMIN (root otherwise).
     let out = std::process::Command::new("setpriv")
         .args(["--bounding-set", "-net_admin", "--inh-caps", "-net_admin", "--"])
-        .arg(crate::util::terraform::terraform_bin())
+        .arg(tf.bin())
         .args(["plan", "-no-color", "-input=false"])
         .current_dir(w.path())
         .env("TF_CLI_CONFIG_FILE", crate::util::terraform::cli_config())
@@ -434,9 +412,10 @@ fn plan_without_cap_net_admin_fails_saying_so_and_how_to_run() {
     assert!(all.contains("sudo") || all.contains("root"), "{all}");
     assert!(lab.registry_bytes().is_none(), "a refused plan wrote the registry");
 }
+}
 
-#[test]
-fn provider_survives_sigint_and_logs_reach_terraform_under_tf_log() {
+acceptance! {
+fn provider_survives_sigint_and_logs_reach_terraform_under_tf_log(tf: Tf) {
     // Ctrl-C reaches the whole foreground process group: the provider must not die of it.
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_terraform-provider-homelab"))
         .env("TF_PLUGIN_MAGIC_COOKIE", "d602bf8f470bc67ca7faa0386276bbdd4330efaf76d1a219cb4d6991ca9872b2")
@@ -455,7 +434,7 @@ fn provider_survives_sigint_and_logs_reach_terraform_under_tf_log() {
     child.wait().unwrap();
 
     // Its tracing lines show up in Terraform's log at their level.
-    let lab = Lab::new();
+    let lab = Lab::new(tf);
     let mut w = lab.workdir(&instance("acme", "  workers = 0\n"));
     w.env.push(("TF_LOG".into(), "INFO".into()));
     let r = w.apply().ok();
@@ -464,10 +443,11 @@ fn provider_survives_sigint_and_logs_reach_terraform_under_tf_log() {
     w.env.clear();
     w.destroy().ok();
 }
+}
 
-#[test]
-fn whole_lab_gone_plans_a_recreate_with_the_same_networks_and_holds_nothing_allocated() {
-    let lab = Lab::new();
+acceptance! {
+fn whole_lab_gone_plans_a_recreate_with_the_same_networks_and_holds_nothing_allocated(tf: Tf) {
+    let lab = Lab::new(tf);
     let w = lab.workdir(&format!("{}{}", instance("acme", "  workers = 1\n"), instance("globex", "  workers = 0\n")));
     w.apply().ok();
     let before = w.resource("homelab_instance.acme").unwrap();
@@ -491,4 +471,5 @@ fn whole_lab_gone_plans_a_recreate_with_the_same_networks_and_holds_nothing_allo
     assert_eq!(after["state"], "running");
     w.destroy().ok();
     assert!(lab.store().load().unwrap().instances.is_empty());
+}
 }

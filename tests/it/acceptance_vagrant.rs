@@ -4,6 +4,11 @@
 //! VMs all live inside a network namespace (and private mount namespace) of the test's own
 //! (`VmLab`); the root namespace is never touched. Each step is an acceptance step; every
 //! command has a hard timeout and the lab is torn down on any failure.
+//!
+//! Both Terraforms drive the same VMs (booting them takes most of the test's time): 1.0.3
+//! creates, plans and scales them; the newest Terraform on the machine then plans
+//! (`-refresh-only -detailed-exitcode` included), federates, repairs and destroys them (its
+//! state format is newer, so 1.0.3 cannot follow it back). Each step says which one ran.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -11,7 +16,7 @@ use std::time::{Duration, Instant};
 use homelab::registry::file::FileStore;
 use homelab::registry::Store;
 
-use crate::util::terraform::{cli_config, terraform_bin, Run, Workdir};
+use crate::util::terraform::{cli_config, Run, Tf, Workdir};
 use crate::util::vm::{step, VmLab, TEST_BOX};
 
 /// The budget for the VM test once the box is built.
@@ -35,11 +40,11 @@ fn config(lab: &VmLab, acme_workers: u32, federated: bool) -> String {
     c
 }
 
-/// Run terraform inside the lab with a hard timeout.
-fn tf(lab: &VmLab, w: &Workdir, args: &[&str], timeout: Duration) -> Run {
+/// Run terraform `which` inside the lab with a hard timeout.
+fn tf(which: Tf, lab: &VmLab, w: &Workdir, args: &[&str], timeout: Duration) -> Run {
     let chdir = format!("-chdir={}", w.path().display());
     let cfg = format!("TF_CLI_CONFIG_FILE={}", cli_config().display());
-    let bin = terraform_bin();
+    let bin = which.bin();
     let mut argv: Vec<&str> = vec!["env", &cfg, "CHECKPOINT_DISABLE=1", "TF_IN_AUTOMATION=1", bin.to_str().unwrap(), &chdir];
     argv.extend_from_slice(args);
     argv.extend_from_slice(&["-input=false", "-no-color"]);
@@ -70,20 +75,19 @@ fn reached(lab: &VmLab, dir: &Path, machine: &str, targets: &[String]) -> Vec<(S
 }
 
 #[test]
-fn terraform_real_vms_isolated_scaled_federated_and_destroyed() {
-    if std::env::var_os("HOMELAB_SKIP_VM_TESTS").is_some() {
-        eprintln!("SKIPPED: HOMELAB_SKIP_VM_TESTS is set; the real-VM test did not run");
-        return;
-    }
+fn terraform_1_0_3_then_newest_on_real_vms_isolated_scaled_federated_and_destroyed() {
+    let (old, new) = (Tf::Oldest, Tf::Newest);
+    old.announce();
+    new.announce();
     let lab = VmLab::start();
     let t0 = Instant::now();
-    let w = Workdir::new(&config(&lab, 0, false));
+    let mut w = Workdir::new(old, &config(&lab, 0, false));
     w.init();
     let long = Duration::from_secs(540);
 
     // Step 1 (create + read): acme and globex, one VM each, in parallel.
-    step(t0, BUDGET, "terraform apply: acme and globex");
-    tf(&lab, &w, &["apply", "-auto-approve"], long).ok();
+    step(t0, BUDGET, "terraform 1.0.3 apply: acme and globex");
+    tf(old, &lab, &w, &["apply", "-auto-approve"], long).ok();
     let state = |w: &Workdir, n: &str| w.resource(&format!("homelab_instance.{n}")).unwrap();
     let (acme, globex) = (state(&w, "acme"), state(&w, "globex"));
     for s in [&acme, &globex] {
@@ -97,8 +101,18 @@ fn terraform_real_vms_isolated_scaled_federated_and_destroyed() {
     for n in &nets {
         assert!(!lab.virsh(&["net-dumpxml", n]).contains("<forward"), "{n} is not isolated");
     }
-    let r = tf(&lab, &w, &["plan", "-detailed-exitcode"], long);
+    let r = tf(old, &lab, &w, &["plan", "-detailed-exitcode"], long);
     assert_eq!(r.code, 0, "second plan not empty:\n{}", r.all());
+    // The newest Terraform reads the same state: no change, no drift.
+    step(t0, BUDGET, &format!("terraform {} plan and plan -refresh-only", new.version()));
+    let state_by_old = (state(&w, "acme"), state(&w, "globex"));
+    w.tf = new;
+    w.init();
+    let r = tf(new, &lab, &w, &["plan", "-detailed-exitcode"], long);
+    assert_eq!(r.code, 0, "terraform {}: plan not empty:\n{}", new.version(), r.all());
+    let r = tf(new, &lab, &w, &["plan", "-refresh-only", "-detailed-exitcode"], long);
+    assert_eq!(r.code, 0, "terraform {}: refresh-only plan reports drift:\n{}", new.version(), r.all());
+    assert_eq!((state(&w, "acme"), state(&w, "globex")), state_by_old, "the newest Terraform reads another state");
     // Each VM's serial console is logged beside its Vagrantfile (shown when a boot fails):
     // the box runs a getty there once booted.
     for (n, node) in [("acme", "acme-cp-1"), ("globex", "globex-cp-1")] {
@@ -130,19 +144,19 @@ fn terraform_real_vms_isolated_scaled_federated_and_destroyed() {
     let cp_uuid = lab.virsh(&["domuuid", "homelab-acme-cp-1"]);
 
     // Step 3 (update in place): acme 0 -> 1 worker; cp-1 is the same domain afterwards.
-    step(t0, BUDGET, "workers 0 -> 1");
+    step(t0, BUDGET, "terraform 1.0.3: workers 0 -> 1");
     w.write(&config(&lab, 1, false));
-    let r = tf(&lab, &w, &["plan"], long).ok();
+    let r = tf(old, &lab, &w, &["plan"], long).ok();
     assert!(r.stdout.contains("updated in-place") && !r.stdout.contains("must be replaced"), "{}", r.stdout);
-    tf(&lab, &w, &["apply", "-auto-approve"], long).ok();
+    tf(old, &lab, &w, &["apply", "-auto-approve"], long).ok();
     assert!(lab.domains().contains(&"homelab-acme-worker-1".to_string()), "{:?}", lab.domains());
     assert_eq!(lab.virsh(&["domuuid", "homelab-acme-cp-1"]), cp_uuid, "acme-cp-1 was re-created");
 
     // Step 4 (federate): the host-only addresses of the pair reach each other; management
     // networks stay apart.
-    step(t0, BUDGET, "federate acme + globex");
+    step(t0, BUDGET, &format!("terraform {}: federate acme + globex", new.version()));
     w.write(&config(&lab, 1, true));
-    let r = tf(&lab, &w, &["apply", "-auto-approve"], long).ok();
+    let r = tf(new, &lab, &w, &["apply", "-auto-approve"], long).ok();
     assert!(r.all().contains("Federation acme+globex opens a path"), "{}", r.all());
     let globex_hostonly = globex["nodes"][0]["ip"].as_str().unwrap().to_string();
     let globex_mgmt: Vec<String> = globex_ips.iter().filter(|ip| **ip != globex_hostonly).cloned().collect();
@@ -158,7 +172,7 @@ fn terraform_real_vms_isolated_scaled_federated_and_destroyed() {
     // Step 5 (unfederate): the pair is unreachable again.
     step(t0, BUDGET, "destroy the federation");
     w.write(&config(&lab, 1, false));
-    tf(&lab, &w, &["apply", "-auto-approve"], long).ok();
+    tf(new, &lab, &w, &["apply", "-auto-approve"], long).ok();
     let res = reached(&lab, &acme_dir, "acme-cp-1", std::slice::from_ref(&globex_hostonly));
     assert!(!res[0].1, "after the federation: acme-cp-1 still reaches globex");
 
@@ -166,20 +180,20 @@ fn terraform_real_vms_isolated_scaled_federated_and_destroyed() {
     // and the repair (not applied: the destroy below also handles a halted VM).
     step(t0, BUDGET, "power off globex-cp-1 out of band");
     lab.virsh(&["destroy", "homelab-globex-cp-1"]);
-    let r = tf(&lab, &w, &["plan", "-detailed-exitcode"], long);
+    let r = tf(new, &lab, &w, &["plan", "-detailed-exitcode"], long);
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.stdout.contains("\"shutoff\" -> \"running\""), "{}", r.stdout);
 
     // Step 7 (update in place): acme 1 -> 0 workers; the worker goes, cp-1 stays.
     step(t0, BUDGET, "workers 1 -> 0");
     w.write(&config(&lab, 0, false));
-    tf(&lab, &w, &["apply", "-auto-approve", "-target=homelab_instance.acme"], long).ok();
+    tf(new, &lab, &w, &["apply", "-auto-approve", "-target=homelab_instance.acme"], long).ok();
     assert!(!lab.domains().contains(&"homelab-acme-worker-1".to_string()), "{:?}", lab.domains());
     assert_eq!(lab.virsh(&["domuuid", "homelab-acme-cp-1"]), cp_uuid, "acme-cp-1 was re-created");
 
     // Step 8 (destroy): no domain, no libvirt network, no volume, no registry entry.
     step(t0, BUDGET, "terraform destroy");
-    tf(&lab, &w, &["destroy", "-auto-approve"], long).ok();
+    tf(new, &lab, &w, &["destroy", "-auto-approve"], long).ok();
     assert!(lab.domains().is_empty(), "{:?}", lab.domains());
     assert!(lab.networks().is_empty(), "{:?}", lab.networks());
     assert!(lab.instance_volumes().is_empty(), "{:?}", lab.volumes());

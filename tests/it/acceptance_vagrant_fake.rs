@@ -11,19 +11,21 @@ use std::time::{Duration, Instant};
 use homelab::registry::file::FileStore;
 use homelab::registry::Store;
 
-use crate::util::terraform::{terraform_bin, Workdir};
+use crate::acceptance;
+use crate::util::terraform::{Tf, Workdir};
 use crate::util::vagrant::fake_vagrant;
 
 struct FakeLab {
     home: tempfile::TempDir,
     pids: PathBuf,
+    tf: Tf,
 }
 
 impl FakeLab {
-    fn new() -> FakeLab {
+    fn new(tf: Tf) -> FakeLab {
         let home = tempfile::Builder::new().prefix("homelab-home-").tempdir().unwrap();
         let pids = home.path().join("fake-pids");
-        FakeLab { home, pids }
+        FakeLab { home, pids, tf }
     }
 
     fn config(&self, instance_body: &str) -> String {
@@ -35,7 +37,7 @@ impl FakeLab {
     }
 
     fn workdir(&self, instance_body: &str, env: &[(&str, &str)]) -> Workdir {
-        let mut w = Workdir::new(&self.config(instance_body));
+        let mut w = Workdir::new(self.tf, &self.config(instance_body));
         w.env.push(("FAKE_VAGRANT_PIDS".into(), self.pids.display().to_string()));
         // A FAKE VBoxManage answers the provider's VirtualBox preflight.
         let fake_bin = crate::util::terraform::repo_root().join("tests/fixtures/vagrant/fake-bin");
@@ -81,9 +83,9 @@ fn alive(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
-#[test]
-fn fake_vagrant_instance_lifecycle_drift_and_scaling_through_terraform() {
-    let lab = FakeLab::new();
+acceptance! {
+fn fake_vagrant_instance_lifecycle_drift_and_scaling_through_terraform(tf: Tf) {
+    let lab = FakeLab::new(tf);
     let w = lab.workdir("  workers = 1\n", &[]);
     // Create: the plan shows the networks and the generated paths.
     let plan = w.tf(&["plan"]).ok();
@@ -129,10 +131,11 @@ fn fake_vagrant_instance_lifecycle_drift_and_scaling_through_terraform() {
     assert!(!lab.dir().exists(), "the instance folder is left");
     assert!(FileStore::new(lab.home.path()).load().unwrap().instances.is_empty());
 }
+}
 
-#[test]
-fn vagrant_only_settings_and_virtualbox_range_are_checked_at_plan() {
-    let lab = FakeLab::new();
+acceptance! {
+fn vagrant_only_settings_and_virtualbox_range_are_checked_at_plan(tf: Tf) {
+    let lab = FakeLab::new(tf);
     let w = lab.workdir("  backend = \"netns\"\n  workers = 0\n", &[]);
     let r = w.tf(&["plan"]).failed();
     assert!(r.all().contains("`provision` is only for the vagrant backend"), "{}", r.all());
@@ -141,10 +144,11 @@ fn vagrant_only_settings_and_virtualbox_range_are_checked_at_plan() {
     assert!(r.all().contains("VirtualBox") && r.all().contains("192.168.56.0/21") && r.all().contains("networks.conf"), "{}", r.all());
     assert!(!lab.home.path().join("instances.json").exists(), "refused plans wrote the registry");
 }
+}
 
-#[test]
-fn create_timeout_stops_the_vagrant_process_group_and_destroy_cleans_up() {
-    let lab = FakeLab::new();
+acceptance! {
+fn create_timeout_stops_the_vagrant_process_group_and_destroy_cleans_up(tf: Tf) {
+    let lab = FakeLab::new(tf);
     let w = lab.workdir("  workers = 0\n  timeouts {\n    create = \"4s\"\n  }\n", &[("FAKE_VAGRANT_MODE", "hang")]);
     let t = Instant::now();
     let r = w.apply().failed();
@@ -162,15 +166,16 @@ fn create_timeout_stops_the_vagrant_process_group_and_destroy_cleans_up() {
     clean.destroy().ok();
     assert!(FileStore::new(lab.home.path()).load().unwrap().instances.is_empty());
 }
+}
 
-#[test]
-fn ctrl_c_during_create_stops_the_vagrant_process_group_through_stop_provider() {
-    let lab = FakeLab::new();
+acceptance! {
+fn ctrl_c_during_create_stops_the_vagrant_process_group_through_stop_provider(tf: Tf) {
+    let lab = FakeLab::new(tf);
     let w = lab.workdir("  workers = 0\n", &[("FAKE_VAGRANT_MODE", "hang")]);
     // Terraform and the provider in a process group of their own, as in a terminal: Ctrl-C
     // sends SIGINT to the whole group. Vagrant runs in a group of its own, as the provider
     // starts it; it is stopped because Terraform sends StopProvider, not by the SIGINT.
-    let mut child = std::process::Command::new(terraform_bin());
+    let mut child = std::process::Command::new(tf.bin());
     child
         .args(["apply", "-auto-approve", "-input=false", "-no-color"])
         .current_dir(w.path())
@@ -202,4 +207,5 @@ fn ctrl_c_during_create_stops_the_vagrant_process_group_through_stop_provider() 
     clean.env.retain(|(k, _)| k != "FAKE_VAGRANT_MODE");
     clean.destroy().ok();
     assert!(FileStore::new(lab.home.path()).load().unwrap().instances.is_empty());
+}
 }

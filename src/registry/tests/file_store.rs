@@ -151,8 +151,22 @@ fn entries_are_written_in_the_documented_form_and_read_back_exactly() {
                 reserved_at: times[1],
                 by: actor(),
                 expires_at: times[1] + TTL,
+                first_run: (i == 3).then(|| "00ff00ff00ff00ff".into()),
+                pinned: if i == 3 { vec![Kind::Subnet, Kind::MgmtCidr] } else { vec![] },
+                taken: (i == 3).then(|| TakenOver {
+                    by: "e1".into(),
+                    run: "0123456789abcdef".into(),
+                    at: times[1],
+                    why: "they had been chosen automatically, and a pinned value takes precedence".into(),
+                }),
             }),
             lab: (i % 2 == 0).then(lab_record),
+            owner: (i > 1).then(|| Workspace {
+                host: "lab-host".into(),
+                dir: format!("/work/ws{i}"),
+                name: "default".into(),
+            }),
+            run: (i > 2).then(|| "0123456789abcdef".into()),
         };
         doc.instances.insert(name, entry);
     }
@@ -178,7 +192,7 @@ fn a_fresh_reader_sees_exactly_what_the_writer_holds() {
     let lab = file_lab(home.path());
     lab.create("acme");
     lab.create("globex");
-    lab.registry.federate("acme", "globex", serde_json::json!({"why": "test"})).unwrap();
+    lab.registry.federate("acme", "globex", fed_record(), serde_json::json!({"why": "test"})).unwrap();
     lab.create("initech");
     lab.registry.release("initech").unwrap();
     lab.advance(Duration::from_nanos(1_500));
@@ -322,7 +336,7 @@ fn assert_every_operation_refused(home: &Path, expect: &[&str]) {
         ("claim", lab.registry.claim("fresh", &a, "netns", lab_record(), &[]).map(drop)),
         ("release", lab.registry.release("acme").map(drop)),
         ("drop", lab.registry.drop_reservations(&[], false).map(drop)),
-        ("federate", lab.registry.federate("acme", "globex", serde_json::json!({})).map(drop)),
+        ("federate", lab.registry.federate("acme", "globex", fed_record(), serde_json::json!({})).map(drop)),
         ("verify", lab.registry.verify_events().map(drop)),
     ];
     for (op, result) in results {

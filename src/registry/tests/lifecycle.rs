@@ -112,8 +112,12 @@ fn second_name_gets_the_next_slot_of_every_pool() {
 #[test]
 fn live_reservation_holds_its_networks_against_other_names() {
     let lab = Lab::memory();
-    lab.reserve("acme");
+    // A pinned reservation: no other name takes it (automatic ones yield to pins, see
+    // `takeover`).
+    lab.registry.reserve("acme", &pinned_subnet("192.168.56.0/24"), "netns", &[]).unwrap();
     lab.advance(TTL - Duration::from_secs(1));
+    let auto = lab.reserve("initech");
+    assert_ne!(auto.allocation.subnet, n("192.168.56.0/24"));
     let err = lab
         .registry
         .reserve("globex", &pinned_subnet("192.168.56.0/24"), "netns", &[])
@@ -575,7 +579,7 @@ fn release_refused_while_federated() {
     lab.create("acme");
     lab.create("globex");
     lab.registry
-        .federate("globex", "acme", serde_json::json!({"reason": "api test"}))
+        .federate("globex", "acme", fed_record(), serde_json::json!({"reason": "api test"}))
         .unwrap();
     let before = lab.state();
     let err = lab.registry.release("acme").unwrap_err();
@@ -660,7 +664,7 @@ fn federation_tags_both_sides_and_is_recorded() {
     lab.create("acme");
     lab.create("globex");
     lab.registry
-        .federate("globex", "acme", serde_json::json!({"reason": "api test"}))
+        .federate("globex", "acme", fed_record(), serde_json::json!({"reason": "api test"}))
         .unwrap();
     let doc = lab.registry.snapshot().unwrap();
     assert_eq!(doc.instances["acme"].federated, ["globex"]);
@@ -669,7 +673,7 @@ fn federation_tags_both_sides_and_is_recorded() {
     let last = events.last().unwrap();
     assert_eq!((last.action.as_str(), last.subject.as_str()), ("federation.create", "acme+globex"));
     assert_eq!(last.details["reason"], "api test");
-    let err = lab.registry.federate("acme", "globex", serde_json::json!({})).unwrap_err();
+    let err = lab.registry.federate("acme", "globex", fed_record(), serde_json::json!({})).unwrap_err();
     assert!(matches!(err, RegistryError::AlreadyFederated { .. }), "{err:?}");
 }
 
@@ -679,9 +683,9 @@ fn federation_requires_both_instances_allocated() {
     lab.create("acme");
     lab.reserve("globex");
     let before = lab.state();
-    let err = lab.registry.federate("acme", "globex", serde_json::json!({})).unwrap_err();
+    let err = lab.registry.federate("acme", "globex", fed_record(), serde_json::json!({})).unwrap_err();
     assert!(matches!(err, RegistryError::NotAllocated { ref name } if name == "globex"), "{err:?}");
-    let err = lab.registry.federate("acme", "ghost", serde_json::json!({})).unwrap_err();
+    let err = lab.registry.federate("acme", "ghost", fed_record(), serde_json::json!({})).unwrap_err();
     assert!(matches!(err, RegistryError::NotFound { ref name } if name == "ghost"), "{err:?}");
     assert_eq!(lab.state(), before);
 }
@@ -816,7 +820,7 @@ fn refused_request_writes_nothing() {
     let lab = Lab::memory();
     lab.create("acme");
     lab.create("globex");
-    lab.registry.federate("acme", "globex", serde_json::json!({})).unwrap();
+    lab.registry.federate("acme", "globex", fed_record(), serde_json::json!({})).unwrap();
     for i in 0..6 {
         lab.create(&format!("lab{i}"));
     }
@@ -837,7 +841,7 @@ fn refused_request_writes_nothing() {
                 .unwrap_err(),
         ),
         ("release while federated", lab.registry.release("globex").unwrap_err()),
-        ("federate unknown", lab.registry.federate("acme", "ghost", serde_json::json!({})).unwrap_err()),
+        ("federate unknown", lab.registry.federate("acme", "ghost", fed_record(), serde_json::json!({})).unwrap_err()),
         ("update unknown", lab.registry.update_lab("ghost", lab_record()).unwrap_err()),
     ];
     for (what, err) in &refusals {

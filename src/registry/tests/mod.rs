@@ -3,11 +3,14 @@
 //!   architecture test, on the in-memory store with a manual clock;
 //! - [`file_store`]: the same contract on the file store in a temporary folder: the seed's
 //!   file test, crash repair of the event log, and bad inputs that must change nothing;
+//! - [`takeover`]: who may take what: workspaces, runs, pinned against automatic values, and
+//!   the reservations of a failed plan;
 //! - [`properties`]: random sequences of operations on both stores, checked against a model.
 
 mod file_store;
 mod lifecycle;
 mod properties;
+mod takeover;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,7 +51,8 @@ impl Lab {
             clock.clone(),
             actor(),
             Client::provider("1.0.3"),
-        );
+        )
+        .with_origin(origin(0, T0));
         Lab {
             registry,
             clock,
@@ -90,9 +94,45 @@ impl Lab {
             .collect()
     }
 
+    /// The next run (provider process) of the same workspace, on the same store and clock,
+    /// starting a second later.
+    pub fn new_run(&mut self, run: u32) {
+        self.clock.advance(Duration::from_secs(1));
+        let pools = *self.registry.pools();
+        self.registry = Registry::new(self.store.clone(), pools, TTL, self.clock.clone(), actor(), Client::provider("1.0.3"))
+            .with_origin(origin(run, self.clock.now()));
+    }
+
+    /// A registry of another workspace on the same store and clock.
+    pub fn other_workspace(&self) -> Registry {
+        let pools = *self.registry.pools();
+        Registry::new(self.store.clone(), pools, TTL, self.clock.clone(), actor(), Client::provider("1.11.4")).with_origin(Origin {
+            workspace: Workspace {
+                host: "lab-host".into(),
+                dir: "/home/bob/other-lab".into(),
+                name: "default".into(),
+            },
+            run: "b0b0b0b0b0b0b0b0".into(),
+            started: self.clock.now(),
+        })
+    }
+
     /// Move the clock.
     pub fn advance(&self, d: Duration) {
         self.clock.advance(d);
+    }
+}
+
+/// The tests' workspace, run `run` of it, started at `started`.
+pub(super) fn origin(run: u32, started: OffsetDateTime) -> Origin {
+    Origin {
+        workspace: Workspace {
+            host: "lab-host".into(),
+            dir: "/home/alice/lab".into(),
+            name: "default".into(),
+        },
+        run: format!("{run:016x}"),
+        started,
     }
 }
 
@@ -118,6 +158,15 @@ pub(super) fn lab_record() -> LabRecord {
         control_planes: 1,
         workers: 2,
         settings: Default::default(),
+    }
+}
+
+/// A federation's declaration for `federate`.
+pub(super) fn fed_record() -> FederationRecord {
+    FederationRecord {
+        reason: Some("test".into()),
+        namespaces: vec!["default".into()],
+        created_at: T0,
     }
 }
 

@@ -6,9 +6,13 @@
 //! - the registry holds exactly the names, statuses and values the model expects (no entry is
 //!   lost or invented), and claims succeed exactly when the model says the values are free;
 //! - the log holds exactly one event per change and its hash chain verifies;
-//! - a refused operation leaves the document and the log unchanged.
+//! - a refused operation leaves the document and the log unchanged;
+//! - a reservation is only ever taken over by a later plan of its workspace, or by a request
+//!   pinning a network that it had chosen automatically, and a failed plan drops exactly the
+//!   reservations it made that pinned nothing.
 //!
-//! Runs on the in-memory store and, with fewer cases, on the file store.
+//! Runs on the in-memory store and, with fewer cases, on the file store. Operations come from
+//! several runs (provider processes) of one workspace.
 
 use std::collections::BTreeMap;
 
@@ -73,6 +77,10 @@ enum Op {
     Release(usize),
     Advance(u64),
     Drop(Option<usize>, bool),
+    /// A new provider process (the next `terraform plan`) of the same workspace.
+    NewRun,
+    /// This run's plan failed.
+    PlanFailed,
 }
 
 /// Seconds to move the clock: often less than the TTL, sometimes right at its edge (a
@@ -107,6 +115,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => name.clone().prop_map(Op::Release),
         2 => advance().prop_map(Op::Advance),
         1 => (proptest::option::of(name), any::<bool>()).prop_map(|(n, e)| Op::Drop(n, e)),
+        2 => Just(Op::NewRun),
+        1 => Just(Op::PlanFailed),
     ]
 }
 
@@ -117,11 +127,20 @@ struct Known {
     allocation: Allocation,
     /// For reservations.
     expires_at: Option<OffsetDateTime>,
+    /// The run that last reserved or claimed it, and (reservations) the run that made it.
+    run: u32,
+    first_run: u32,
+    /// For reservations: the kinds the request pinned.
+    pinned: Vec<Kind>,
+    /// When it was reserved (or claimed).
+    reserved_at: OffsetDateTime,
+    /// For reservations taken over: the run that took it.
+    taken_in_run: Option<u32>,
 }
 
 impl Known {
     fn holds(&self, now: OffsetDateTime) -> bool {
-        self.status == Status::Allocated || self.expires_at.is_some_and(|t| t > now)
+        self.status == Status::Allocated || (self.expires_at.is_some_and(|t| t > now) && self.taken_in_run.is_none())
     }
 }
 
@@ -129,6 +148,8 @@ impl Known {
 #[derive(Debug, Default)]
 struct Model {
     names: BTreeMap<&'static str, Known>,
+    /// When each run started.
+    started: BTreeMap<u32, OffsetDateTime>,
     /// The newest planned values per name (what a saved plan would apply).
     planned: BTreeMap<&'static str, Allocation>,
     events: usize,
@@ -156,17 +177,73 @@ fn self_disjoint(a: &Allocation) -> bool {
         .all(|(i, x)| nets[i + 1..].iter().all(|y| !crate::net::overlaps(x, y)))
 }
 
+/// The names whose reservation the registry now marks as taken over while the model had it
+/// live: what a reserve took over. Each must have been takeable by that request; the model
+/// marks them taken (they hold nothing and stay until planned again or dropped).
+fn taken_over(model: &mut Model, doc: &Document, me: &str, wants: &Wants, run: u32, now: OffsetDateTime, step: usize) -> Result<Vec<&'static str>, TestCaseError> {
+    let gone: Vec<&'static str> = model
+        .names
+        .iter()
+        .filter(|(n, k)| **n != me && k.taken_in_run.is_none())
+        .filter(|(n, _)| doc.instances.get(**n).and_then(|e| e.reservation.as_ref()).is_some_and(|r| r.taken.is_some()))
+        .map(|(n, _)| *n)
+        .collect();
+    let pins: Vec<Ipv4Net> = wants.iter().filter_map(|(_, w)| match w { Want::Pinned(c) => Some(c), Want::Auto => None }).collect();
+    for n in &gone {
+        let k = &model.names[n];
+        prop_assert!(k.status == Status::Reserved && k.holds(now), "step {step}: {n} ({k:?}) was taken over, but it was not a live reservation");
+        let stale = k.run != run && k.reserved_at < model.started[&run];
+        let auto_in_the_way = k
+            .allocation
+            .iter()
+            .any(|(kind, c)| !k.pinned.contains(&kind) && pins.iter().any(|p| crate::net::overlaps(p, &c)));
+        prop_assert!(stale || auto_in_the_way, "step {step}: {me} took over {n} ({k:?}), which it had no right to");
+    }
+    for n in &gone {
+        model.names.get_mut(n).expect("known").taken_in_run = Some(run);
+    }
+    model.events += gone.len();
+    Ok(gone)
+}
+
 /// Run one sequence of operations, checking the model after every step.
-fn run(lab: &Lab, ops: &[Op]) -> Result<(), TestCaseError> {
+fn run(lab: &mut Lab, ops: &[Op]) -> Result<(), TestCaseError> {
     let pools = *lab.registry.pools();
     let mut model = Model::default();
+    let mut run_no = 0u32;
+    model.started.insert(0, lab.registry.origin().started);
     for (step, op) in ops.iter().enumerate() {
         let now = lab.registry.now();
         let before = lab.state();
         let mut refused = false;
         match op {
             Op::Advance(secs) => lab.advance(Duration::from_secs(*secs)),
+            Op::NewRun => {
+                run_no += 1;
+                lab.new_run(run_no);
+                model.started.insert(run_no, lab.registry.origin().started);
+                refused = true;
+            }
+            Op::PlanFailed => {
+                let dropped = lab.registry.drop_run_reservations().map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let mut expected: Vec<&str> = model
+                    .names
+                    .iter()
+                    .filter(|(_, k)| k.status == Status::Reserved && k.run == run_no && k.first_run == run_no && k.pinned.is_empty())
+                    .map(|(n, _)| *n)
+                    .collect();
+                let mut got: Vec<&str> = dropped.iter().map(String::as_str).collect();
+                expected.sort();
+                got.sort();
+                prop_assert_eq!(&got, &expected, "step {}: a failed plan dropped", step);
+                for n in expected {
+                    model.names.remove(n);
+                }
+                model.events += got.len();
+                refused = got.is_empty();
+            }
             Op::Reserve(i, pin) => {
+ 'reserve: {
                 let name = NAMES[*i];
                 let mut wants = Wants::auto(false);
                 match pin {
@@ -175,8 +252,37 @@ fn run(lab: &Lab, ops: &[Op]) -> Result<(), TestCaseError> {
                     Some(Pin::ServiceCidr(s)) => wants.service_cidr = Want::Pinned(cluster_candidate(*s)),
                     None => {}
                 }
-                let known = model.names.get(name).cloned();
-                match lab.registry.reserve(name, &wants, "netns", &[]) {
+                let mut known = model.names.get(name).cloned();
+                let result = lab.registry.reserve(name, &wants, "netns", &[]);
+                // A taken-over reservation: the run that took it plans the name afresh; any other
+                // run is told who took it, once.
+                if let Some(taker) = known.as_ref().and_then(|k| k.taken_in_run) {
+                    if taker != run_no {
+                        prop_assert!(matches!(result, Err(RegistryError::ReservationTaken { .. })), "step {step}: {name} was taken over, yet: {result:?}");
+                        model.names.remove(name);
+                        model.events += 1;
+                        break 'reserve;
+                    }
+                    // Replaced by what this reserve makes, or kept when it is refused.
+                    known = None;
+                }
+                let pinned: Vec<Kind> = wants.iter().filter(|(_, w)| matches!(w, Want::Pinned(_))).map(|(k, _)| k).collect();
+                let first_run = known.as_ref().filter(|k| k.status == Status::Reserved && k.holds(now)).map(|k| k.first_run).unwrap_or(run_no);
+                if matches!(result, Ok(Planned::Reserved(_)) | Err(RegistryError::TakenInThisRun { .. })) {
+                    let doc = lab.registry.snapshot().map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    let gone = taken_over(&mut model, &doc, name, &wants, run_no, now, step)?;
+                    if let Err(RegistryError::TakenInThisRun { other, .. }) = &result {
+                        prop_assert!(gone.contains(&other.as_str()), "step {step}: {name} says it took from {other}, which is still there");
+                        prop_assert!(pin.is_some(), "step {step}: only a pinned request takes over in its own run");
+                        let e = &doc.instances[name];
+                        let expires = e.reservation.as_ref().map(|r| r.expires_at);
+                        model.names.insert(name, Known { status: Status::Reserved, allocation: e.allocation, expires_at: expires, run: run_no, first_run, pinned: pinned.clone(), reserved_at: now, taken_in_run: None });
+                        model.planned.insert(name, e.allocation);
+                        model.events += 1;
+                    }
+                }
+                match result {
+                    Err(RegistryError::TakenInThisRun { .. }) => {}
                     Ok(Planned::Reserved(e)) => {
                         prop_assert!(known.as_ref().is_none_or(|k| k.status == Status::Reserved), "step {step}: {name} allocated but reserved again");
                         if let (Some(k), None) = (&known, pin) {
@@ -195,7 +301,7 @@ fn run(lab: &Lab, ops: &[Op]) -> Result<(), TestCaseError> {
                         }
                         let expires = e.reservation.as_ref().map(|r| r.expires_at);
                         prop_assert_eq!(expires, Some(now + TTL));
-                        model.names.insert(name, Known { status: Status::Reserved, allocation: e.allocation, expires_at: expires });
+                        model.names.insert(name, Known { status: Status::Reserved, allocation: e.allocation, expires_at: expires, run: run_no, first_run, pinned, reserved_at: now, taken_in_run: None });
                         model.planned.insert(name, e.allocation);
                         model.events += 1;
                     }
@@ -226,6 +332,7 @@ fn run(lab: &Lab, ops: &[Op]) -> Result<(), TestCaseError> {
                     Err(e) => return Err(TestCaseError::fail(format!("step {step}: reserve {name}: {e}"))),
                 }
             }
+            }
             Op::Claim(i, with) => {
                 let name = NAMES[*i];
                 let values = match with {
@@ -247,18 +354,19 @@ fn run(lab: &Lab, ops: &[Op]) -> Result<(), TestCaseError> {
                 match (&known, result) {
                     (Some(k), Ok(e)) if k.status == Status::Allocated => {
                         prop_assert_eq!(k.allocation, values, "step {}: claim with other values succeeded", step);
+                        prop_assert_eq!(k.run, run_no, "step {}: a claim of another run's instance succeeded", step);
                         prop_assert_eq!(e.allocation, values);
                         refused = true; // a repeated claim writes nothing
                     }
                     (Some(k), Err(RegistryError::AlreadyAllocated { .. })) if k.status == Status::Allocated => {
-                        prop_assert_ne!(k.allocation, values);
+                        prop_assert!(k.allocation != values || k.run != run_no, "step {step}: this run's own repeated claim was refused");
                         refused = true;
                     }
                     (_, Ok(e)) => {
                         prop_assert!(expected_free, "step {step}: claim of taken values {values} succeeded");
                         prop_assert_eq!(e.allocation, values);
                         prop_assert_eq!(e.status, Status::Allocated);
-                        model.names.insert(name, Known { status: Status::Allocated, allocation: values, expires_at: None });
+                        model.names.insert(name, Known { status: Status::Allocated, allocation: values, expires_at: None, run: run_no, first_run: run_no, pinned: vec![], reserved_at: now, taken_in_run: None });
                         model.events += 1;
                     }
                     (_, Err(RegistryError::ClaimConflict { .. })) => {
@@ -364,7 +472,7 @@ fn random_operations_on_the_memory_store_keep_networks_disjoint_and_lose_nothing
     });
     runner
         .run(&prop::collection::vec(op(), 1..50), |ops| {
-            run(&lab_on(Arc::new(MemoryStore::new())), &ops)
+            run(&mut lab_on(Arc::new(MemoryStore::new())), &ops)
         })
         .unwrap();
 }
@@ -379,7 +487,7 @@ fn random_operations_on_the_file_store_keep_networks_disjoint_and_lose_nothing()
     runner
         .run(&prop::collection::vec(op(), 1..30), |ops| {
             let home = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
-            run(&lab_on(Arc::new(FileStore::new(home.path()))), &ops)
+            run(&mut lab_on(Arc::new(FileStore::new(home.path()))), &ops)
         })
         .unwrap();
 }

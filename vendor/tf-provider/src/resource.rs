@@ -102,6 +102,9 @@ pub trait Resource: Send + Sync {
     /// * `diags` - Diagnostics to record warnings and errors that occured during the plan
     /// * `proposed_state` - State proposed by Terraform
     /// * `config_state` - State as declared in the Terraform file
+    /// * `prior_private_state` - homelab patch: the private state `plan_update` planned, when
+    ///   this create is the second half of a replacement (Terraform plans a replacement by
+    ///   calling `plan_update`, then `plan_create` with that private state); null otherwise
     /// * `provider_meta_state` - State of the provider metadata as declared in the Terraform file
     ///
     /// # Remarks
@@ -113,6 +116,7 @@ pub trait Resource: Send + Sync {
         diags: &mut Diagnostics,
         proposed_state: Self::State<'a>,
         config_state: Self::State<'a>,
+        prior_private_state: Self::PrivateState<'a>,
         provider_meta_state: Self::ProviderMetaState<'a>,
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)>;
 
@@ -342,6 +346,7 @@ pub trait DynamicResource: Send + Sync {
     /// * `diags` - Diagnostics to record warnings and errors that occured during the plan
     /// * `proposed_state` - State proposed by Terraform
     /// * `config_state` - State as declared in the Terraform file
+    /// * `prior_private_state` - homelab patch: see [`Resource::plan_create`]
     /// * `provider_meta_state` - State of the provider metadata as declared in the Terraform file
     ///
     /// # Remarks
@@ -353,6 +358,7 @@ pub trait DynamicResource: Send + Sync {
         diags: &mut Diagnostics,
         proposed_state: RawValue,
         config_state: RawValue,
+        prior_private_state: Vec<u8>,
         provider_meta_state: RawValue,
     ) -> Option<(RawValue, Vec<u8>)>;
 
@@ -544,7 +550,9 @@ impl<T: Resource> DynamicResource for T {
             <T as Resource>::read(self, diags, state, private_state, provider_meta_state).await?;
 
         (
-            RawValue::serialize(diags, &state),
+            // homelab patch: the refreshed state in JSON, as Terraform stores it (see
+            // `RawValue::to_known_json`)
+            RawValue::serialize(diags, &state).map(|v| v.to_known_json().unwrap_or(v)),
             RawValue::serialize_vec(diags, &private_state),
         )
             .factor()
@@ -555,11 +563,14 @@ impl<T: Resource> DynamicResource for T {
         diags: &mut Diagnostics,
         proposed_state: RawValue,
         config_state: RawValue,
+        prior_private_state: Vec<u8>,
         provider_meta_state: RawValue,
     ) -> Option<(RawValue, Vec<u8>)> {
-        let (proposed_state, config_state, provider_meta_state) = (
+        let prior_private_state = RawValue::MessagePack(prior_private_state);
+        let (proposed_state, config_state, prior_private_state, provider_meta_state) = (
             proposed_state.deserialize(diags),
             config_state.deserialize(diags),
+            prior_private_state.deserialize(diags),
             provider_meta_state.deserialize(diags),
         )
             .factor()?;
@@ -569,6 +580,7 @@ impl<T: Resource> DynamicResource for T {
             diags,
             proposed_state,
             config_state,
+            prior_private_state,
             provider_meta_state,
         )
         .await?;

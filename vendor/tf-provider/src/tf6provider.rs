@@ -314,6 +314,8 @@ impl tf::provider_server::Provider for Arc<Server> {
                             &mut diags,
                             proposed_state,
                             config_state,
+                            // homelab patch: set when this create is the second half of a replacement
+                            request.prior_private,
                             provider_meta_state.into(),
                         )
                         .await

@@ -1,0 +1,227 @@
+//! Who may take what: the name of another workspace's live reservation is refused; a newer
+//! plan of a workspace takes over what its older plans reserved when it needs the room; a
+//! pinned request takes over networks that another reservation had chosen automatically (and,
+//! when that reservation was made in the same run, fails once so the next plan converges); a
+//! failed plan drops what it reserved except pins; a claim never adopts an instance another
+//! run created.
+
+use super::*;
+
+fn pin_pod(cidr: &str) -> Wants {
+    Wants {
+        pod_cidr: Want::Pinned(n(cidr)),
+        ..Wants::auto(false)
+    }
+}
+
+fn pin_subnet(cidr: &str) -> Wants {
+    Wants {
+        subnet: Want::Pinned(n(cidr)),
+        ..Wants::auto(false)
+    }
+}
+
+fn reserved(p: Planned) -> Entry {
+    match p {
+        Planned::Reserved(e) => e,
+        other => panic!("not a reservation: {other:?}"),
+    }
+}
+
+#[test]
+fn name_reserved_by_another_workspace_is_refused_until_its_reservation_expires() {
+    let lab = Lab::memory();
+    let theirs = lab.other_workspace();
+    reserved(theirs.reserve("acme", &Wants::auto(false), "netns", &[]).unwrap());
+    let before = lab.state();
+    let err = lab.registry.reserve("acme", &Wants::auto(false), "netns", &[]).unwrap_err();
+    assert!(matches!(err, RegistryError::ReservedElsewhere { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("/home/bob/other-lab") && text.contains("reserved by a plan of workspace `default`"), "{text}");
+    assert_eq!(lab.state(), before, "a refused plan writes nothing");
+    // Its apply would be refused too.
+    let err = lab.registry.claim("acme", &lab.registry.get("acme").unwrap().unwrap().allocation, "netns", lab_record(), &[]).unwrap_err();
+    assert!(matches!(err, RegistryError::ReservedElsewhere { .. }), "{err:?}");
+    // Expired, the name is free for anyone; the other workspace's values are not preferred.
+    lab.advance(TTL);
+    let mine = reserved(lab.registry.reserve("acme", &Wants::auto(false), "netns", &[]).unwrap());
+    assert_eq!(mine.owner.as_ref(), Some(&lab.registry.origin().workspace));
+}
+
+#[test]
+fn other_configurations_get_other_values_and_never_take_each_others_reservations() {
+    let lab = Lab::memory();
+    let theirs = lab.other_workspace();
+    let a = reserved(lab.registry.reserve("acme", &Wants::auto(false), "netns", &[]).unwrap());
+    let b = reserved(theirs.reserve("globex", &Wants::auto(false), "netns", &[]).unwrap());
+    assert_ne!(a.allocation.subnet, b.allocation.subnet);
+    // A full pool stays full for the other workspace: it may not take what this one planned.
+    let small = Lab::on(Arc::new(MemoryStore::new()), {
+        let raw = RawSettings { host_pool: Some("192.168.56.0/23".into()), ..Default::default() };
+        validate(&raw).unwrap().pools
+    });
+    small.reserve("acme");
+    small.reserve("globex");
+    let err = small.other_workspace().reserve("initech", &Wants::auto(false), "netns", &[]).unwrap_err();
+    assert!(matches!(err, RegistryError::Alloc { source: AllocError::Exhausted { .. }, .. }), "{err:?}");
+}
+
+#[test]
+fn a_newer_plan_of_the_workspace_takes_over_its_older_reservations_when_it_needs_the_room() {
+    // count = 16 on 8 subnets, never applied, then count = 8 with other names in a new run.
+    let mut lab = Lab::memory();
+    for i in 8..16 {
+        lab.reserve(&format!("k{i}"));
+    }
+    assert!(lab.registry.reserve("k16", &Wants::auto(false), "netns", &[]).is_err());
+    lab.new_run(1);
+    for i in 0..8 {
+        let e = reserved(lab.registry.reserve(&format!("k{i}"), &Wants::auto(false), "netns", &[]).unwrap());
+        assert_eq!(e.run.as_deref(), Some(lab.registry.origin().run.as_str()));
+    }
+    let doc = lab.registry.snapshot().unwrap();
+    let now = lab.registry.now();
+    let holders: Vec<&String> = doc.instances.values().filter(|e| e.holds(now)).map(|e| &e.name).collect();
+    assert_eq!(holders, vec!["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7"]);
+    // The older plan's entries stay, holding nothing, so that its saved plan fails naming the
+    // taker.
+    assert!(doc.instances["k8"].describe_status(now).starts_with("reservation taken over by `k"), "{:?}", doc.instances["k8"]);
+    assert!(overlaps_among_holders(&doc, now).is_empty());
+    let taken = lab.actions().iter().filter(|a| a.starts_with("instance.reservation_taken")).count();
+    assert_eq!(taken, 8, "{:?}", lab.actions());
+    // Within one run, nothing of its own is taken over: the ninth name still fails.
+    assert!(matches!(
+        lab.registry.reserve("k8", &Wants::auto(false), "netns", &[]).unwrap_err(),
+        RegistryError::Alloc { source: AllocError::Exhausted { .. }, .. }
+    ));
+}
+
+#[test]
+fn a_pinned_request_takes_over_what_an_older_plan_chose_automatically() {
+    let mut lab = Lab::memory();
+    let acme = lab.reserve("acme");
+    assert_eq!(acme.allocation.service_cidr, n("10.96.0.0/16"));
+    lab.new_run(1);
+    let theirs = lab.other_workspace();
+    // Even another workspace's pin wins over an automatic value: the automatic one can go
+    // anywhere, the pinned one cannot. A saved plan of acme would fail naming globex.
+    let g = reserved(theirs.reserve("globex", &pin_pod("10.96.0.0/16"), "netns", &[]).unwrap());
+    assert_eq!(g.allocation.pod_cidr, n("10.96.0.0/16"));
+    let tomb = lab.registry.get("acme").unwrap().unwrap();
+    assert!(!tomb.holds(lab.registry.now()));
+    assert!(lab.actions().contains(&"instance.reservation_taken acme".to_string()), "{:?}", lab.actions());
+    // acme's saved plan: the apply refuses its values, naming the taker ...
+    let err = lab.registry.claim("acme", &acme.allocation, "netns", lab_record(), &[]).unwrap_err();
+    assert!(err.to_string().contains("globex"), "{err}");
+    // ... and so does its re-plan at apply (Terraform plans again before it applies), once.
+    let err = lab.registry.reserve("acme", &Wants::auto(false), "netns", &[]).unwrap_err();
+    assert!(matches!(err, RegistryError::ReservationTaken { .. }), "{err:?}");
+    assert!(err.to_string().contains("taken over by instance `globex`") && err.to_string().contains("pinned value"), "{err}");
+    // acme's next plan gets free values (globex's own service CIDR took 10.97.0.0/16).
+    let again = lab.reserve("acme");
+    assert_eq!(again.allocation.service_cidr, n("10.98.0.0/16"));
+    assert!(overlaps_among_holders(&lab.registry.snapshot().unwrap(), lab.registry.now()).is_empty());
+}
+
+#[test]
+fn pins_never_take_over_pinned_reservations_or_allocations() {
+    let lab = Lab::memory();
+    lab.registry.reserve("acme", &pin_subnet("192.168.60.0/24"), "netns", &[]).unwrap();
+    let err = lab.other_workspace().reserve("globex", &pin_subnet("192.168.60.0/24"), "netns", &[]).unwrap_err();
+    assert!(matches!(err, RegistryError::Alloc { source: AllocError::Conflict { .. }, .. }), "{err:?}");
+    lab.create("initech");
+    let service = lab.registry.get("initech").unwrap().unwrap().allocation.service_cidr;
+    let err = lab.other_workspace().reserve("hooli", &Wants { pod_cidr: Want::Pinned(service), ..Wants::auto(false) }, "netns", &[]).unwrap_err();
+    assert!(err.to_string().contains("initech") && err.to_string().contains("allocated"), "{err}");
+}
+
+#[test]
+fn a_pin_taking_what_its_own_plan_gave_another_instance_fails_once_then_the_next_plan_converges() {
+    // Terraform planned the automatic instance first, in this same run: its plan already shows
+    // 10.96.0.0/16 as its service CIDR.
+    let lab = Lab::memory();
+    let auto = lab.reserve("acme");
+    assert_eq!(auto.allocation.service_cidr, n("10.96.0.0/16"));
+    let err = lab.registry.reserve("globex", &pin_pod("10.96.0.0/16"), "netns", &[]).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, RegistryError::TakenInThisRun { .. }), "{err:?}");
+    assert!(text.contains("acme") && text.contains("run `terraform plan`"), "{text}");
+    // The plan failed: what it reserved automatically goes, the pin stays.
+    lab.registry.drop_run_reservations().unwrap();
+    let doc = lab.registry.snapshot().unwrap();
+    assert_eq!(doc.instances.keys().collect::<Vec<_>>(), vec!["globex"]);
+    // The next plan, in either order, gives both their values.
+    for order in [["acme", "globex"], ["globex", "acme"]] {
+        let mut lab2 = Lab::on(lab.store.clone(), default_pools());
+        lab2.new_run(if order[0] == "acme" { 7 } else { 8 });
+        for name in order {
+            let wants = if name == "globex" { pin_pod("10.96.0.0/16") } else { Wants::auto(false) };
+            let e = reserved(lab2.registry.reserve(name, &wants, "netns", &[]).unwrap());
+            if name == "acme" {
+                assert_ne!(e.allocation.service_cidr, n("10.96.0.0/16"));
+            }
+        }
+        assert!(overlaps_among_holders(&lab2.registry.snapshot().unwrap(), lab2.registry.now()).is_empty());
+    }
+}
+
+#[test]
+fn a_failed_plan_drops_the_reservations_it_made_and_keeps_pins_and_renewals() {
+    let mut lab = Lab::memory();
+    lab.reserve("kept");
+    lab.new_run(1);
+    lab.reserve("kept"); // renewed by run 1, made by run 0
+    lab.reserve("fresh");
+    lab.registry.reserve("pinned", &pin_subnet("192.168.60.0/24"), "netns", &[]).unwrap();
+    lab.create("built");
+    let mut dropped = lab.registry.drop_run_reservations().unwrap();
+    dropped.sort();
+    assert_eq!(dropped, vec!["fresh"]);
+    let doc = lab.registry.snapshot().unwrap();
+    assert_eq!(doc.instances.keys().collect::<Vec<_>>(), vec!["built", "kept", "pinned"]);
+    assert_eq!(lab.actions().last().unwrap(), "instance.reservation_drop fresh");
+}
+
+#[test]
+fn a_claim_never_adopts_an_instance_another_run_created() {
+    let mut lab = Lab::memory();
+    let acme = lab.create("acme");
+    // The same run repeating its claim gets it (a retried call) ...
+    lab.registry.claim("acme", &acme.allocation, "netns", lab_record(), &[]).unwrap();
+    // ... another run (a second resource with the same name, applied with -target) does not.
+    lab.new_run(1);
+    let err = lab.registry.claim("acme", &acme.allocation, "netns", lab_record(), &[]).unwrap_err();
+    assert!(matches!(err, RegistryError::AlreadyAllocated { .. }), "{err:?}");
+    assert!(err.to_string().contains("/home/alice/lab"), "{err}");
+}
+
+#[test]
+fn import_adopts_the_instance_into_the_importing_workspace_with_an_event() {
+    let lab = Lab::memory();
+    lab.create("acme");
+    let theirs = lab.other_workspace();
+    let e = theirs.adopt("acme").unwrap().unwrap();
+    assert_eq!(e.owner.as_ref(), Some(&theirs.origin().workspace));
+    assert_eq!(lab.actions().last().unwrap(), "instance.import acme");
+    // Adopting again changes nothing.
+    let before = lab.state();
+    theirs.adopt("acme").unwrap();
+    assert_eq!(lab.state(), before);
+    assert!(theirs.adopt("ghost").unwrap().is_none());
+}
+
+#[test]
+fn federation_declarations_are_kept_while_the_federation_lives() {
+    let lab = Lab::memory();
+    lab.create("acme");
+    lab.create("globex");
+    lab.registry.federate("globex", "acme", fed_record(), serde_json::json!({})).unwrap();
+    assert_eq!(lab.registry.snapshot().unwrap().federations["acme+globex"], fed_record());
+    lab.registry
+        .update_federation("acme", "globex", Some("INC-2".into()), vec!["apps".into()], serde_json::json!({}))
+        .unwrap();
+    let r = &lab.registry.snapshot().unwrap().federations["acme+globex"];
+    assert_eq!((r.reason.as_deref(), r.namespaces.clone(), r.created_at), (Some("INC-2"), vec!["apps".to_string()], T0));
+    lab.registry.unfederate("acme", "globex", serde_json::json!({})).unwrap();
+    assert!(lab.registry.snapshot().unwrap().federations.is_empty());
+}
