@@ -70,3 +70,26 @@ fn nesting_deeper_than_any_terraform_value_is_refused_not_a_stack_overflow() {
     bytes.push(0xc0);
     assert!(RawValue::MessagePack(bytes).to_known_json().is_none());
 }
+
+#[tokio::test]
+async fn a_panicking_call_becomes_an_internal_error_naming_the_call_and_the_panic() {
+    let ok: Result<u32, tonic::Status> = tf_provider::guard("read_resource", async { Ok(7) }).await;
+    assert_eq!(ok.unwrap(), 7);
+    let err = tf_provider::guard("plan_resource_change", async {
+        let v: Vec<u32> = Vec::new();
+        let i = v.len() + 3;
+        Ok::<u32, tonic::Status>(v[i])
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Internal);
+    assert!(err.message().contains("plan_resource_change") && err.message().contains("index out of bounds"), "{}", err.message());
+    let err = tf_provider::guard("apply_resource_change", async {
+        std::panic::panic_any(format!("boom {}", 42));
+        #[allow(unreachable_code)]
+        Ok::<(), tonic::Status>(())
+    })
+    .await
+    .unwrap_err();
+    assert!(err.message().contains("boom 42"), "{}", err.message());
+}

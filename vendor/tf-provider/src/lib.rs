@@ -47,6 +47,7 @@ pub use diagnostics::{Diagnostic, Diagnostics};
 pub use function::{DynamicFunction, Function};
 pub use provider::{DynamicProvider, Provider};
 pub use raw::RawValue; // homelab patch: exported so that the patches can be tested from outside
+pub use utils::guard; // homelab patch: likewise
 pub use resource::{DynamicResource, Resource};
 pub use server::{serve, serve_dynamic, stop_token};
 

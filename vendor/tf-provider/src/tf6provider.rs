@@ -24,7 +24,7 @@ use crate::diagnostics::Diagnostics;
 use crate::raw::RawValue;
 use crate::server::Server;
 use crate::tfplugin6 as tf;
-use crate::utils::{CollectDiagnostics, OptionExpand};
+use crate::utils::{guard, CollectDiagnostics, OptionExpand};
 
 #[tonic::async_trait]
 impl tf::provider_server::Provider for Arc<Server> {
@@ -32,6 +32,8 @@ impl tf::provider_server::Provider for Arc<Server> {
         &self,
         _request: tonic::Request<tf::get_metadata::Request>,
     ) -> std::result::Result<tonic::Response<tf::get_metadata::Response>, tonic::Status> {
+        // homelab patch: a panic becomes an error Terraform shows, not "Request cancelled"
+        guard("get_metadata", async move {
         let resources = self
             .resources
             .keys()
@@ -62,11 +64,15 @@ impl tf::provider_server::Provider for Arc<Server> {
             resources,
             functions,
         }))
+            })
+        .await
     }
     async fn get_provider_schema(
         &self,
         _request: tonic::Request<tf::get_provider_schema::Request>,
     ) -> Result<tonic::Response<tf::get_provider_schema::Response>, tonic::Status> {
+        // homelab patch: a panic becomes an error Terraform shows, not "Request cancelled"
+        guard("get_provider_schema", async move {
         let schema = self.schema.as_ref().map(Into::into);
         let meta_schema = self.meta_schema.as_ref().map(Into::into);
         let resources = self
@@ -98,11 +104,15 @@ impl tf::provider_server::Provider for Arc<Server> {
             }),
             functions,
         }))
+            })
+        .await
     }
     async fn validate_provider_config(
         &self,
         request: tonic::Request<tf::validate_provider_config::Request>,
     ) -> Result<tonic::Response<tf::validate_provider_config::Response>, tonic::Status> {
+        // homelab patch: a panic becomes an error Terraform shows, not "Request cancelled"
+        guard("validate_provider_config", async move {
         let request = request.into_inner();
         let mut diags = Diagnostics::default();
 
@@ -118,11 +128,15 @@ impl tf::provider_server::Provider for Arc<Server> {
                 diagnostics: diags.into(),
             },
         ))
+            })
+        .await
     }
     async fn validate_resource_config(
         &self,
         request: tonic::Request<tf::validate_resource_config::Request>,
     ) -> Result<tonic::Response<tf::validate_resource_config::Response>, tonic::Status> {
+        // homelab patch: a panic becomes an error Terraform shows, not "Request cancelled"
+        guard("validate_resource_config", async move {
         let request = request.into_inner();
         let mut diags = Diagnostics::default();
 
@@ -141,11 +155,15 @@ impl tf::provider_server::Provider for Arc<Server> {
                 diagnostics: diags.into(),
             },
         ))
+            })
+        .await
     }
     async fn validate_data_resource_config(
         &self,
         request: tonic::Request<tf::validate_data_resource_config::Request>,
     ) -> Result<tonic::Response<tf::validate_data_resource_config::Response>, tonic::Status> {
+        // homelab patch: a panic becomes an error Terraform shows, not "Request cancelled"
+        guard("validate_data_resource_config", async move {
         let request = request.into_inner();
         let mut diags = Diagnostics::default();
 
@@ -164,11 +182,15 @@ impl tf::provider_server::Provider for Arc<Server> {
                 diagnostics: diags.into(),
             },
         ))
+            })
+        .await
     }
     async fn upgrade_resource_state(
         &self,
         request: tonic::Request<tf::upgrade_resource_state::Request>,
     ) -> Result<tonic::Response<tf::upgrade_resource_state::Response>, tonic::Status> {
+        // homelab patch: a panic becomes an error Terraform shows, not "Request cancelled"
+        guard("upgrade_resource_state", async move {
         let request = request.into_inner();
         let mut diags = Diagnostics::default();
 
@@ -195,12 +217,16 @@ impl tf::provider_server::Provider for Arc<Server> {
             diagnostics: diags.into(),
             upgraded_state: upgraded_state.map(Into::into),
         }))
+            })
+        .await
     }
     /// ////// One-time initialization, called before other functions below
     async fn configure_provider(
         &self,
         request: tonic::Request<tf::configure_provider::Request>,
     ) -> Result<tonic::Response<tf::configure_provider::Response>, tonic::Status> {
+        // homelab patch: a panic becomes an error Terraform shows, not "Request cancelled"
+        guard("configure_provider", async move {
         let request = request.into_inner();
         let mut diags = Diagnostics::default();
 
@@ -218,12 +244,16 @@ impl tf::provider_server::Provider for Arc<Server> {
         Ok(tonic::Response::new(tf::configure_provider::Response {
             diagnostics: diags.into(),
         }))
+            })
+        .await
     }
     /// ////// Managed Resource Lifecycle
     async fn read_resource(
         &self,
         request: tonic::Request<tf::read_resource::Request>,
     ) -> Result<tonic::Response<tf::read_resource::Response>, tonic::Status> {
+        // homelab patch: a panic becomes an error Terraform shows, not "Request cancelled"
+        guard("read_resource", async move {
         let request = request.into_inner();
         let mut diags = Diagnostics::default();
 
@@ -251,11 +281,15 @@ impl tf::provider_server::Provider for Arc<Server> {
             diagnostics: diags.into(),
             private: private_state.unwrap_or_default(),
         }))
+            })
+        .await
     }
     async fn plan_resource_change(
         &self,
         request: tonic::Request<tf::plan_resource_change::Request>,
     ) -> Result<tonic::Response<tf::plan_resource_change::Response>, tonic::Status> {
+        // homelab patch: a panic becomes an error Terraform shows, not "Request cancelled"
+        guard("plan_resource_change", async move {
         let request = request.into_inner();
         let mut diags = Diagnostics::default();
 
@@ -350,11 +384,15 @@ impl tf::provider_server::Provider for Arc<Server> {
             diagnostics: diags.into(),
             legacy_type_system: false,
         }))
+            })
+        .await
     }
     async fn apply_resource_change(
         &self,
         request: tonic::Request<tf::apply_resource_change::Request>,
     ) -> Result<tonic::Response<tf::apply_resource_change::Response>, tonic::Status> {
+        // homelab patch: a panic becomes an error Terraform shows, not "Request cancelled"
+        guard("apply_resource_change", async move {
         let request = request.into_inner();
         let mut diags = Diagnostics::default();
 
@@ -431,11 +469,15 @@ impl tf::provider_server::Provider for Arc<Server> {
             diagnostics: diags.into(),
             legacy_type_system: false,
         }))
+            })
+        .await
     }
     async fn import_resource_state(
         &self,
         request: tonic::Request<tf::import_resource_state::Request>,
     ) -> Result<tonic::Response<tf::import_resource_state::Response>, tonic::Status> {
+        // homelab patch: a panic becomes an error Terraform shows, not "Request cancelled"
+        guard("import_resource_state", async move {
         let request = request.into_inner();
         let mut diags = Diagnostics::default();
 
@@ -457,6 +499,8 @@ impl tf::provider_server::Provider for Arc<Server> {
             imported_resources: imported.into_iter().collect(),
             diagnostics: diags.into(),
         }))
+            })
+        .await
     }
 
     async fn move_resource_state(
@@ -464,6 +508,8 @@ impl tf::provider_server::Provider for Arc<Server> {
         _request: tonic::Request<tf::move_resource_state::Request>,
     ) -> std::result::Result<tonic::Response<tf::move_resource_state::Response>, tonic::Status>
     {
+        // homelab patch: a panic becomes an error Terraform shows, not "Request cancelled"
+        guard("move_resource_state", async move {
         let mut diags = Diagnostics::default();
         diags.root_error_short("MoveResourceState is not implemented");
         Ok(tonic::Response::new(tf::move_resource_state::Response {
@@ -471,11 +517,15 @@ impl tf::provider_server::Provider for Arc<Server> {
             target_private: vec![],
             target_state: None,
         }))
+            })
+        .await
     }
     async fn read_data_source(
         &self,
         request: tonic::Request<tf::read_data_source::Request>,
     ) -> Result<tonic::Response<tf::read_data_source::Response>, tonic::Status> {
+        // homelab patch: a panic becomes an error Terraform shows, not "Request cancelled"
+        guard("read_data_source", async move {
         let request = request.into_inner();
         let mut diags = Diagnostics::default();
 
@@ -496,11 +546,15 @@ impl tf::provider_server::Provider for Arc<Server> {
             state: state.map(Into::into),
             diagnostics: diags.into(),
         }))
+            })
+        .await
     }
     async fn get_functions(
         &self,
         _request: tonic::Request<tf::get_functions::Request>,
     ) -> std::result::Result<tonic::Response<tf::get_functions::Response>, tonic::Status> {
+        // homelab patch: a panic becomes an error Terraform shows, not "Request cancelled"
+        guard("get_functions", async move {
         let functions = self
             .functions
             .iter()
@@ -510,11 +564,15 @@ impl tf::provider_server::Provider for Arc<Server> {
             diagnostics: self.init_diags.clone().into(),
             functions,
         }))
+            })
+        .await
     }
     async fn call_function(
         &self,
         request: tonic::Request<tf::call_function::Request>,
     ) -> std::result::Result<tonic::Response<tf::call_function::Response>, tonic::Status> {
+        // homelab patch: a panic becomes an error Terraform shows, not "Request cancelled"
+        guard("call_function", async move {
         let request = request.into_inner();
         let mut diags = Diagnostics::default();
 
@@ -603,12 +661,16 @@ impl tf::provider_server::Provider for Arc<Server> {
             error,
             result: result.map(Into::into),
         }))
+            })
+        .await
     }
     /// ////// Graceful Shutdown
     async fn stop_provider(
         &self,
         _request: tonic::Request<tf::stop_provider::Request>,
     ) -> Result<tonic::Response<tf::stop_provider::Response>, tonic::Status> {
+        // homelab patch: a panic becomes an error Terraform shows, not "Request cancelled"
+        guard("stop_provider", async move {
         // homelab patch: StopProvider asks in-flight operations to halt (as Go providers do);
         // it no longer shuts the gRPC server down. Terraform still needs the server to receive
         // the results of the operations it interrupted; it ends the plugin with
@@ -618,5 +680,7 @@ impl tf::provider_server::Provider for Arc<Server> {
         Ok(tonic::Response::new(tf::stop_provider::Response {
             error: "".to_string(),
         }))
+            })
+        .await
     }
 }

@@ -144,3 +144,27 @@ impl_all!(A B C D E F G H I);
 impl_all!(A B C D E F G H I J);
 impl_all!(A B C D E F G H I J K);
 impl_all!(A B C D E F G H I J K L);
+
+/// homelab patch: run one RPC, turning a panic into an `Internal` status that names the call and
+/// the panic's message. Without it a panicking handler resets its stream, and Terraform reports
+/// only "Request cancelled", with nothing to act on; the provider itself keeps serving.
+pub async fn guard<T>(
+    what: &'static str,
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(call).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".into());
+            tracing::error!(call = what, panic = %message, "the provider panicked");
+            Err(tonic::Status::internal(format!(
+                "the provider hit an internal error in {what} (it panicked: {message}). This is a bug in the provider: please report it with the configuration and command that caused it"
+            )))
+        }
+    }
+}
