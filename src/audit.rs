@@ -215,18 +215,26 @@ pub fn read_all(path: &Path) -> Result<Vec<Event>, AuditError> {
 
 fn for_each_line(
     path: &Path,
+    f: impl FnMut(usize, &[u8]) -> Result<(), AuditError>,
+) -> Result<(), AuditError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(AuditError::Io { path: path.into(), source }),
+    };
+    lines_of(BufReader::new(file), path, f)
+}
+
+/// Call `f` with each line of `reader` (numbered from 1, without its newline).
+fn lines_of(
+    mut reader: impl BufRead,
+    path: &Path,
     mut f: impl FnMut(usize, &[u8]) -> Result<(), AuditError>,
 ) -> Result<(), AuditError> {
     let io = |source| AuditError::Io {
         path: path.into(),
         source,
     };
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io(e)),
-    };
-    let mut reader = BufReader::new(file);
     let mut buf = Vec::new();
     let mut n = 0;
     loop {
@@ -247,11 +255,20 @@ fn for_each_line(
 /// When `expected_head` is given (the registry's record of the newest line), the log must end
 /// exactly there, which also catches an edit of the last line.
 pub fn verify(path: &Path, expected_head: Option<&Head>) -> Result<Verified, AuditError> {
+    match File::open(path) {
+        Ok(f) => verify_from(BufReader::new(f), path, expected_head),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => verify_from(&[][..], path, expected_head),
+        Err(source) => Err(AuditError::Io { path: path.into(), source }),
+    }
+}
+
+/// [`verify`] of a log read from `reader` (`path` names it in errors).
+pub fn verify_from(reader: impl BufRead, path: &Path, expected_head: Option<&Head>) -> Result<Verified, AuditError> {
     let mut head = Head {
         seq: 0,
         hash: GENESIS.into(),
     };
-    for_each_line(path, |n, raw| {
+    lines_of(reader, path, |n, raw| {
         let ev: Event = serde_json::from_slice(raw).map_err(|e| AuditError::Malformed {
             path: path.into(),
             line: n,

@@ -56,6 +56,35 @@ fn check_canonical(name: &str, a: &Allocation) -> Result<(), String> {
     Ok(())
 }
 
+/// The document in `bytes` (the content of `path`), checked as every reader checks it: JSON of
+/// this build's format version, entries filed under their own valid names, canonical CIDRs.
+pub fn parse_document(bytes: &[u8], path: &Path) -> Result<Document, RegistryError> {
+    // One parse in the common case; the version is looked at first only when the document
+    // does not fit this build's format, so that a newer format is reported as such.
+    let doc: Document = match serde_json::from_slice(bytes) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let raw: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| RegistryError::Corrupt {
+                path: path.into(),
+                why: e.to_string(),
+            })?;
+            check_version(&raw, path)?;
+            return Err(RegistryError::Corrupt {
+                path: path.into(),
+                why: e.to_string(),
+            });
+        }
+    };
+    if doc.version != FORMAT_VERSION {
+        return Err(RegistryError::UnknownVersion {
+            path: path.into(),
+            found: doc.version.to_string(),
+        });
+    }
+    check_document(&doc).map_err(|why| RegistryError::Corrupt { path: path.into(), why })?;
+    Ok(doc)
+}
+
 /// The registry as files in a folder.
 #[derive(Debug, Clone)]
 pub struct FileStore {
@@ -188,30 +217,7 @@ impl FileStore {
         if let Some(doc) = self.parsed.get(&bytes, for_change) {
             return Ok(Some(doc));
         }
-        // One parse in the common case; the version is looked at first only when the document
-        // does not fit this build's format, so that a newer format is reported as such.
-        let doc: Document = match serde_json::from_slice(&bytes) {
-            Ok(doc) => doc,
-            Err(e) => {
-                let raw: serde_json::Value =
-                    serde_json::from_slice(&bytes).map_err(|_| RegistryError::Corrupt {
-                        path: path.clone(),
-                        why: e.to_string(),
-                    })?;
-                check_version(&raw, &path)?;
-                return Err(RegistryError::Corrupt {
-                    path,
-                    why: e.to_string(),
-                });
-            }
-        };
-        if doc.version != FORMAT_VERSION {
-            return Err(RegistryError::UnknownVersion {
-                path,
-                found: doc.version.to_string(),
-            });
-        }
-        check_document(&doc).map_err(|why| RegistryError::Corrupt { path, why })?;
+        let doc = parse_document(&bytes, &path)?;
         if !for_change {
             self.parsed.put(bytes, doc.clone());
         }
