@@ -1,6 +1,7 @@
 //! The provider binary's own subcommands, for people rather than Terraform:
 //!
-//! - `reservations list [--home DIR]`: plan-time reservations, live and expired.
+//! - `reservations list [--home DIR]`: plan-time reservations, live, expired and taken over,
+//!   with who made them in which workspace.
 //! - `reservations drop [--home DIR] [--expired] (--all | NAME...)`: drop them before they
 //!   expire (recorded in the audit log).
 //! - `events verify [--home DIR]`: verify the event log's hash chain against the registry.
@@ -23,7 +24,7 @@ terraform-provider-homelab: a Terraform/OpenTofu provider (run by Terraform, not
 
 Subcommands for people:
   reservations list [--home DIR]
-      List plan-time reservations (live and expired).
+      List plan-time reservations (live, expired, or taken over) and their workspaces.
   reservations drop [--home DIR] [--expired] (--all | NAME...)
       Drop reservations before they expire (e.g. left by a plan that was never applied).
   events verify [--home DIR]
@@ -129,15 +130,28 @@ pub fn run(args: &[String], out: &mut dyn Write) -> Result<(), CliError> {
                     w(out, format!("{:<20} {:<9} {:<18} {:<16} {:<16} {:<26} BY", "NAME", "STATE", "SUBNET", "POD_CIDR", "SERVICE_CIDR", "EXPIRES"))?;
                     for e in list {
                         let r = e.reservation.as_ref();
+                        let taken = r.and_then(|r| r.taken.as_ref());
+                        let state = match (taken, e.holds(now)) {
+                            (Some(_), _) => "taken",
+                            (None, true) => "live",
+                            (None, false) => "expired",
+                        };
+                        let mut by = r.map(|r| r.by.to_string()).unwrap_or_default();
+                        if let Some(ws) = &e.owner {
+                            by.push_str(&format!(", {ws}"));
+                        }
+                        if let Some(t) = taken {
+                            by.push_str(&format!("; taken over by `{}` at {} ({})", t.by, rfc3339(t.at), t.why));
+                        }
                         w(out, format!(
                             "{:<20} {:<9} {:<18} {:<16} {:<16} {:<26} {}",
                             e.name,
-                            if e.holds(now) { "live" } else { "expired" },
+                            state,
                             e.allocation.subnet.to_string(),
                             e.allocation.pod_cidr.to_string(),
                             e.allocation.service_cidr.to_string(),
                             r.map(|r| rfc3339(r.expires_at)).unwrap_or_default(),
-                            r.map(|r| r.by.to_string()).unwrap_or_default(),
+                            by,
                         ))?;
                     }
                     Ok(())

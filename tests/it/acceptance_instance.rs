@@ -232,6 +232,8 @@ fn pinned_value_in_another_folder_takes_over_a_live_automatic_reservation(tf: Tf
     a.tf(&["plan", "-out=acme.plan"]).ok();
     let b = lab.workdir(&instance("globex", "  workers = 0\n  subnet = \"192.168.56.0/24\"\n"));
     b.tf(&["plan"]).ok();
+    let (ok, out) = provider_cli(&["reservations", "list", "--home", &lab.home.path().display().to_string()]);
+    assert!(ok && out.contains("taken") && out.contains("taken over by `globex`"), "{out}");
     let r = a.tf(&["apply", "acme.plan"]).failed();
     assert!(r.all().contains("globex") && r.all().contains("192.168.56.0/24"), "{}", r.all());
     assert!(namespaces_of(&lab.host.name).is_empty());
