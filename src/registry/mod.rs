@@ -969,6 +969,22 @@ fn yields(e: &Entry, kind: Kind, cidr: &Ipv4Net, origin: &Origin, pins: &[Ipv4Ne
     stale_own || auto_in_the_way
 }
 
+/// Remove the reservations `chosen` from the document: one `instance.reservation_drop` event
+/// each, saying `why` when it was not a person's choice.
+fn drop_entries(doc: &mut Document, chosen: &[Entry], why: Option<&str>) -> Vec<Draft> {
+    chosen
+        .iter()
+        .map(|e| {
+            doc.instances.remove(&e.name);
+            let mut details = json!({"allocation": e.allocation.details(), "reservation": e.reservation});
+            if let Some(why) = why {
+                details["why"] = json!(why);
+            }
+            Draft::new("instance.reservation_drop", &e.name, details)
+        })
+        .collect()
+}
+
 fn names_pair(a: &str, b: &str) -> (String, String) {
     if a <= b {
         (a.to_string(), b.to_string())
@@ -1372,15 +1388,7 @@ impl Registry {
                 })
                 .cloned()
                 .collect();
-            let mut drafts = Vec::new();
-            for e in &chosen {
-                doc.instances.remove(&e.name);
-                drafts.push(Draft::new(
-                    "instance.reservation_drop",
-                    &e.name,
-                    json!({"allocation": e.allocation.details(), "why": "the plan that made it failed"}),
-                ));
-            }
+            let drafts = drop_entries(doc, &chosen, Some("the plan that made it failed"));
             Ok((chosen.into_iter().map(|e| e.name).collect(), drafts))
         })
     }
@@ -1571,15 +1579,7 @@ impl Registry {
                 .filter(|e| !expired_only || !e.holds(now))
                 .cloned()
                 .collect();
-            let mut drafts = Vec::new();
-            for e in &chosen {
-                doc.instances.remove(&e.name);
-                drafts.push(Draft::new(
-                    "instance.reservation_drop",
-                    &e.name,
-                    json!({"allocation": e.allocation.details(), "reservation": e.reservation}),
-                ));
-            }
+            let drafts = drop_entries(doc, &chosen, None);
             Ok((chosen, drafts))
         })
     }
@@ -1680,12 +1680,14 @@ impl Registry {
             e.status = Status::Reserved;
             let expires_at = now + ttl;
             // Its values were the configuration's choice or not: unknown here, so they are
-            // kept as if pinned (no other request takes them over before the re-create).
+            // kept as if pinned (no other request takes them over before the re-create). It
+            // was made by the run that created the lab, not this one: a failed plan of this
+            // run does not drop it.
             e.reservation = Some(Reservation {
                 reserved_at: now,
                 by: actor.clone(),
                 expires_at,
-                first_run: Some(run.clone()),
+                first_run: e.run.clone(),
                 pinned: Kind::ALL.to_vec(),
                 taken: None,
             });
