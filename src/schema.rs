@@ -66,6 +66,12 @@ pub fn computed(ty: AttributeType, description: &str) -> Attribute {
     attr(ty, AttributeConstraint::Computed, description)
 }
 
+/// The same attribute, marked deprecated (Terraform warns where a configuration uses it).
+pub fn deprecated(mut a: Attribute) -> Attribute {
+    a.deprecated = true;
+    a
+}
+
 /// The same attribute, marked sensitive.
 pub fn sensitive(mut a: Attribute) -> Attribute {
     a.sensitive = true;

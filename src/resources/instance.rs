@@ -26,7 +26,7 @@ use crate::resources::names::Clash;
 use crate::resources::{known, val};
 use crate::schema::{
     attributes, boolean, computed, number, object, optional, optional_computed, required,
-    sensitive, string, string_list, Number,
+    deprecated, sensitive, string, string_list, Number,
 };
 use crate::settings;
 
@@ -79,7 +79,7 @@ pub struct InstanceState {
     pub gateway: Value<String>,
     /// Nodes.
     pub nodes: Value<Vec<NodeState>>,
-    /// Federation peers.
+    /// Deprecated, always null (see the schema).
     pub federated_with: Value<Vec<String>>,
     /// Allocation time.
     pub created_at: Value<String>,
@@ -182,7 +182,7 @@ impl InstanceResource {
             ("mgmt_cidr", computed(string(), "The instance's own isolated management network (Vagrant on libvirt only; null otherwise).")),
             ("gateway", computed(string(), "The host's address on the subnet (.1).")),
             ("nodes", computed(AttributeTypeList::of(node), "Nodes: `name` (`<name>-cp-1`…, `<name>-worker-1`…), `role` (`control-plane` or `worker`) and `ip`.")),
-            ("federated_with", computed(string_list(), "Instances this one is federated with (see `homelab_federation`).")),
+            ("federated_with", deprecated(computed(string_list(), "Deprecated and always null. It listed the instances this one is federated with, but another resource (`homelab_federation`) changed it, so every refresh after a federation change reported drift (`plan -refresh-only -detailed-exitcode` exiting 2). Read the federations of an instance from the data source `homelab_cidr_allocation` (`federated_with`), or from the `homelab_federation` resources."))),
             ("created_at", computed(string(), "When the instance was allocated (RFC 3339).")),
             ("state", computed(string(), "What the backend reports: `running` when every node is up and wired as planned; otherwise what is wrong (a plan then shows the repair).")),
             ("box", optional_computed(string(), "Vagrant only: box name. Default `bento/ubuntu-24.04`. Changing it replaces the instance.")),
@@ -616,7 +616,7 @@ impl InstanceResource {
                 *v = Value::Unknown;
             }
             planned.nodes = Value::Unknown;
-            planned.federated_with = Value::Unknown;
+            planned.federated_with = Value::Null;
             return Some((planned, Value::Null));
         }
         // Values unknown at validation (variables, other resources) are known now.
@@ -722,7 +722,7 @@ impl InstanceResource {
         planned.timeouts = config_state.timeouts.clone();
         planned.created_at = Value::Unknown;
         planned.state = Value::Unknown;
-        planned.federated_with = val(vec![]);
+        planned.federated_with = Value::Null;
         planned.kubeconfig = match &d.vagrant {
             Some(v) if v.provision => Value::Unknown,
             _ => Value::Null,
@@ -831,7 +831,7 @@ impl InstanceResource {
             _ => {}
         }
         planned.timeouts = config_state.timeouts.clone();
-        planned.federated_with = prior_state.federated_with.clone();
+        planned.federated_with = Value::Null;
         planned.created_at = prior_state.created_at.clone();
         planned.kubeconfig = prior_state.kubeconfig.clone();
         // A lab that read found damaged or halted is planned back to running: that is the repair.
@@ -972,7 +972,7 @@ impl Resource for InstanceResource {
         fill(&mut new, &ctx, &d, &entry.allocation);
         new.timeouts = state.timeouts.clone();
         new.created_at = val(crate::registry::rfc3339(entry.created_at));
-        new.federated_with = val(entry.federated.clone());
+        new.federated_with = Value::Null;
         new.state = val(describe(&status));
         new.kubeconfig = kubeconfig_value(&new);
         Some((new, private_state))
@@ -1078,7 +1078,7 @@ impl Resource for InstanceResource {
         let spec = lab_spec(&d, &allocation)?;
         let mut state = planned_state;
         state.created_at = val(crate::registry::rfc3339(entry.created_at));
-        state.federated_with = val(entry.federated.clone());
+        state.federated_with = Value::Null;
         let _ = planned_private_state;
         let mut private = InstancePrivate::default();
         match backend.converge(&spec, &op_control(&state, d.kind, "create")).await {
@@ -1259,7 +1259,7 @@ impl Resource for InstanceResource {
         let d = desired(&ctx, diags, &state)?;
         fill(&mut state, &ctx, &d, &entry.allocation);
         state.created_at = val(crate::registry::rfc3339(entry.created_at));
-        state.federated_with = val(entry.federated.clone());
+        state.federated_with = Value::Null;
         state.state = val("running".into());
         state.kubeconfig = kubeconfig_value(&state);
         Some((state, Value::Null))

@@ -136,12 +136,25 @@ fn federation_opens_exactly_one_pair_never_transitively_and_closes_again(tf: Tf)
     let doc = lab.store().load().unwrap();
     assert_eq!(doc.instances["acme"].federated, vec!["globex"]);
     assert_eq!(doc.instances["globex"].federated, vec!["acme"]);
-    // The instance learns of it at its next refresh, and nothing else changes.
+    // Nothing else changes: no plan, and no drift for a refresh-only plan either (the
+    // instances do not carry what another resource changes); the data source tells.
     let r = w.plan_exit();
     assert_eq!(r.code, 0, "{}", r.all());
-    w.tf(&["apply", "-refresh-only", "-auto-approve"]).ok();
+    let r = w.tf(&["plan", "-refresh-only", "-detailed-exitcode"]);
+    assert_eq!(r.code, 0, "refresh-only after the federation reports drift:\n{}", r.all());
     let inst = w.resource("homelab_instance.acme").unwrap();
-    assert_eq!(inst["federated_with"], serde_json::json!(["globex"]));
+    assert!(inst["federated_with"].is_null(), "{inst}");
+    let probe = Workdir::new(
+        w.tf,
+        &format!(
+            "provider \"homelab\" {{\n  home = \"{}\"\n  default_backend = \"netns\"\n  netns_host = \"{}\"\n}}\ndata \"homelab_cidr_allocation\" \"acme\" {{\n  name = \"acme\"\n}}\noutput \"f\" {{\n  value = data.homelab_cidr_allocation.acme.federated_with\n}}\n",
+            lab.home.path().display(),
+            lab.host.name
+        ),
+    );
+    probe.init();
+    probe.apply().ok();
+    assert_eq!(probe.outputs()["f"]["value"], serde_json::json!(["globex"]));
 
     // + globex+initech: acme still cannot reach initech (no transitivity).
     w.write(&lab.config(&[("acme", "globex"), ("globex", "initech")]));
