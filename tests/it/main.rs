@@ -12,6 +12,7 @@ mod vagrant_render;
 mod vagrant_runner;
 mod vagrant_vms;
 mod tf_provider_patches;
+mod vagrant_box_race;
 mod acceptance_foundation;
 mod acceptance_instance;
 mod acceptance_lifecycle;

@@ -681,3 +681,28 @@ async fn stand_in_vagrant_provisioning_joins_nodes_with_checked_values_and_fetch
     assert_eq!(ssh.matches("kubeadm join").count(), before);
     assert!(backend.instance_dir("../etc").is_err());
 }
+
+#[tokio::test]
+async fn stand_in_vagrant_machine_that_failed_to_come_up_is_reported_and_rebuilt_by_the_next_converge() {
+    let fake = Fake::new();
+    let ctl = OpControl::with_timeout(Duration::from_secs(60));
+    // A bring-up that fails (a guest that never boots, a timeout).
+    fake.backend(&[("FAKE_VAGRANT_MODE", "fail")]).converge(&spec(1), &ctl).await.unwrap_err();
+    // Its domains may well be running anyway (on a broken disk): reads say what happened.
+    let dir = fake.instance_dir("acme");
+    std::fs::write(dir.join(".fake-states"), "acme-cp-1 running\nacme-worker-1 running\n").unwrap();
+    let backend = fake.backend(&[]);
+    let status = backend.observe(&spec(1)).await.unwrap();
+    assert!(!status.healthy(), "{status:?}");
+    assert!(status.nodes.iter().all(|n| n.state == "failed_to_come_up"), "{status:?}");
+    // The next converge destroys them first, then brings them up; then all is well.
+    let before = fake.invocations().len();
+    let status = backend.converge(&spec(1), &ctl).await.unwrap();
+    assert!(status.healthy(), "{status:?}");
+    let calls = fake.invocations()[before..].to_vec();
+    let destroy = calls.iter().position(|c| c == "destroy -f acme-cp-1 acme-worker-1");
+    let up = calls.iter().position(|c| c.starts_with("up "));
+    assert!(destroy.is_some() && up.is_some() && destroy < up, "{calls:?}");
+    assert!(!dir.join("failed-up.json").exists());
+    assert!(backend.observe(&spec(1)).await.unwrap().healthy());
+}

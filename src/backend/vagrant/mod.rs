@@ -14,6 +14,8 @@
 //! Optional `exec_prefix` runs every host command (vagrant, virsh, ip) through a wrapper such
 //! as `nsenter --net=… --mount=… --`: that is how the tests keep libvirt in a namespace.
 
+pub mod box_import;
+pub mod failed_up;
 pub mod libvirt;
 pub mod provision;
 pub mod render;
@@ -245,6 +247,7 @@ impl VagrantBackend {
             cwd: Some(dir.to_path_buf()),
             env,
             log_at_info,
+            on_line: None,
         }
     }
 
@@ -255,8 +258,21 @@ impl VagrantBackend {
         limits: &Limits,
         log_at_info: bool,
     ) -> Result<Finished, BackendError> {
+        self.vagrant_with(dir, args, limits, log_at_info, None).await
+    }
+
+    /// [`Self::vagrant`], handing every output line to `on_line` as it comes.
+    async fn vagrant_with(
+        &self,
+        dir: &Path,
+        args: &[&str],
+        limits: &Limits,
+        log_at_info: bool,
+        on_line: Option<runner::LineHook>,
+    ) -> Result<Finished, BackendError> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let cmd = self.vagrant_cmd(dir, &args, log_at_info);
+        let mut cmd = self.vagrant_cmd(dir, &args, log_at_info);
+        cmd.on_line = on_line;
         // Vagrant locks each machine for the length of a command and fails another command on
         // it at once (MachineLocked). Within this process, commands on one instance folder are
         // ordered: `ssh` (one machine each, run side by side) share the folder, everything else
@@ -631,14 +647,19 @@ impl VagrantBackend {
         }
         let report = self.machine_status(&dir, limits).await?;
         let recorded = self.recorded_machines(&dir);
+        let failed = failed_up::load(&dir).unwrap_or_default();
         let nodes: Vec<NodeStatus> = spec
             .nodes
             .iter()
             .map(|n| {
-                let state = report
+                let mut state = report
                     .get(&n.name)
                     .map(|m| m.state.clone())
                     .unwrap_or_else(|| "not_created".into());
+                // Running, maybe, but its last bring-up failed: the next apply rebuilds it.
+                if failed.machines.contains(&n.name) && state != "not_created" {
+                    state = failed_up::STATE.into();
+                }
                 NodeStatus {
                     healthy: state == "running",
                     name: n.name.clone(),
@@ -894,7 +915,24 @@ impl Backend for VagrantBackend {
             self.ensure_networks(spec, &dir).await?;
         }
 
-        // 4. Bring up what is not running (created, halted or missing); leave the rest.
+        // 4. Machines whose last bring-up failed are destroyed first: `vagrant up` would only
+        //    wait on them again (see failed_up).
+        if let Some(failed) = failed_up::load(&dir) {
+            let rebuild: Vec<&str> = failed
+                .machines
+                .iter()
+                .map(String::as_str)
+                .filter(|m| spec.nodes.iter().any(|n| n.name == *m))
+                .collect();
+            if !rebuild.is_empty() {
+                tracing::warn!(instance = %spec.instance, machines = ?rebuild, why = %failed.why, "rebuilding machines whose last bring-up failed");
+                let mut args = vec!["destroy", "-f"];
+                args.extend(rebuild.iter().copied());
+                self.vagrant(&dir, &args, &limits, true).await?.ok()?;
+            }
+        }
+
+        // 5. Bring up what is not running (created, halted or missing); leave the rest.
         let report = self.machine_status(&dir, &limits).await?;
         let down: Vec<&str> = spec
             .nodes
@@ -908,14 +946,33 @@ impl Backend for VagrantBackend {
                 args.push("--no-parallel");
             }
             args.extend(down.iter().copied());
+            // On libvirt, one `vagrant up` at a time imports the box (see box_import).
+            let import = match self.cfg.hypervisor {
+                Hypervisor::Libvirt => {
+                    let patience = limits.deadline.saturating_duration_since(tokio::time::Instant::now());
+                    Some(
+                        box_import::BoxImport::begin(&opts.r#box, &self.cfg.libvirt_uri, patience)
+                            .await
+                            .map_err(|e| BackendError::Other(format!("waiting to import box {:?} into libvirt's storage pool: {e}", opts.r#box)))?,
+                    )
+                }
+                Hypervisor::VirtualBox => None,
+            };
             tracing::info!(instance = %spec.instance, machines = ?down, "bringing machines up");
-            let up = self.vagrant(&dir, &args, &limits, true).await.and_then(Finished::ok);
+            let hook = import.as_ref().map(box_import::BoxImport::hook);
+            let up = self.vagrant_with(&dir, &args, &limits, true, hook).await.and_then(Finished::ok);
+            drop(import);
             if let Err(e) = up {
+                if let Err(io) = failed_up::record(&dir, &down, &e.to_string()) {
+                    tracing::warn!(error = %io, "cannot record the machines that failed to come up");
+                }
                 return Err(self.with_consoles(e, &dir, &down));
             }
         }
+        // Every machine of the spec is up now: nothing is left to rebuild.
+        failed_up::clear(&dir).map_err(|e| io_err(&dir.join(failed_up::FILE), e))?;
 
-        // 5. Kubernetes: join the other nodes, fetch the kubeconfig.
+        // 6. Kubernetes: join the other nodes, fetch the kubeconfig.
         if opts.provision {
             self.run_join(spec, &dir, &limits).await?;
         }

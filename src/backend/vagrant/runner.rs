@@ -74,6 +74,16 @@ impl Default for Grace {
     }
 }
 
+/// Called with each output line of a command as it comes (stdout and stderr).
+#[derive(Clone)]
+pub struct LineHook(pub std::sync::Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for LineHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LineHook")
+    }
+}
+
 /// One command to run.
 #[derive(Debug, Clone)]
 pub struct ToolCommand {
@@ -85,6 +95,8 @@ pub struct ToolCommand {
     pub env: Vec<(String, String)>,
     /// Stream every output line into the provider log at INFO (else DEBUG).
     pub log_at_info: bool,
+    /// Also hand every line to this, as it comes.
+    pub on_line: Option<LineHook>,
 }
 
 impl ToolCommand {
@@ -95,6 +107,7 @@ impl ToolCommand {
             cwd: None,
             env: Vec::new(),
             log_at_info: false,
+            on_line: None,
         }
     }
 }
@@ -220,6 +233,7 @@ fn reader<R: AsyncRead + Unpin + Send + 'static>(
 struct Collector {
     short: String,
     log_at_info: bool,
+    on_line: Option<LineHook>,
     stdout: String,
     stderr: String,
     tail: VecDeque<String>,
@@ -255,6 +269,9 @@ fn is_progress(line: &str) -> bool {
 
 impl Collector {
     fn take(&mut self, stream: Stream, line: String) {
+        if let Some(hook) = &self.on_line {
+            (hook.0)(&line);
+        }
         let progress = is_progress(&line);
         if progress {
             // Hundreds of redraws of one bar: keep them out of the INFO log and the tail.
@@ -339,6 +356,7 @@ pub async fn run_tool(
     let mut col = Collector {
         short,
         log_at_info: tc.log_at_info,
+        on_line: tc.on_line.clone(),
         stdout: String::new(),
         stderr: String::new(),
         tail: VecDeque::new(),
