@@ -81,6 +81,7 @@ fn document(pools: &Pools, n: usize) -> Document {
                 name: "default".into(),
             }),
             run: Some(format!("{i:016x}")),
+            creating: None,
         };
         doc.instances.insert(name, entry);
     }

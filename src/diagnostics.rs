@@ -109,6 +109,7 @@ impl Report for RegistryError {
             RegistryError::ReservedElsewhere { name, .. } => {
                 format!("Instance name `{name}` is planned by another configuration")
             }
+            RegistryError::StillCreating { name, .. } => format!("`{name}` is still being created by an earlier run"),
             RegistryError::TakenInThisRun { kind, other, .. } => {
                 format!("Pinned {} was planned for `{other}` moments ago: plan again", kind.attribute())
             }

@@ -1,6 +1,7 @@
 //! Running host commands (`ip`, `nft`, `iptables`, `sysctl`, `vagrant`, …) with errors that name
 //! the command, its exit status and what it printed on stderr, so a diagnostic can tell the
-//! user exactly what failed and what to run by hand.
+//! user exactly what failed and what to run by hand; and naming one process of the host
+//! exactly (boot id, pid, start time), to tell a process that still runs from a recycled pid.
 
 use std::ffi::OsStr;
 use std::fmt;
@@ -8,6 +9,36 @@ use std::process::Stdio;
 
 use thiserror::Error;
 use tokio::process::Command;
+
+/// This boot of this host (`/proc/sys/kernel/random/boot_id`).
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|b| b.trim().to_string())
+}
+
+/// `<boot id>/<pid>/<start time>` of a live (not zombie) process: boot id, pid and start time
+/// together name one process exactly, so a recycled pid never reads as the same process.
+pub fn identity(pid: u32) -> Option<String> {
+    let (state, _, start) = stat_of(pid)?;
+    if state == "Z" {
+        return None;
+    }
+    Some(format!("{}/{pid}/{start}", boot_id()?))
+}
+
+/// The parent of a live process.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    stat_of(pid).map(|(_, ppid, _)| ppid)
+}
+
+/// State, parent pid and start time of `pid`, from `/proc/<pid>/stat`.
+fn stat_of(pid: u32) -> Option<(String, u32, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid ...`; comm may hold spaces and parentheses. After the command,
+    // state is field 3 of stat(5), ppid field 4, start time field 22.
+    let (_, rest) = stat.rsplit_once(") ")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some((fields.first()?.to_string(), fields.get(1)?.parse().ok()?, fields.get(19)?.to_string()))
+}
 
 /// A command line, kept as argv so it can be shown in errors and run without a shell.
 #[derive(Debug, Clone, PartialEq, Eq)]

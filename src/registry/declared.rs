@@ -133,6 +133,7 @@ mod tests {
             workspace: Workspace { host: "h".into(), dir: "/w".into(), name: "default".into() },
             run: run.into(),
             started: time::OffsetDateTime::UNIX_EPOCH,
+            process: None,
         }
     }
 

@@ -7,12 +7,15 @@
 //! - [`memory`]: the in-memory twin with the same contract, for fast tests.
 //! - [`owner`]: the workspace an entry belongs to and the run that reserved it.
 //! - [`declared`]: what the workspace's configuration pins, written down by its validation.
+//! - [`interrupted`]: creations not yet seen in their workspace's state (adopted by its next
+//!   apply, removed by its destroys).
 //! - [`Registry`]: the operations (reserve, claim, release, federate, …) on top of any [`Store`];
 //!   each is one locked read-modify-write that records exactly one event per change.
 
 pub mod alloc;
 pub mod declared;
 pub mod file;
+pub mod interrupted;
 pub mod memory;
 pub mod owner;
 #[cfg(test)]
@@ -33,6 +36,7 @@ use crate::audit::{self, Actor, AuditError, Client, Draft, Event, Head, Verified
 use crate::net::{Ipv4Net, Pool};
 
 pub use alloc::{AllocError, Holder, Occupied};
+pub use interrupted::Creating;
 pub use owner::{Origin, Workspace};
 
 /// Version of the `instances.json` format this build reads and writes.
@@ -338,6 +342,8 @@ pub struct Entry {
     pub owner: Option<Workspace>,
     /// The run (provider process) that last reserved or claimed it.
     pub run: Option<String>,
+    /// Set from its claim until a later run of its workspace sees it in state.
+    pub creating: Option<Creating>,
 }
 
 /// The file form of an [`Entry`]: its networks spelled out beside the other fields. (Serde's
@@ -365,6 +371,8 @@ struct EntryFields {
     owner: Option<Workspace>,
     #[serde(default)]
     run: Option<String>,
+    #[serde(default)]
+    creating: Option<Creating>,
 }
 
 impl From<EntryFields> for Entry {
@@ -385,6 +393,7 @@ impl From<EntryFields> for Entry {
             lab: f.lab,
             owner: f.owner,
             run: f.run,
+            creating: f.creating,
         }
     }
 }
@@ -411,6 +420,8 @@ struct EntryFieldsRef<'a> {
     owner: Option<&'a Workspace>,
     #[serde(skip_serializing_if = "Option::is_none")]
     run: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    creating: Option<&'a Creating>,
 }
 
 /// A CIDR written as `a.b.c.d/n` without the formatting machinery (`Ipv4Net`'s own
@@ -459,6 +470,7 @@ impl Serialize for Entry {
             lab: self.lab.as_ref(),
             owner: self.owner.as_ref(),
             run: self.run.as_deref(),
+            creating: self.creating.as_ref(),
         }
         .serialize(serializer)
     }
@@ -545,6 +557,12 @@ pub struct FederationRecord {
     /// When it was created.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// The workspace that created it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Workspace>,
+    /// Set from its creation until a later run of its workspace sees it in state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creating: Option<Creating>,
 }
 
 impl Default for Document {
@@ -701,6 +719,17 @@ pub enum RegistryError {
         created_at: String,
         /// The workspace that created it, when recorded.
         owner: Option<Workspace>,
+    },
+    /// An earlier run of this workspace began this creation and its provider still runs (an
+    /// apply whose Terraform was killed moments ago winds down within 30 seconds).
+    #[error("`{name}` is still being created by an earlier run of this workspace (provider pid {pid}, since {since}), which has not stopped yet: wait for that process to end (a provider whose Terraform was killed stops within 30 seconds), then apply again, and this workspace adopts it")]
+    StillCreating {
+        /// Instance name, or federation id.
+        name: String,
+        /// The earlier run's provider process.
+        pid: u32,
+        /// When it began.
+        since: String,
     },
     /// Another workspace's plan holds a reservation for this name.
     #[error("instance name `{name}` is reserved by a plan of {by} until {until}: another configuration plans an instance of this name, and two configurations must never share one. Choose another name; if that plan will never be applied, its reservation expires at {until} or can be dropped (`terraform-provider-homelab reservations drop {name}`)")]
@@ -1343,6 +1372,7 @@ impl Registry {
                 lab: None,
                 owner: Some(origin.workspace.clone()),
                 run: Some(origin.run.clone()),
+                creating: None,
             };
             doc.instances.insert(name.into(), entry.clone());
             drafts.push(Draft::new(
@@ -1393,6 +1423,24 @@ impl Registry {
         })
     }
 
+    /// A run of this workspace that destroyed instances ended cleanly: the workspace's
+    /// reservations that no call of the run used go. Terraform plans the configuration's
+    /// creates before a destroy too (its refresh), and nothing would ever claim what that
+    /// reserved; a saved plan they were kept for is stale now (the destroy changed the state).
+    pub fn drop_unused_reservations(&self, used: &dyn Fn(&str) -> bool) -> Result<Vec<String>, RegistryError> {
+        let workspace = self.origin.workspace.clone();
+        self.commit(|doc, _| {
+            let chosen: Vec<Entry> = doc
+                .instances
+                .values()
+                .filter(|e| e.status == Status::Reserved && e.owner.as_ref() == Some(&workspace) && !used(&e.name))
+                .cloned()
+                .collect();
+            let drafts = drop_entries(doc, &chosen, Some("a destroy of its workspace ran, and nothing of it used this reservation"));
+            Ok((chosen.into_iter().map(|e| e.name).collect(), drafts))
+        })
+    }
+
     /// Apply time: turn the reservation into an allocation, only with exactly the planned
     /// networks and only while nobody else holds them. Repeating a successful claim with the
     /// same values succeeds (a retried apply).
@@ -1415,6 +1463,33 @@ impl Registry {
                     let same_run = e.run.as_ref() == Some(&origin.run);
                     if same_run && e.allocation == *allocation && e.backend == backend {
                         return Ok((e.clone(), vec![]));
+                    }
+                    // A creation of this workspace that was interrupted: this create adopts it
+                    // (see interrupted).
+                    let mine = e.owner.as_ref().is_none_or(|o| *o == origin.workspace);
+                    // Also one a killed destroy was removing: this create repairs what it left.
+                    let adoptable = e.interrupted(&origin.run);
+                    if mine && adoptable && e.allocation == *allocation && e.backend == backend {
+                        still_running(name, e.creating.as_ref())?;
+                        let e = doc.instances.get_mut(name).expect("present");
+                        let c = e.creating.as_mut().expect("interrupted: creating");
+                        let draft = Draft::new(
+                            "instance.adopt",
+                            name,
+                            json!({
+                                "interrupted_since": rfc3339(c.since),
+                                "run_before": c.run,
+                                "answered_before": c.answered.map(rfc3339),
+                                "allocation": allocation.details(),
+                            }),
+                        );
+                        c.run = origin.run.clone();
+                        c.process = origin.process.clone();
+                        c.answered = None;
+                        c.removing = false;
+                        e.run = Some(origin.run.clone());
+                        e.lab = Some(lab.clone());
+                        return Ok((e.clone(), vec![draft]));
                     }
                     return Err(RegistryError::AlreadyAllocated {
                         name: name.into(),
@@ -1450,6 +1525,7 @@ impl Registry {
                 lab: Some(lab.clone()),
                 owner: Some(origin.workspace.clone()),
                 run: Some(origin.run.clone()),
+                creating: Some(Creating::begun(now, &origin)),
             };
             doc.instances.insert(name.into(), entry.clone());
             doc.released.remove(name);
@@ -1470,11 +1546,13 @@ impl Registry {
             let Some(e) = doc.instances.get_mut(name) else {
                 return Ok((None, vec![]));
             };
-            if e.status != Status::Allocated || e.owner.as_ref() == Some(&origin.workspace) {
+            if e.status != Status::Allocated || (e.owner.as_ref() == Some(&origin.workspace) && e.creating.is_none()) {
                 return Ok((Some(e.clone()), vec![]));
             }
             let before = e.owner.replace(origin.workspace.clone());
             e.run = Some(origin.run.clone());
+            // Imported: a state holds it now.
+            e.creating = None;
             let draft = Draft::new("instance.import", name, json!({"owner_before": before, "owner": origin.workspace}));
             Ok((Some(e.clone()), vec![draft]))
         })
@@ -1589,7 +1667,8 @@ impl Registry {
     /// (reason, CIDRs opened) go into the event.
     pub fn federate(&self, a: &str, b: &str, record: FederationRecord, details: serde_json::Value) -> Result<(), RegistryError> {
         let (a, b) = names_pair(a, b);
-        self.commit(|doc, _| {
+        let origin = self.origin.clone();
+        self.commit(|doc, now| {
             for n in [&a, &b] {
                 match doc.instances.get(n.as_str()) {
                     None => return Err(RegistryError::NotFound { name: n.clone() }),
@@ -1601,14 +1680,38 @@ impl Registry {
             }
             let ea = &doc.instances[a.as_str()];
             let eb = &doc.instances[b.as_str()];
+            let id = format!("{a}+{b}");
             if ea.federated.contains(&b) && eb.federated.contains(&a) {
-                return Err(RegistryError::AlreadyFederated {
-                    a: a.clone(),
-                    b: b.clone(),
+                // A creation (or removal) of this workspace that was interrupted: this create
+                // adopts it.
+                let adoptable = doc.federations.get(&id).is_some_and(|r| {
+                    r.owner.as_ref().is_none_or(|o| *o == origin.workspace) && r.creating.as_ref().is_some_and(|c| c.run != origin.run)
                 });
+                if !adoptable {
+                    return Err(RegistryError::AlreadyFederated {
+                        a: a.clone(),
+                        b: b.clone(),
+                    });
+                }
+                still_running(&id, doc.federations[&id].creating.as_ref())?;
+                let r = doc.federations.get_mut(&id).expect("adoptable: recorded");
+                let c = r.creating.as_mut().expect("adoptable: creating");
+                let d = Draft::new(
+                    "federation.adopt",
+                    &id,
+                    json!({"interrupted_since": rfc3339(c.since), "run_before": c.run, "answered_before": c.answered.map(rfc3339)}),
+                );
+                c.run = origin.run.clone();
+                c.process = origin.process.clone();
+                c.answered = None;
+                c.removing = false;
+                return Ok(((), vec![d]));
             }
             tag(doc, &a, &b, true);
-            doc.federations.insert(format!("{a}+{b}"), record.clone());
+            let mut record = record.clone();
+            record.owner = Some(origin.workspace.clone());
+            record.creating = Some(Creating::begun(now, &origin));
+            doc.federations.insert(id, record);
             let d = Draft::new("federation.create", &format!("{a}+{b}"), details.clone());
             Ok(((), vec![d]))
         })
@@ -1644,6 +1747,8 @@ impl Registry {
                 reason: None,
                 namespaces: Vec::new(),
                 created_at: now,
+                owner: None,
+                creating: None,
             });
             record.reason = reason.clone();
             record.namespaces = namespaces.clone();
@@ -1788,6 +1893,18 @@ pub fn journal_head(doc: &Document) -> Option<Head> {
         seq: doc.journal.seq,
         hash: doc.journal.hash.clone(),
     })
+}
+
+/// Refuse to adopt a creation whose provider process still runs.
+fn still_running(name: &str, c: Option<&Creating>) -> Result<(), RegistryError> {
+    match c {
+        Some(c) if c.running() == Some(true) => Err(RegistryError::StillCreating {
+            name: name.into(),
+            pid: c.pid().unwrap_or(0),
+            since: rfc3339(c.since),
+        }),
+        _ => Ok(()),
+    }
 }
 
 pub(crate) fn check_version(raw: &serde_json::Value, path: &std::path::Path) -> Result<(), RegistryError> {

@@ -70,6 +70,8 @@ pub struct Origin {
     pub run: String,
     /// When this run started (whole seconds, as the registry's clock).
     pub started: OffsetDateTime,
+    /// This run's provider process, as `registry::interrupted` records it (`None`: unknown).
+    pub process: Option<String>,
 }
 
 impl Origin {
@@ -80,6 +82,7 @@ impl Origin {
             workspace: Workspace::current(),
             run: new_run_id(),
             started: now.replace_nanosecond(0).unwrap_or(now),
+            process: super::interrupted::this_process(),
         }
     }
 }

@@ -167,6 +167,13 @@ fn entries_are_written_in_the_documented_form_and_read_back_exactly() {
                 name: "default".into(),
             }),
             run: (i > 2).then(|| "0123456789abcdef".into()),
+            creating: (i == 2).then(|| Creating {
+                since: times[0],
+                run: "0123456789abcdef".into(),
+                removing: false,
+                process: Some("0b5e7c3a-1f2d-4e6a-9c8b-7a6d5e4f3c2b/4242/123456".into()),
+                answered: Some(times[1]),
+            }),
         };
         doc.instances.insert(name, entry);
     }

@@ -103,6 +103,15 @@ impl Lab {
             .with_origin(origin(run, self.clock.now()));
     }
 
+    /// The next run, as [`Lab::new_run`], whose provider process is `process` (see
+    /// `interrupted::Creating::process`).
+    pub fn new_run_in(&mut self, run: u32, process: Option<String>) {
+        self.clock.advance(Duration::from_secs(1));
+        let pools = *self.registry.pools();
+        self.registry = Registry::new(self.store.clone(), pools, TTL, self.clock.clone(), actor(), Client::provider("1.0.3"))
+            .with_origin(Origin { process, ..origin(run, self.clock.now()) });
+    }
+
     /// A registry of another workspace on the same store and clock.
     pub fn other_workspace(&self) -> Registry {
         let pools = *self.registry.pools();
@@ -114,6 +123,7 @@ impl Lab {
             },
             run: "b0b0b0b0b0b0b0b0".into(),
             started: self.clock.now(),
+            process: None,
         })
     }
 
@@ -133,6 +143,7 @@ pub(super) fn origin(run: u32, started: OffsetDateTime) -> Origin {
         },
         run: format!("{run:016x}"),
         started,
+        process: None,
     }
 }
 
@@ -167,6 +178,8 @@ pub(super) fn fed_record() -> FederationRecord {
         reason: Some("test".into()),
         namespaces: vec!["default".into()],
         created_at: T0,
+        owner: None,
+        creating: None,
     }
 }
 

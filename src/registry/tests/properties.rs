@@ -79,6 +79,8 @@ enum Op {
     Drop(Option<usize>, bool),
     /// A new provider process (the next `terraform plan`) of the same workspace.
     NewRun,
+    /// A refresh of the name found it in state.
+    Confirm(usize),
     /// This run's plan failed.
     PlanFailed,
 }
@@ -114,8 +116,9 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (name.clone(), claim).prop_map(|(n, c)| Op::Claim(n, c)),
         2 => name.clone().prop_map(Op::Release),
         2 => advance().prop_map(Op::Advance),
-        1 => (proptest::option::of(name), any::<bool>()).prop_map(|(n, e)| Op::Drop(n, e)),
+        1 => (proptest::option::of(name.clone()), any::<bool>()).prop_map(|(n, e)| Op::Drop(n, e)),
         2 => Just(Op::NewRun),
+        1 => name.clone().prop_map(Op::Confirm),
         1 => Just(Op::PlanFailed),
     ]
 }
@@ -136,6 +139,8 @@ struct Known {
     reserved_at: OffsetDateTime,
     /// For reservations taken over: the run that took it.
     taken_in_run: Option<u32>,
+    /// For allocations not yet seen in state: the run creating it.
+    creating: Option<u32>,
 }
 
 impl Known {
@@ -218,6 +223,17 @@ fn run(lab: &mut Lab, ops: &[Op]) -> Result<(), TestCaseError> {
         let mut refused = false;
         match op {
             Op::Advance(secs) => lab.advance(Duration::from_secs(*secs)),
+            Op::Confirm(i) => {
+                let name = NAMES[*i];
+                lab.registry.confirm(name).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                match model.names.get_mut(name) {
+                    Some(k) if k.status == Status::Allocated && k.creating.is_some_and(|c| c != run_no) => {
+                        k.creating = None;
+                        model.events += 1;
+                    }
+                    _ => refused = true,
+                }
+            }
             Op::NewRun => {
                 run_no += 1;
                 lab.new_run(run_no);
@@ -276,7 +292,7 @@ fn run(lab: &mut Lab, ops: &[Op]) -> Result<(), TestCaseError> {
                         prop_assert!(pin.is_some(), "step {step}: only a pinned request takes over in its own run");
                         let e = &doc.instances[name];
                         let expires = e.reservation.as_ref().map(|r| r.expires_at);
-                        model.names.insert(name, Known { status: Status::Reserved, allocation: e.allocation, expires_at: expires, run: run_no, first_run, pinned: pinned.clone(), reserved_at: now, taken_in_run: None });
+                        model.names.insert(name, Known { status: Status::Reserved, allocation: e.allocation, expires_at: expires, run: run_no, first_run, pinned: pinned.clone(), reserved_at: now, taken_in_run: None, creating: None });
                         model.planned.insert(name, e.allocation);
                         model.events += 1;
                     }
@@ -301,7 +317,7 @@ fn run(lab: &mut Lab, ops: &[Op]) -> Result<(), TestCaseError> {
                         }
                         let expires = e.reservation.as_ref().map(|r| r.expires_at);
                         prop_assert_eq!(expires, Some(now + TTL));
-                        model.names.insert(name, Known { status: Status::Reserved, allocation: e.allocation, expires_at: expires, run: run_no, first_run, pinned, reserved_at: now, taken_in_run: None });
+                        model.names.insert(name, Known { status: Status::Reserved, allocation: e.allocation, expires_at: expires, run: run_no, first_run, pinned, reserved_at: now, taken_in_run: None, creating: None });
                         model.planned.insert(name, e.allocation);
                         model.events += 1;
                     }
@@ -354,19 +370,28 @@ fn run(lab: &mut Lab, ops: &[Op]) -> Result<(), TestCaseError> {
                 match (&known, result) {
                     (Some(k), Ok(e)) if k.status == Status::Allocated => {
                         prop_assert_eq!(k.allocation, values, "step {}: claim with other values succeeded", step);
-                        prop_assert_eq!(k.run, run_no, "step {}: a claim of another run's instance succeeded", step);
                         prop_assert_eq!(e.allocation, values);
-                        refused = true; // a repeated claim writes nothing
+                        if k.run == run_no {
+                            refused = true; // a repeated claim writes nothing
+                        } else {
+                            // Another run's creation that no refresh confirmed: adopted.
+                            prop_assert!(k.creating.is_some_and(|c| c != run_no), "step {step}: a claim adopted a confirmed instance");
+                            let k = model.names.get_mut(name).expect("known");
+                            k.run = run_no;
+                            k.creating = Some(run_no);
+                            model.events += 1;
+                        }
                     }
                     (Some(k), Err(RegistryError::AlreadyAllocated { .. })) if k.status == Status::Allocated => {
-                        prop_assert!(k.allocation != values || k.run != run_no, "step {step}: this run's own repeated claim was refused");
+                        let adoptable = k.run != run_no && k.creating.is_some_and(|c| c != run_no);
+                        prop_assert!(k.allocation != values || (k.run != run_no && !adoptable), "step {step}: a claim this run may make was refused");
                         refused = true;
                     }
                     (_, Ok(e)) => {
                         prop_assert!(expected_free, "step {step}: claim of taken values {values} succeeded");
                         prop_assert_eq!(e.allocation, values);
                         prop_assert_eq!(e.status, Status::Allocated);
-                        model.names.insert(name, Known { status: Status::Allocated, allocation: values, expires_at: None, run: run_no, first_run: run_no, pinned: vec![], reserved_at: now, taken_in_run: None });
+                        model.names.insert(name, Known { status: Status::Allocated, allocation: values, expires_at: None, run: run_no, first_run: run_no, pinned: vec![], reserved_at: now, taken_in_run: None, creating: Some(run_no) });
                         model.events += 1;
                     }
                     (_, Err(RegistryError::ClaimConflict { .. })) => {

@@ -183,16 +183,129 @@ fn a_failed_plan_drops_the_reservations_it_made_and_keeps_pins_and_renewals() {
 }
 
 #[test]
-fn a_claim_never_adopts_an_instance_another_run_created() {
+fn a_claim_never_adopts_an_instance_a_state_holds() {
     let mut lab = Lab::memory();
     let acme = lab.create("acme");
     // The same run repeating its claim gets it (a retried call) ...
     lab.registry.claim("acme", &acme.allocation, "netns", lab_record(), &[]).unwrap();
-    // ... another run (a second resource with the same name, applied with -target) does not.
+    // ... and once a later run saw it in state (a refresh confirms it), no other run does (a
+    // second resource with the same name, applied with -target).
     lab.new_run(1);
+    lab.registry.confirm("acme").unwrap();
+    assert!(lab.registry.get("acme").unwrap().unwrap().creating.is_none());
+    lab.new_run(2);
     let err = lab.registry.claim("acme", &acme.allocation, "netns", lab_record(), &[]).unwrap_err();
     assert!(matches!(err, RegistryError::AlreadyAllocated { .. }), "{err:?}");
     assert!(err.to_string().contains("/home/alice/lab"), "{err}");
+}
+
+#[test]
+fn an_interrupted_creation_is_adopted_by_the_next_run_of_its_workspace_only() {
+    let mut lab = Lab::memory();
+    let acme = lab.create("acme");
+    // The apply was killed: no refresh ever saw it. Another workspace cannot take it ...
+    let err = lab.other_workspace().claim("acme", &acme.allocation, "netns", lab_record(), &[]).unwrap_err();
+    assert!(matches!(err, RegistryError::AlreadyAllocated { .. }), "{err:?}");
+    // ... its own next run does, with an event, and is then the run creating it.
+    lab.new_run(1);
+    assert_eq!(lab.registry.interrupted().unwrap().len(), 1);
+    let e = lab.registry.claim("acme", &acme.allocation, "netns", lab_record(), &[]).unwrap();
+    assert_eq!(e.creating.as_ref().unwrap().run, lab.registry.origin().run);
+    assert_eq!(lab.actions().last().unwrap(), "instance.adopt acme");
+    assert!(lab.registry.interrupted().unwrap().is_empty());
+    // Other values are another instance: refused.
+    lab.new_run(2);
+    let mut other = acme.allocation;
+    other.subnet = n("192.168.60.0/24");
+    assert!(lab.registry.claim("acme", &other, "netns", lab_record(), &[]).is_err());
+    // A destroy of the workspace removing it, killed: the next create adopts it again and
+    // repairs what the removal left (a live removal is refused: see the next test).
+    assert!(lab.registry.begin_removal("acme").unwrap());
+    assert!(lab.registry.being_removed_by_this_run("acme").unwrap());
+    lab.new_run(3);
+    let e = lab.registry.claim("acme", &acme.allocation, "netns", lab_record(), &[]).unwrap();
+    assert!(!e.creating.as_ref().unwrap().removing, "{e:?}");
+    assert_eq!(lab.actions().last().unwrap(), "instance.adopt acme");
+}
+
+#[test]
+fn a_creation_whose_process_still_runs_is_neither_adopted_nor_removed() {
+    let mut lab = Lab::memory();
+    // Run 1 is this very test process: it still runs.
+    lab.new_run_in(1, interrupted::this_process());
+    let acme = lab.create("acme");
+    let c = acme.creating.clone().unwrap();
+    assert_eq!((c.running(), c.word(), c.pid()), (Some(true), "creating", Some(std::process::id())));
+    lab.new_run_in(2, None);
+    let err = lab.registry.claim("acme", &acme.allocation, "netns", lab_record(), &[]).unwrap_err();
+    assert!(matches!(&err, RegistryError::StillCreating { pid, .. } if *pid == std::process::id()), "{err:?}");
+    let err = lab.registry.begin_removal("acme").unwrap_err();
+    assert!(matches!(err, RegistryError::StillCreating { .. }), "{err:?}");
+    // The same pid with another start time is another (earlier) process: gone, so adopted.
+    let recorded = c.process.clone().unwrap();
+    let (head, _) = recorded.rsplit_once('/').unwrap();
+    let dead = format!("{head}/1");
+    lab.registry
+        .commit(|doc, _| {
+            doc.instances.get_mut("acme").unwrap().creating.as_mut().unwrap().process = Some(dead.clone());
+            Ok(((), vec![Draft::new("test.process_gone", "acme", serde_json::json!({}))]))
+        })
+        .unwrap();
+    let gone = lab.registry.get("acme").unwrap().unwrap().creating.unwrap();
+    assert_eq!((gone.running(), gone.word()), (Some(false), "interrupted"));
+    lab.registry.claim("acme", &acme.allocation, "netns", lab_record(), &[]).unwrap();
+    assert_eq!(lab.actions().last().unwrap(), "instance.adopt acme");
+    // Another boot (or host): cannot be known, reads as creating, and is adoptable.
+    let other_boot = Creating { process: Some(format!("not-this-boot/{}/1", std::process::id())), ..gone.clone() };
+    assert_eq!((other_boot.running(), other_boot.word()), (None, "creating"));
+}
+
+#[test]
+fn an_answered_creation_stays_adoptable_until_terraform_surely_has_the_answer() {
+    let mut lab = Lab::memory();
+    lab.create("acme");
+    lab.create("globex");
+    lab.registry.finish("acme").unwrap();
+    lab.registry.finish("acme").unwrap(); // a retried call answers once
+    let c = lab.registry.get("acme").unwrap().unwrap().creating.unwrap();
+    assert!(c.answered.is_some() && !c.removing, "{c:?}");
+    assert_eq!(lab.actions().iter().filter(|a| *a == "instance.created acme").count(), 1);
+    // Killed right after answering: the answer may never have reached a state. The next
+    // create of the name adopts it (had a state held it, its refresh would have confirmed it
+    // and no create would run) ...
+    let killed = lab.registry.origin().run.clone();
+    lab.new_run_in(1, None);
+    assert!(lab.registry.begin_removal("globex").unwrap(), "... a destroy removes it, as one never answered");
+    let acme = lab.registry.get("acme").unwrap().unwrap();
+    lab.registry.claim("acme", &acme.allocation, "netns", lab_record(), &[]).unwrap();
+    assert_eq!(lab.actions().last().unwrap(), "instance.adopt acme");
+    let c = lab.registry.get("acme").unwrap().unwrap().creating.unwrap();
+    assert_ne!(c.run, killed);
+    assert!(c.answered.is_none(), "adopted: this run answers anew");
+    // A run that ends cleanly has delivered its answers: they are created, nobody adopts them.
+    lab.registry.finish("acme").unwrap();
+    assert_eq!(lab.registry.delivered().unwrap(), vec!["acme".to_string()]);
+    assert!(lab.registry.get("acme").unwrap().unwrap().creating.is_none());
+    assert_eq!(*lab.actions().last().unwrap(), format!("run.delivered {}", lab.registry.origin().run));
+    assert_eq!(lab.registry.delivered().unwrap(), Vec::<String>::new(), "nothing twice");
+    lab.new_run_in(2, None);
+    let err = lab.registry.claim("acme", &acme.allocation, "netns", lab_record(), &[]).unwrap_err();
+    assert!(matches!(err, RegistryError::AlreadyAllocated { .. }), "{err:?}");
+}
+
+#[test]
+fn a_destroy_drops_the_reservations_of_its_workspace_that_it_did_not_use() {
+    let lab = Lab::memory();
+    lab.create("kept");
+    lab.reserve("planned");
+    lab.reserve("used");
+    let theirs = lab.other_workspace();
+    theirs.reserve("theirs", &Wants::auto(false), "netns", &[]).unwrap();
+    let dropped = lab.registry.drop_unused_reservations(&|n: &str| n == "used").unwrap();
+    assert_eq!(dropped, vec!["planned".to_string()]);
+    let doc = lab.registry.snapshot().unwrap();
+    assert_eq!(doc.instances.keys().collect::<Vec<_>>(), vec!["kept", "theirs", "used"]);
+    assert_eq!(lab.actions().last().unwrap(), "instance.reservation_drop planned");
 }
 
 #[test]
@@ -216,7 +329,10 @@ fn federation_declarations_are_kept_while_the_federation_lives() {
     lab.create("acme");
     lab.create("globex");
     lab.registry.federate("globex", "acme", fed_record(), serde_json::json!({})).unwrap();
-    assert_eq!(lab.registry.snapshot().unwrap().federations["acme+globex"], fed_record());
+    let r = lab.registry.snapshot().unwrap().federations["acme+globex"].clone();
+    assert_eq!((&r.reason, &r.namespaces, r.created_at), (&fed_record().reason, &fed_record().namespaces, T0));
+    assert_eq!(r.owner.as_ref(), Some(&lab.registry.origin().workspace));
+    assert!(r.creating.is_some(), "a new federation is creating until a refresh sees it");
     lab.registry
         .update_federation("acme", "globex", Some("INC-2".into()), vec!["apps".into()], serde_json::json!({}))
         .unwrap();
@@ -224,4 +340,27 @@ fn federation_declarations_are_kept_while_the_federation_lives() {
     assert_eq!((r.reason.as_deref(), r.namespaces.clone(), r.created_at), (Some("INC-2"), vec!["apps".to_string()], T0));
     lab.registry.unfederate("acme", "globex", serde_json::json!({})).unwrap();
     assert!(lab.registry.snapshot().unwrap().federations.is_empty());
+}
+
+#[test]
+fn an_interrupted_federation_is_adopted_by_the_next_run_of_its_workspace_only() {
+    let mut lab = Lab::memory();
+    lab.create("acme");
+    lab.create("globex");
+    lab.registry.federate("acme", "globex", fed_record(), serde_json::json!({})).unwrap();
+    // Killed before the state recorded it: another workspace's create is refused ...
+    let err = lab.other_workspace().federate("acme", "globex", fed_record(), serde_json::json!({})).unwrap_err();
+    assert!(matches!(err, RegistryError::AlreadyFederated { .. }), "{err:?}");
+    // ... this workspace's next run adopts it.
+    lab.new_run(1);
+    assert_eq!(lab.registry.interrupted_federations().unwrap().len(), 1);
+    lab.registry.federate("acme", "globex", fed_record(), serde_json::json!({})).unwrap();
+    assert_eq!(lab.actions().last().unwrap(), "federation.adopt acme+globex");
+    // Once a later refresh saw it, a second create is refused as ever.
+    lab.new_run(2);
+    lab.registry.confirm_federation("acme+globex").unwrap();
+    assert!(lab.registry.interrupted_federations().unwrap().is_empty());
+    lab.new_run(3);
+    let err = lab.registry.federate("acme", "globex", fed_record(), serde_json::json!({})).unwrap_err();
+    assert!(matches!(err, RegistryError::AlreadyFederated { .. }), "{err:?}");
 }
