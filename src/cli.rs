@@ -4,6 +4,12 @@
 //!   with who made them in which workspace.
 //! - `reservations drop [--home DIR] [--expired] (--all | NAME...)`: drop them before they
 //!   expire (recorded in the audit log).
+//! - `registry list [--home DIR]`: every entry with its status, workspace and age, interrupted
+//!   creations included.
+//! - `registry check [--home DIR]`: the registry document and event log are sound, and which
+//!   creations were interrupted (exit code 3 when there are some), with how to finish each.
+//! - `instances remove [--home DIR] NAME...`: tear down instances whose workspace is gone for
+//!   good (their federations first) and release their networks.
 //! - `events verify [--home DIR]`: verify the event log's hash chain against the registry.
 //! - `docs --schema FILE --examples DIR --out DIR`: generate `docs/` (see [`crate::docs`]).
 //!
@@ -27,6 +33,17 @@ Subcommands for people:
       List plan-time reservations (live, expired, or taken over) and their workspaces.
   reservations drop [--home DIR] [--expired] (--all | NAME...)
       Drop reservations before they expire (e.g. left by a plan that was never applied).
+  registry list [--home DIR]
+      List every instance and federation of the registry: status (allocated, reserved, creating
+      (pid N) while a run works on it; interrupted, unconfirmed or removal interrupted when that
+      run was killed: the next apply of its workspace adopts it), workspace, since when.
+  registry check [--home DIR]
+      Check the registry and its event log, and report interrupted creations (an apply killed
+      part way) with how to finish or remove each. Exit code: 0 sound, 1 broken, 3 interrupted
+      creations waiting for their workspace.
+  instances remove [--home DIR] NAME...
+      Tear down the labs of instances whose workspace is gone for good (their federations first)
+      and release their networks, recorded in the audit log.
   events verify [--home DIR]
       Verify the hash chain of the event log against the registry.
   docs --schema FILE --examples DIR --out DIR
@@ -109,10 +126,14 @@ fn registry(home: PathBuf) -> Result<Registry, CliError> {
     ))
 }
 
+/// One line of output.
+fn w(out: &mut dyn Write, s: String) -> Result<(), CliError> {
+    writeln!(out, "{s}").map_err(fail)
+}
+
 /// Run a subcommand; its output goes to `out`.
 pub fn run(args: &[String], out: &mut dyn Write) -> Result<(), CliError> {
     let (cmd, rest) = args.split_first().ok_or_else(|| usage("no subcommand"))?;
-    let w = |out: &mut dyn Write, s: String| writeln!(out, "{s}").map_err(fail);
     match cmd.as_str() {
         "--version" | "version" => w(out, format!("terraform-provider-homelab {}", env!("CARGO_PKG_VERSION"))),
         "--help" | "help" | "-h" => w(out, USAGE.to_string()),
@@ -179,6 +200,49 @@ pub fn run(args: &[String], out: &mut dyn Write) -> Result<(), CliError> {
                 other => Err(usage(format!("reservations: unknown subcommand {other}"))),
             }
         }
+        "registry" => {
+            let (sub, rest) = rest.split_first().ok_or_else(|| usage("registry: list or check?"))?;
+            let a = parse(rest)?;
+            let reg = registry(a.home.clone())?;
+            match sub.as_str() {
+                "list" => registry_list(&reg, &a, out),
+                "check" => registry_check(&reg, &a, out),
+                other => Err(usage(format!("registry: unknown subcommand {other}"))),
+            }
+        }
+        "instances" => {
+            let (sub, rest) = rest.split_first().ok_or_else(|| usage("instances: remove?"))?;
+            if sub != "remove" {
+                return Err(usage(format!("instances: unknown subcommand {sub}")));
+            }
+            let a = parse(rest)?;
+            if a.positional.is_empty() {
+                return Err(usage("instances remove: name the instances"));
+            }
+            let reg = registry(a.home.clone())?;
+            let s = settings::validate(&RawSettings { home: Some(a.home.display().to_string()), ..Default::default() }).map_err(|e| fail(format!("{e:?}")))?;
+            // The labs record where they live (lab host, hypervisor); these are only defaults.
+            let choices = crate::provider::BackendChoices {
+                default_backend: crate::backend::BackendKind::Netns,
+                netns_host: settings::DEFAULT_NETNS_HOST.into(),
+                vagrant_bin: "vagrant".into(),
+                hypervisor: "virtualbox".into(),
+                libvirt_driver: "kvm".into(),
+            };
+            let backends = crate::backend::host_backends(&s, &choices);
+            let runtime = tokio::runtime::Runtime::new().map_err(fail)?;
+            for name in &a.positional {
+                let ctl = crate::backend::OpControl::with_timeout(std::time::Duration::from_secs(900));
+                let closed = runtime
+                    .block_on(crate::recovery::remove_instance(&reg, backends.as_ref(), &a.home, name, &ctl))
+                    .map_err(fail)?;
+                for id in closed {
+                    w(out, format!("closed federation {id}"))?;
+                }
+                w(out, format!("removed {name}"))?;
+            }
+            Ok(())
+        }
         "events" => {
             let (sub, rest) = rest.split_first().ok_or_else(|| usage("events: verify?"))?;
             if sub != "verify" {
@@ -200,4 +264,85 @@ pub fn run(args: &[String], out: &mut dyn Write) -> Result<(), CliError> {
         }
         other => Err(usage(format!("unknown subcommand {other}"))),
     }
+}
+
+/// `registry list`.
+fn registry_list(reg: &Registry, a: &Args, out: &mut dyn Write) -> Result<(), CliError> {
+    let now = reg.now();
+    let doc = reg.snapshot().map_err(fail)?;
+    if doc.instances.is_empty() {
+        return w(out, format!("no instances in {}", a.home.display()));
+    }
+    w(out, format!("{:<20} {:<20} {:<18} {:<22} WORKSPACE", "NAME", "STATUS", "SUBNET", "SINCE"))?;
+    for e in doc.instances.values() {
+        let (status, since) = match (&e.creating, e.status) {
+            (Some(c), _) => (creating_word(c), c.since),
+            (None, crate::registry::Status::Allocated) => ("allocated".to_string(), e.created_at),
+            (None, _) => match e.reservation.as_ref() {
+                Some(r) if r.taken.is_some() => ("reservation taken".into(), r.reserved_at),
+                Some(r) if e.holds(now) => ("reserved".into(), r.reserved_at),
+                Some(r) => ("reservation expired".into(), r.reserved_at),
+                None => ("reserved".into(), e.created_at),
+            },
+        };
+        let ws = e.owner.as_ref().map(|o| o.to_string()).unwrap_or_else(|| "(not recorded)".into());
+        w(out, format!("{:<20} {:<20} {:<18} {:<22} {ws}", e.name, status, e.allocation.subnet.to_string(), rfc3339(since)))?;
+    }
+    for (id, r) in &doc.federations {
+        let status = r.creating.as_ref().map(creating_word).filter(|w| w != "allocated").unwrap_or_else(|| "federated".into());
+        let since = r.creating.as_ref().map(|c| c.since).unwrap_or(r.created_at);
+        let ws = r.owner.as_ref().map(|o| o.to_string()).unwrap_or_else(|| "(not recorded)".into());
+        w(out, format!("{:<20} {:<20} {:<18} {:<22} {ws}", id, status, "(federation)", rfc3339(since)))?;
+    }
+    Ok(())
+}
+
+/// `creating (pid N)`, `removing (pid N)`, `interrupted`, `removal interrupted`, …
+fn creating_word(c: &crate::registry::Creating) -> String {
+    match c.pid() {
+        Some(pid) if c.running() == Some(true) && c.word() != "allocated" => format!("{} (pid {pid})", c.word()),
+        _ => c.word().to_string(),
+    }
+}
+
+/// `registry check`: soundness of the document and the log, then interrupted creations.
+fn registry_check(reg: &Registry, a: &Args, out: &mut dyn Write) -> Result<(), CliError> {
+    let doc = reg.snapshot().map_err(|e| fail(format!("registry {}: {e}", a.home.display())))?;
+    let v = reg.verify_events().map_err(|e| fail(format!("event log of {}: {e}", a.home.display())))?;
+    w(out, format!("ok: registry {} sound: {} instance(s), {} federation(s); event log intact ({} events)", a.home.display(), doc.instances.len(), doc.federations.len(), v.events))?;
+    let mut waiting = 0;
+    let ws_hint = |owner: &Option<crate::registry::owner::Workspace>| match owner {
+        Some(o) => format!("run `terraform apply` (or `destroy`) in {} with Terraform workspace `{}`, on {}", o.dir, o.name, o.host),
+        None => "run `terraform apply` (or `destroy`) in the configuration that declares it".into(),
+    };
+    for e in doc.instances.values() {
+        let Some(c) = e.creating.as_ref().filter(|c| c.word() != "allocated") else { continue };
+        let word = creating_word(c);
+        if c.running() == Some(true) {
+            w(out, format!("{}: {word}, since {}: a run of its workspace is at work on it", e.name, rfc3339(c.since)))?;
+            continue;
+        }
+        waiting += 1;
+        w(out, format!(
+            "{}: {word} since {} ({}); to finish it, {}: an apply adopts it (or re-makes what a killed destroy took away), a destroy removes it. If that workspace is gone for good: `terraform-provider-homelab instances remove {}`",
+            e.name, rfc3339(c.since), e.allocation, ws_hint(&e.owner), e.name
+        ))?;
+    }
+    for (id, r) in &doc.federations {
+        let Some(c) = r.creating.as_ref().filter(|c| c.word() != "allocated") else { continue };
+        let word = creating_word(c);
+        if c.running() == Some(true) {
+            w(out, format!("federation {id}: {word}, since {}: a run of its workspace is at work on it", rfc3339(c.since)))?;
+            continue;
+        }
+        waiting += 1;
+        w(out, format!(
+            "federation {id}: {word} since {}; to finish it, {}. If that workspace is gone for good, removing either instance (`instances remove`) closes it",
+            rfc3339(c.since), ws_hint(&r.owner)
+        ))?;
+    }
+    if waiting > 0 {
+        return Err(CliError { message: format!("{waiting} interrupted creation(s) wait for their workspace"), code: 3 });
+    }
+    w(out, "no interrupted creations".to_string())
 }

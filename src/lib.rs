@@ -27,6 +27,8 @@
 //! - [`federation`]: opening, checking and closing a federated pair (host, guests, clusters).
 //! - [`k8s`]: NetworkPolicies for federation, through `kube` on an injected client.
 //! - [`process`]: running host commands with errors that name the command and its stderr.
+//! - [`parent`]: watching the Terraform process that started the provider.
+//! - [`recovery`]: taking away what interrupted applies left, and instances by name.
 //! - [`cli`]: the provider binary's own subcommands (reservations, audit verification, docs).
 //! - [`docs`]: the `docs/` generator (registry layout) from the schema and `examples/`.
 
@@ -41,8 +43,10 @@ pub mod hostnet;
 pub mod k8s;
 pub mod logging;
 pub mod net;
+pub mod parent;
 pub mod process;
 pub mod provider;
+pub mod recovery;
 pub mod registry;
 pub mod resources;
 pub mod schema;
@@ -60,7 +64,13 @@ pub async fn serve() -> std::io::Result<()> {
             tracing::info!("SIGINT received: waiting for Terraform's StopProvider");
         }
     });
-    tf_provider::serve("homelab", provider::HomelabProvider::new())
+    // Killed Terraform: stop, leave the interrupted creations for the next apply to adopt.
+    parent::watch(std::time::Duration::from_secs(30));
+    let provider = provider::HomelabProvider::new();
+    let shared = provider.shared();
+    tf_provider::serve("homelab", provider)
         .await
-        .map_err(|e| std::io::Error::other(format!("{e:#}")))
+        .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+    shared.ended_cleanly();
+    Ok(())
 }

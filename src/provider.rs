@@ -239,6 +239,8 @@ pub struct Configured {
     pub names: NameBook,
     /// A plan call of this run failed: Terraform will not keep this plan.
     pub plan_failed: AtomicBool,
+    /// This run removed the interrupted creations of its workspace already.
+    pub swept: AtomicBool,
     /// Host networks to use instead of reading the host's (tests).
     pub host_networks_override: Option<Vec<External>>,
 }
@@ -266,6 +268,46 @@ impl Configured {
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "the plan failed, and its reservations could not be dropped"),
+        }
+    }
+
+    /// Once per run, from a destroy: remove the interrupted creations of this workspace that
+    /// no call of this run concerns (see `registry::interrupted`). They belong to this
+    /// workspace's configuration, and no state can hold them; a destroy of it must not leave
+    /// them behind. Failures are warnings: the destroy itself goes on.
+    pub async fn remove_interrupted(&self, diags: &mut Diagnostics) {
+        if self.swept.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let ctl = crate::backend::OpControl { timeout: std::time::Duration::from_secs(600), cancel: tf_provider::stop_token() };
+        let swept = crate::recovery::remove_interrupted(
+            &self.registry,
+            self.backends.as_ref(),
+            &self.settings.home,
+            &|key: &str| self.names.used(key),
+            &ctl,
+        )
+        .await;
+        if !swept.removed.is_empty() {
+            let answered = if swept.unconfirmed.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " Of those, {} had been created and answered just before the kill, and no refresh, plan or destroy of this workspace has shown them since: no state of it holds them.",
+                    swept.unconfirmed.join(", ")
+                )
+            };
+            diagnostics::warning(
+                diags,
+                "Removed what killed applies of this workspace had begun".into(),
+                format!(
+                    "{}: an apply of this workspace began them and was killed before Terraform recorded them. This destroy tore their labs down and released their networks (the events log records each).{answered}",
+                    swept.removed.join(", ")
+                ),
+            );
+        }
+        for e in swept.failed {
+            diagnostics::warning(diags, "An interrupted creation could not be removed".into(), format!("{e}. `terraform-provider-homelab registry list` shows it; `terraform-provider-homelab instances remove NAME` removes it."));
         }
     }
 
@@ -329,6 +371,75 @@ impl Shared {
     fn set(&self, c: Configured) {
         *self.configured.write().expect("provider state lock") = Some(Arc::new(c));
     }
+
+    /// Terraform ended this provider cleanly (`GRPCController.Shutdown`, which it sends only
+    /// after its last answer): every creation this run answered is in Terraform's hands now.
+    pub fn ended_cleanly(&self) {
+        let Some(c) = self.configured.read().expect("provider state lock").clone() else { return };
+        match c.registry.delivered() {
+            Ok(done) if !done.is_empty() => tracing::info!(created = ?done, "answers delivered"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not record this run's delivered creations"),
+        }
+        if c.names.destroyed_any_instance() {
+            match c.registry.drop_unused_reservations(&|name: &str| c.names.used(name)) {
+                Ok(dropped) if !dropped.is_empty() => tracing::info!(?dropped, "dropped the reservations a destroy left unused"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not drop the reservations this destroy left unused"),
+            }
+        }
+    }
+}
+
+/// At validation (every command that reads the configuration, before anything changes): a
+/// warning naming this workspace's creations that a killed apply began and never answered
+/// (so no state holds them), and what converges them. Answered ones and killed destroys are
+/// left out: the state may hold those, and the refresh tells (see `registry::interrupted`).
+/// A `terraform destroy` whose state holds nothing never configures the provider (Terraform
+/// 1.11 does not start it past validation), so this warning is all it can say.
+fn warn_interrupted(diags: &mut Diagnostics, settings: &Settings, origin: &Origin) {
+    if !FileStore::new(settings.home.clone()).registry_path().is_file() {
+        return;
+    }
+    let registry = Registry::new(
+        Arc::new(FileStore::new(settings.home.clone())),
+        settings.pools,
+        settings.reservation_ttl,
+        Arc::new(SystemClock),
+        Actor::current(),
+        Client::provider(String::new()),
+    )
+    .with_origin(origin.clone());
+    let never_answered = |c: Option<&crate::registry::interrupted::Creating>| c.filter(|c| c.word() == "interrupted").map(|c| c.since);
+    let mut left: Vec<String> = match registry.interrupted() {
+        Ok(list) => list
+            .iter()
+            .filter_map(|e| never_answered(e.creating.as_ref()).map(|since| format!("`{}` (since {})", e.name, crate::registry::rfc3339(since))))
+            .collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the registry at validation");
+            return;
+        }
+    };
+    if let Ok(feds) = registry.interrupted_federations() {
+        left.extend(
+            feds.iter()
+                .filter_map(|(id, r)| never_answered(r.creating.as_ref()).map(|since| format!("federation `{id}` (since {})", crate::registry::rfc3339(since)))),
+        );
+    }
+    if left.is_empty() {
+        return;
+    }
+    diagnostics::warning(
+        diags,
+        "An apply of this workspace was killed while creating".into(),
+        format!(
+            "{}: an apply of this workspace ({}) began them and was killed before they were made, so no state holds them. `terraform apply` adopts and finishes them; `terraform destroy` removes them when it destroys anything of this provider. With nothing of this provider in the state, `terraform-provider-homelab instances remove NAME --home {}` removes one (`terraform-provider-homelab registry check` lists them).",
+            left.join(", "),
+            origin.workspace,
+            settings.home.display()
+        ),
+    );
 }
 
 /// Builds the backends from the provider's choices (the real host in the binary; fakes in tests).
@@ -346,6 +457,11 @@ impl HomelabProvider {
         Self::with_backends(Arc::new(|s: &Settings, c: &BackendChoices| {
             crate::backend::host_backends(s, c)
         }))
+    }
+
+    /// The context its resources share (kept by `serve` to close the run).
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
     }
 
     /// The provider with backends from `factory`.
@@ -415,7 +531,10 @@ impl Provider for HomelabProvider {
     async fn validate<'a>(&self, diags: &mut Diagnostics, config: Self::Config<'a>) -> Option<()> {
         if !config.any_unknown() {
             match config.settings() {
-                Ok(s) => self.shared.declared.set_home(s.home, &self.shared.origin),
+                Ok(s) => {
+                    warn_interrupted(diags, &s, &self.shared.origin);
+                    self.shared.declared.set_home(s.home, &self.shared.origin);
+                }
                 Err(errors) => settings_errors(diags, errors),
             }
         }
@@ -480,6 +599,7 @@ impl Provider for HomelabProvider {
             backends,
             names: NameBook::new(),
             plan_failed: AtomicBool::new(false),
+            swept: AtomicBool::new(false),
             host_networks_override: None,
         });
         Some(())

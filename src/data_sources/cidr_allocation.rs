@@ -67,6 +67,10 @@ pub struct CidrAllocationState {
     pub expires_at: Value<String>,
     /// Federation peers.
     pub federated_with: Value<Vec<String>>,
+    /// The workspace of the entry.
+    pub owner: Value<String>,
+    /// When the entry was made (reservation, or creation).
+    pub since: Value<String>,
     /// Pool usage.
     pub pools: Value<PoolsState>,
 }
@@ -101,7 +105,7 @@ impl CidrAllocationDataSource {
                 ),
                 attributes: attributes(vec![
                     ("name", required(string(), "Instance name: a lowercase DNS label of 1 to 32 characters, starting with a letter and not ending with `-`.")),
-                    ("status", computed(string(), "`allocated` (the instance exists), `reserved` (a plan holds networks for it until `expires_at`) or `free` (the values below are what it would get next).")),
+                    ("status", computed(string(), "`allocated` (the instance exists), `creating` (an apply began it at `since` and is still at work), `interrupted` (the apply that began it was killed before it answered Terraform, so no state holds it: the next apply of its workspace `owner` adopts it), `unconfirmed` (it was created and answered just before its apply was killed: the next refresh of `owner` confirms it if its state holds it, else the next apply adopts it), `removing` (a run of its workspace is tearing it down), `removal interrupted` (that run was killed, or its destroy failed: the next destroy of `owner` finishes it, the next apply re-makes it), `reserved` (a plan holds networks for it until `expires_at`) or `free` (the values below are what it would get next).")),
                     ("subnet", computed(string(), "Host-only subnet.")),
                     ("gateway", computed(string(), "Gateway of the subnet: its first host address (.1).")),
                     ("pod_cidr", computed(string(), "Kubernetes pod CIDR.")),
@@ -110,6 +114,8 @@ impl CidrAllocationDataSource {
                     ("backend", computed(string(), "Backend of the registry entry (null when `free`).")),
                     ("expires_at", computed(string(), "When the reservation expires (RFC 3339; only when `reserved`).")),
                     ("federated_with", computed(string_list(), "Instances this one is federated with.")),
+                    ("owner", computed(string(), "The Terraform workspace the entry belongs to (`workspace <name> of <dir> on <host>`; null when `free`, or for entries written before workspaces were recorded).")),
+                    ("since", computed(string(), "When the entry was made: the reservation, or the creation (RFC 3339; null when `free`).")),
                     ("pools", computed(object(&[("host", pool.clone()), ("pod", pool.clone()), ("service", pool.clone()), ("mgmt", pool)]),
                         "Usage of each pool (`host`, `pod`, `service`, `mgmt`): `cidr`, slot `prefix`, `capacity` in slots, `used` slots (allocated or reserved), `free` slots.")),
                 ]),
@@ -185,7 +191,10 @@ impl DataSource for CidrAllocationDataSource {
         let entry = preview.entry.as_ref();
         Some(CidrAllocationState {
             name: Value::Value(name),
-            status: Value::Value(preview.status.to_string()),
+            status: Value::Value(match entry.and_then(|e| e.creating.as_ref()) {
+                Some(c) => c.word().to_string(),
+                None => preview.status.to_string(),
+            }),
             subnet: Value::Value(a.subnet.to_string()),
             gateway: Value::Value(net::gateway(&a.subnet).to_string()),
             pod_cidr: Value::Value(a.pod_cidr.to_string()),
@@ -197,6 +206,10 @@ impl DataSource for CidrAllocationDataSource {
                 .map(|r| Value::Value(crate::registry::rfc3339(r.expires_at)))
                 .unwrap_or(Value::Null),
             federated_with: Value::Value(entry.map(|e| e.federated.clone()).unwrap_or_default()),
+            owner: entry.and_then(|e| e.owner.as_ref()).map(|o| Value::Value(o.to_string())).unwrap_or(Value::Null),
+            since: entry
+                .map(|e| Value::Value(crate::registry::rfc3339(e.creating.as_ref().map(|c| c.since).unwrap_or(e.created_at))))
+                .unwrap_or(Value::Null),
             pools: Value::Value(PoolsState {
                 host: pool_state(&usage[0]),
                 pod: pool_state(&usage[1]),

@@ -102,6 +102,23 @@ fn namespaces(s: &FederationState) -> Vec<String> {
     known(&s.namespaces).unwrap_or_else(|| vec!["default".to_string()])
 }
 
+/// The federation's key in the run's name book.
+fn book_key(id: &str) -> String {
+    format!("federation:{id}")
+}
+
+/// The state holds the federation `id` (a refresh, plan or destroy of it is running): a
+/// creation of it that a killed run began is over (see `registry::interrupted`).
+fn confirm_held(ctx: &Configured, diags: &mut Diagnostics, id: &str) {
+    let creating = ctx.registry.snapshot().ok().and_then(|d| d.federations.get(id).map(|r| r.creating.is_some()));
+    if creating == Some(false) {
+        return;
+    }
+    if let Err(e) = ctx.registry.confirm_federation(id) {
+        diagnostics::warning(diags, format!("{}: could not record in the registry that the state holds it", ctx_name(id)), e.to_string());
+    }
+}
+
 fn ctx_name(id: &str) -> String {
     format!("homelab_federation {id:?}")
 }
@@ -191,6 +208,8 @@ impl FederationResource {
                             .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
                             .unwrap_or_default(),
                         created_at: e.time,
+                        owner: None,
+                        creating: None,
                     })
                 }
                 "federation.update" => {
@@ -261,7 +280,12 @@ impl FederationResource {
         if present.len() != 2 {
             return None;
         }
-        if present[0].federated.contains(&b) || present[1].federated.contains(&a) {
+        ctx.names.create(&book_key(&id)).ok();
+        // Federated already, unless by an interrupted creation of this workspace (adopted).
+        let interrupted = ctx.registry.interrupted_federations().is_ok_and(|l| {
+            l.iter().any(|(i, r)| *i == id && !r.creating.as_ref().is_some_and(|c| c.removing))
+        });
+        if (present[0].federated.contains(&b) || present[1].federated.contains(&a)) && !interrupted {
             let e = FederationError::Registry(RegistryError::AlreadyFederated { a: a.clone(), b: b.clone() });
             diagnostics::error(diags, &context, &e);
             return None;
@@ -342,6 +366,7 @@ impl Resource for FederationResource {
         let ctx = self.shared.get(diags)?;
         let (a, b) = names(&state)?;
         let id = pair_id(&a, &b);
+        ctx.names.read(&book_key(&id));
         let (ea, eb) = match Self::entries(&ctx, &a, &b) {
             Ok(x) => x,
             Err(e) => {
@@ -349,6 +374,7 @@ impl Resource for FederationResource {
                 return Some((state, private_state));
             }
         };
+        confirm_held(&ctx, diags, &id);
         let (Some(ea), Some(eb)) = (ea, eb) else {
             tracing::info!(federation = %id, "an instance of the pair is gone: the federation is gone");
             return None;
@@ -397,6 +423,10 @@ impl Resource for FederationResource {
         _meta: Self::ProviderMetaState<'a>,
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>, Vec<AttributePath>)> {
         let ctx = self.shared.get(diags)?;
+        if let Some((a, b)) = names(&prior_state) {
+            ctx.names.keep(&book_key(&pair_id(&a, &b))).ok();
+            confirm_held(&ctx, diags, &pair_id(&a, &b));
+        }
         let mut planned = proposed_state;
         let mut replace = Vec::new();
         if config_state.instances != prior_state.instances {
@@ -423,11 +453,16 @@ impl Resource for FederationResource {
 
     async fn plan_destroy<'a>(
         &self,
-        _diags: &mut Diagnostics,
-        _prior_state: Self::State<'a>,
+        diags: &mut Diagnostics,
+        prior_state: Self::State<'a>,
         prior_private_state: Self::PrivateState<'a>,
         _meta: Self::ProviderMetaState<'a>,
     ) -> Option<Self::PrivateState<'a>> {
+        let ctx = self.shared.get(diags)?;
+        if let Some((a, b)) = names(&prior_state) {
+            ctx.names.destroy(&book_key(&pair_id(&a, &b))).ok();
+            confirm_held(&ctx, diags, &pair_id(&a, &b));
+        }
         Some(prior_private_state)
     }
 
@@ -470,6 +505,8 @@ impl Resource for FederationResource {
             reason: known(&config_state.reason),
             namespaces: nss.clone(),
             created_at: ctx.registry.now(),
+            owner: None,
+            creating: None,
         };
         let created_at = record.created_at;
         if let Err(e) = ctx.registry.federate(&a, &b, record, details) {
@@ -483,6 +520,12 @@ impl Resource for FederationResource {
         state.created_at = val(crate::registry::rfc3339(created_at));
         let ctl = OpControl { timeout: OP_TIMEOUT, cancel: tf_provider::stop_token() };
         record_opened(&mut state, pair.open(&nss, &ctl).await, diags, &context);
+        // Terraform records what this answers: the creation is over (unless Terraform died).
+        if !crate::parent::terraform_gone() {
+            if let Err(e) = ctx.registry.finish_federation(&id) {
+                diagnostics::warning(diags, format!("{context}: could not record in the registry that the creation is over"), e.to_string());
+            }
+        }
         Some((state, planned_private_state))
     }
 
@@ -552,6 +595,8 @@ impl Resource for FederationResource {
         let (a, b) = names(&prior_state)?;
         let id = pair_id(&a, &b);
         let context = ctx_name(&id);
+        ctx.names.torn_down(&book_key(&id));
+        ctx.remove_interrupted(diags).await;
         let ctl = OpControl { timeout: OP_TIMEOUT, cancel: tf_provider::stop_token() };
         let (ea, eb) = match Self::entries(&ctx, &a, &b) {
             Ok(x) => x,
@@ -629,6 +674,10 @@ impl Resource for FederationResource {
             state: val(COMPLETE.into()),
             ..Default::default()
         };
+        // The importing state holds it now.
+        if let Err(e) = ctx.registry.confirm_federation(&id) {
+            diagnostics::warning(diags, format!("{}: could not record in the registry that the state holds it", ctx_name(&id)), e.to_string());
+        }
         // What is in place, as a create would have recorded it.
         match Self::pair(&ctx, ea, eb) {
             Ok(pair) => match pair.opened(&nss).await {

@@ -224,6 +224,16 @@ impl AttributeTypeList {
     }
 }
 
+/// The state holds `entry` (a refresh, plan or destroy of it is running): a creation of it
+/// that a killed run began is over (see `registry::interrupted`).
+fn confirm_held(ctx: &Configured, diags: &mut Diagnostics, entry: &crate::registry::Entry) {
+    if entry.status == Status::Allocated && entry.creating.is_some() {
+        if let Err(e) = ctx.registry.confirm(&entry.name) {
+            diagnostics::warning(diags, format!("{}: could not record in the registry that the state holds it", ctx_name(&entry.name)), e.to_string());
+        }
+    }
+}
+
 fn ctx_name(name: &str) -> String {
     format!("homelab_instance {name:?}")
 }
@@ -679,15 +689,20 @@ impl InstanceResource {
                 // workspace's state. Anything else (another configuration, a state that lost
                 // it) would make two owners of one lab.
                 let mine = entry.owner.as_ref().is_none_or(|o| *o == ctx.registry.origin().workspace);
-                let lab_gone = match lab_spec(&d, &entry.allocation) {
-                    Some(spec) => matches!(
-                        self.backend_for(ctx, &d, Some(&entry)).observe(&spec).await,
-                        Ok(LabStatus { exists: false, .. })
-                    ),
-                    None => false,
-                };
-                let replaces_own = mine && (replacement || ctx.names.tainted_in_state(&d.name));
-                if !(replaces_own || (mine && lab_gone)) {
+                // An interrupted creation (or removal) of this workspace, no state ever showed
+                // it: adopted (see registry::interrupted).
+                let interrupted = entry.interrupted(&ctx.registry.origin().run);
+                let replaces_own = mine && (replacement || interrupted || ctx.names.tainted_in_state(&d.name));
+                let lab_gone = mine
+                    && !replaces_own
+                    && match lab_spec(&d, &entry.allocation) {
+                        Some(spec) => matches!(
+                            self.backend_for(ctx, &d, Some(&entry)).observe(&spec).await,
+                            Ok(LabStatus { exists: false, .. })
+                        ),
+                        None => false,
+                    };
+                if !(replaces_own || lab_gone) {
                     let e = crate::registry::RegistryError::AlreadyAllocated {
                         name: d.name.clone(),
                         allocation: entry.allocation,
@@ -750,6 +765,9 @@ impl InstanceResource {
             if let Err(clash) = ctx.names.keep(&name) {
                 name_clash(diags, ctx, &name, clash);
                 return None;
+            }
+            if let Ok(Some(entry)) = ctx.registry.get(&name) {
+                confirm_held(ctx, diags, &entry);
             }
         }
         let Some(d) = desired(ctx, diags, &config_state) else {
@@ -942,6 +960,10 @@ impl Resource for InstanceResource {
             tracing::info!(instance = %name, "registry entry gone: the instance will be planned for re-creation");
             return None;
         };
+        // A destroy of it that a killed run began: keep it in state however little is left, so
+        // that the next destroy finishes it (or the next apply re-makes it).
+        let destroy_interrupted = ctx.registry.destroy_interrupted(&entry);
+        confirm_held(&ctx, diags, &entry);
         let mut d = desired(&ctx, &mut Diagnostics::default(), &state)?;
         d.kind = BackendKind::parse(&entry.backend).unwrap_or(d.kind);
         let backend = self.backend_for(&ctx, &d, Some(&entry));
@@ -954,9 +976,9 @@ impl Resource for InstanceResource {
             }
         };
         if !status.exists {
-            if incomplete(&private_state) {
-                // A create that stopped halfway: keep it, so destroy (or the replacement of the
-                // tainted instance) cleans up what it left.
+            if incomplete(&private_state) || destroy_interrupted {
+                // A create that stopped halfway, or a destroy: keep it, so destroy (or the
+                // replacement of the tainted instance) cleans up what it left.
                 let mut kept = state;
                 kept.state = val(describe(&status));
                 return Some((kept, private_state));
@@ -1023,6 +1045,7 @@ impl Resource for InstanceResource {
         }
         // Refuse at plan when the registry still lists federations: destroy would fail anyway.
         if let Ok(Some(e)) = ctx.registry.get(&name) {
+            confirm_held(&ctx, diags, &e);
             if !e.federated.is_empty() {
                 let pending: Vec<String> = e.federated.clone();
                 // Terraform destroys federations first when they are in the same
@@ -1060,6 +1083,13 @@ impl Resource for InstanceResource {
             }
         };
         let record = lab_record(&ctx, &d, None);
+        // A destroy of this run removing an interrupted creation of this name goes first: the
+        // networks it frees are the ones planned here (see registry::interrupted).
+        let ctl = op_control(&planned_state, d.kind, "create");
+        let deadline = std::time::Instant::now() + ctl.timeout;
+        while matches!(ctx.registry.being_removed_by_this_run(&d.name), Ok(true)) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let entry = match ctx.registry.claim(&d.name, &allocation, d.kind.as_str(), record.clone(), &host) {
             Ok(e) => e,
             Err(e) => {
@@ -1081,7 +1111,16 @@ impl Resource for InstanceResource {
         state.federated_with = Value::Null;
         let _ = planned_private_state;
         let mut private = InstancePrivate::default();
-        match backend.converge(&spec, &op_control(&state, d.kind, "create")).await {
+        let converged = backend.converge(&spec, &ctl).await;
+        // Terraform records what this create answers (a failed one as tainted): the creation is
+        // over, unless Terraform died meanwhile and nobody will record it (the next apply of
+        // the workspace adopts it then).
+        if !crate::parent::terraform_gone() {
+            if let Err(e) = ctx.registry.finish(&d.name) {
+                diagnostics::warning(diags, format!("{context}: could not record in the registry that the creation is over"), e.to_string());
+            }
+        }
+        match converged {
             Ok(status) => {
                 state.state = val(describe(&status));
                 state.kubeconfig = kubeconfig_value(&state);
@@ -1168,6 +1207,8 @@ impl Resource for InstanceResource {
         let ctx = self.shared.get(diags)?;
         let name = known(&prior_state.name)?;
         let context = ctx_name(&name);
+        ctx.names.torn_down(&name);
+        ctx.remove_interrupted(diags).await;
         let entry = match ctx.registry.get(&name) {
             Ok(e) => e,
             Err(e) => {
@@ -1194,6 +1235,10 @@ impl Resource for InstanceResource {
             d.kind = k;
         }
         let backend = self.backend_for(&ctx, &d, entry.as_ref());
+        if let Err(e) = ctx.registry.begin_destroy(&name) {
+            diagnostics::error(diags, &context, &e);
+            return None;
+        }
         if let Some(spec) = allocation_of(&prior_state).and_then(|a| lab_spec(&d, &a)) {
             if let Err(e) = backend.teardown(&spec, &op_control(&prior_state, d.kind, "delete")).await {
                 diagnostics::error(diags, &format!("{context}: tearing the lab down"), &e);

@@ -38,6 +38,9 @@ struct Uses {
     kept: u32,
     created: u32,
     destroyed: u32,
+    /// Destroys applied (not planned): only recorded, never a clash (the destroy half of a
+    /// replacement comes before its create).
+    torn_down: u32,
 }
 
 /// The names planned in this run (a provider process), shared by every call.
@@ -102,6 +105,26 @@ impl NameBook {
                 Ok(())
             }
         })
+    }
+
+    /// An apply destroyed the object of this name (or key).
+    pub fn torn_down(&self, name: &str) {
+        self.with(name, |u| u.torn_down += 1);
+    }
+
+    /// Whether this run planned or applied the destroy of any instance (federation keys are
+    /// not instance names).
+    pub fn destroyed_any_instance(&self) -> bool {
+        self.names
+            .lock()
+            .expect("name book lock")
+            .iter()
+            .any(|(k, u)| u.destroyed + u.torn_down > 0 && !k.starts_with("federation:"))
+    }
+
+    /// Whether any call of this run concerned this name (or key).
+    pub fn used(&self, name: &str) -> bool {
+        self.names.lock().expect("name book lock").get(name).is_some_and(|u| u.read + u.kept + u.created + u.destroyed + u.torn_down > 0)
     }
 
     /// Whether an object of this name was refreshed in this run and no object in state keeps

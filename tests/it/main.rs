@@ -16,6 +16,7 @@ mod vagrant_box_race;
 mod acceptance_foundation;
 mod acceptance_instance;
 mod acceptance_lifecycle;
+mod acceptance_interrupted;
 mod acceptance_vagrant;
 mod acceptance_vagrant_fake;
 mod acceptance_federation;

@@ -253,8 +253,8 @@ impl Workdir {
         std::fs::write(self.dir.path().join("main.tf"), format!("{REQUIRED}\n{config}")).unwrap();
     }
 
-    /// Run terraform with `args` (plus `-no-color` where it applies).
-    pub fn tf(&self, args: &[&str]) -> Run {
+    /// The command that runs terraform with `args` here (environment and flags as [`Self::tf`]).
+    pub fn command(&self, args: &[&str]) -> (Command, Vec<String>) {
         let tf = self.tf.bin();
         let mut cmd = match &self.netns {
             Some(ns) => {
@@ -281,6 +281,12 @@ impl Workdir {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
+        (cmd, all)
+    }
+
+    /// Run terraform with `args` (plus `-no-color` where it applies).
+    pub fn tf(&self, args: &[&str]) -> Run {
+        let (mut cmd, all) = self.command(args);
         let out = cmd.output().expect("terraform runs");
         Run::from((all, out))
     }
