@@ -209,3 +209,59 @@ fn ctrl_c_during_create_stops_the_vagrant_process_group_through_stop_provider(tf
     assert!(FileStore::new(lab.home.path()).load().unwrap().instances.is_empty());
 }
 }
+
+acceptance! {
+/// The provider SIGKILLed while `vagrant up` has one node up and the next mid-boot: the killed
+/// run's `vagrant up` is left running (holding Vagrant's machine locks, as a real one would),
+/// and the registry shows the creation interrupted. The next apply stops that leftover, rebuilds
+/// the machines it was bringing up, adopts the instance (an event says so) and converges; the
+/// plan after it is empty, and destroy leaves nothing.
+fn fake_vagrant_provider_killed_during_vagrant_up_the_next_apply_adopts(tf: Tf) {
+    use crate::acceptance_interrupted::{alive as running, kill, providers_of, Running};
+    let lab = FakeLab::new(tf);
+    let log = lab.home.path().join("fake-vagrant.log");
+    let log_env = log.display().to_string();
+    let w = lab.workdir(
+        "  workers = 1\n",
+        &[("FAKE_VAGRANT_MODE", "hang-after-first"), ("FAKE_VAGRANT_LOCKS", "1"), ("FAKE_VAGRANT_LOG", &log_env)],
+    );
+    let (mut cmd, _) = w.command(&["apply", "-auto-approve"]);
+    let mut child = Running(cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap());
+    let t = Instant::now();
+    while lab.hung().is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(60), "vagrant up never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let providers = providers_of(child.id());
+    assert!(!providers.is_empty(), "no provider under terraform {}", child.id());
+    for (p, _) in &providers {
+        kill(*p);
+    }
+    child.0.wait().unwrap();
+    let leftovers = lab.hung();
+    assert!(leftovers.iter().all(|p| alive(*p)), "the killed run's vagrant up should still run: {leftovers:?}");
+    let listed = std::process::Command::new(env!("CARGO_BIN_EXE_terraform-provider-homelab"))
+        .args(["registry", "list", "--home", &lab.home.path().display().to_string()])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(listed.contains("acme") && listed.contains("interrupted"), "{listed}");
+
+    let mut next = w;
+    next.env.retain(|(k, _)| k != "FAKE_VAGRANT_MODE");
+    let r = next.apply();
+    assert_eq!(r.code, 0, "the apply after the kill failed:\n{}", r.all());
+    for p in &leftovers {
+        assert!(!running(*p as u32), "the leftover vagrant process {p} still runs");
+    }
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert!(calls.contains("destroy -f acme-cp-1 acme-worker-1"), "the half-made machines were not rebuilt:\n{calls}");
+    let actions: Vec<String> = FileStore::new(lab.home.path()).events().unwrap().into_iter().map(|e| e.action).collect();
+    assert!(actions.iter().any(|a| a == "instance.adopt"), "{actions:?}");
+    assert_eq!(next.resource("homelab_instance.acme").unwrap()["state"], "running");
+    assert_eq!(next.plan_exit().code, 0, "the plan after the adopting apply is not empty");
+    next.destroy().ok();
+    assert!(!lab.dir().exists(), "the instance folder is left");
+    assert!(FileStore::new(lab.home.path()).load().unwrap().instances.is_empty());
+}
+}

@@ -248,6 +248,7 @@ impl VagrantBackend {
             env,
             log_at_info,
             on_line: None,
+            pidfile: None,
         }
     }
 
@@ -273,6 +274,9 @@ impl VagrantBackend {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let mut cmd = self.vagrant_cmd(dir, &args, log_at_info);
         cmd.on_line = on_line;
+        if machine_scope(&args) == MachineScope::All {
+            cmd.pidfile = Some(dir.join(RUNNING_FILE));
+        }
         // Vagrant locks each machine for the length of a command and fails another command on
         // it at once (MachineLocked). Within this process, commands on one instance folder are
         // ordered: `ssh` (one machine each, run side by side) share the folder, everything else
@@ -312,6 +316,13 @@ impl VagrantBackend {
                 _ = limits.cancel.cancelled() => return Ok(f),
             }
             delay = (delay * 2).min(LOCKED_RETRY_MAX);
+        }
+    }
+
+    /// Stop a vagrant command a killed provider left running in `dir`.
+    async fn stop_left_running(&self, dir: &Path) {
+        if let Some(pid) = runner::stop_left_running(&dir.join(RUNNING_FILE), self.cfg.grace).await {
+            tracing::warn!(folder = %dir.display(), pid, "stopped a vagrant command that a killed provider had left running");
         }
     }
 
@@ -894,6 +905,10 @@ impl Backend for VagrantBackend {
         let dir = self.instance_dir(&spec.instance)?;
         std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
 
+        // 0. What a killed provider left running here goes first: it holds Vagrant's machine
+        //    locks, and what it was bringing up is rebuilt (step 4).
+        self.stop_left_running(&dir).await;
+
         // 1. Nodes the spec no longer lists go first, with a Vagrantfile that still defines
         //    them (Vagrant only acts on machines its Vagrantfile names).
         let recorded = self.recorded_machines(&dir);
@@ -959,6 +974,11 @@ impl Backend for VagrantBackend {
                 Hypervisor::VirtualBox => None,
             };
             tracing::info!(instance = %spec.instance, machines = ?down, "bringing machines up");
+            // Written ahead: a provider killed during this `up` leaves these machines half
+            // made, and the next converge rebuilds them (a successful `up` forgets them).
+            if let Err(io) = failed_up::record(&dir, &down, "their `vagrant up` was interrupted (its provider process was killed)") {
+                tracing::warn!(error = %io, "cannot record the machines being brought up");
+            }
             let hook = import.as_ref().map(box_import::BoxImport::hook);
             let up = self.vagrant_with(&dir, &args, &limits, true, hook).await.and_then(Finished::ok);
             drop(import);
@@ -987,6 +1007,7 @@ impl Backend for VagrantBackend {
         let limits = Limits::start(ctl);
         let dir = self.instance_dir(&spec.instance)?;
         if dir.is_dir() {
+            self.stop_left_running(&dir).await;
             let recorded = self.recorded_machines(&dir);
             let (mut full, _) = Self::with_leftovers(spec, &recorded);
             if full.vagrant.is_none() {
@@ -1115,6 +1136,11 @@ pub fn console_tail(log: &str, n: usize) -> Vec<String> {
     let lines: Vec<String> = log.lines().map(clean).filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..].to_vec()
 }
+
+/// While a vagrant command on every machine of an instance folder runs, this file of the
+/// folder names its process; a provider killed meanwhile leaves it (see
+/// `runner::stop_left_running`).
+pub const RUNNING_FILE: &str = "vagrant-running.pid";
 
 /// First wait before retrying a command that met a locked machine, and the longest wait.
 const LOCKED_RETRY_FIRST: Duration = Duration::from_millis(250);

@@ -10,7 +10,7 @@
 //! half-way (the provider's task is aborted) kills its group too.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -97,6 +97,10 @@ pub struct ToolCommand {
     pub log_at_info: bool,
     /// Also hand every line to this, as it comes.
     pub on_line: Option<LineHook>,
+    /// While it runs, this file names its process (`process::identity`), so that a provider
+    /// killed meanwhile leaves a record of the command it left running (see
+    /// [`stop_left_running`]).
+    pub pidfile: Option<PathBuf>,
 }
 
 impl ToolCommand {
@@ -108,6 +112,7 @@ impl ToolCommand {
             env: Vec::new(),
             log_at_info: false,
             on_line: None,
+            pidfile: None,
         }
     }
 }
@@ -170,6 +175,62 @@ impl Drop for GroupGuard {
             signal_group(self.pgid, libc::SIGKILL);
         }
     }
+}
+
+/// The record of a running command; removed when the command is over (a provider killed
+/// meanwhile leaves it).
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn write(path: &Path, pid: u32) -> Option<PidFile> {
+        let id = crate::process::identity(pid)?;
+        match std::fs::write(path, id) {
+            Ok(()) => Some(PidFile(path.to_path_buf())),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot record the running command");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A command that an earlier provider process started and left running when it was killed
+/// (`pidfile` names it, and it still runs, and not as a child of this process): stop its
+/// process group (SIGINT, SIGTERM, then SIGKILL, each for its grace), and forget the record.
+/// Returns the pid it stopped.
+pub async fn stop_left_running(pidfile: &Path, grace: Grace) -> Option<u32> {
+    let recorded = std::fs::read_to_string(pidfile).ok()?;
+    let recorded = recorded.trim();
+    let pid: Option<u32> = recorded.split('/').nth(1).and_then(|p| p.parse().ok());
+    let live = pid.filter(|p| {
+        crate::process::identity(*p).as_deref() == Some(recorded) && crate::process::parent_of(*p) != Some(std::process::id())
+    });
+    if let Some(pid) = live {
+        tracing::warn!(pid, record = %pidfile.display(), "stopping a command that a killed provider left running");
+        let steps = [
+            (libc::SIGINT, grace.interrupt),
+            (libc::SIGTERM, grace.terminate),
+            (libc::SIGKILL, Duration::from_secs(10)),
+        ];
+        'steps: for (sig, wait) in steps {
+            signal_group(pid as i32, sig);
+            let until = Instant::now() + wait;
+            while Instant::now() < until {
+                if !group_alive(pid as i32) {
+                    break 'steps;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let _ = std::fs::remove_file(pidfile);
+    live
 }
 
 fn signal_group(pgid: i32, sig: i32) {
@@ -344,6 +405,7 @@ pub async fn run_tool(
         pgid,
         armed: pgid > 0,
     };
+    let _pidfile = tc.pidfile.as_ref().and_then(|path| PidFile::write(path, pgid as u32));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut readers = Vec::new();
     if let Some(out) = child.stdout.take() {
