@@ -47,7 +47,13 @@ pub struct Cmd {
     pub argv: Vec<String>,
     /// Data written to the command's stdin (for `nft -f -`, `ip -batch -`).
     pub stdin: Option<String>,
+    /// Values in its arguments that must never be shown (join tokens, certificate keys):
+    /// every display of the command (logs, errors) has [`REDACTED`] in their place.
+    pub secrets: Vec<String>,
 }
+
+/// What a secret value is shown as.
+pub const REDACTED: &str = "<redacted>";
 
 impl Cmd {
     /// A command from a program and its arguments.
@@ -62,7 +68,26 @@ impl Cmd {
                 .map(|s| s.as_ref().to_string_lossy().into_owned())
                 .collect(),
             stdin: None,
+            secrets: Vec::new(),
         }
+    }
+
+    /// The same command, with `value` (a whole argument or part of one) never shown.
+    pub fn with_secret(mut self, value: impl Into<String>) -> Self {
+        let value = value.into();
+        if !value.is_empty() {
+            self.secrets.push(value);
+        }
+        self
+    }
+
+    /// `text` with this command's secret values replaced by [`REDACTED`].
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for s in &self.secrets {
+            out = out.replace(s.as_str(), REDACTED);
+        }
+        out
     }
 
     /// The same command with `input` fed to its stdin.
@@ -74,7 +99,7 @@ impl Cmd {
 
 impl fmt::Display for Cmd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let quoted: Vec<String> = self.argv.iter().map(|a| shell_quote(a)).collect();
+        let quoted: Vec<String> = self.argv.iter().map(|a| shell_quote(&self.redact(a))).collect();
         f.write_str(&quoted.join(" "))
     }
 }
@@ -201,6 +226,21 @@ pub async fn run(cmd: &Cmd) -> Result<Output, CommandError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_values_are_never_shown_and_still_run() {
+        let join = "sudo kubeadm join 10.0.0.10:6443 --token abcdef.0123456789abcdef --certificate-key 99ff";
+        let c = Cmd::new(["vagrant", "ssh", "acme-cp-2", "-c", join])
+            .with_secret("abcdef.0123456789abcdef")
+            .with_secret("99ff")
+            .with_secret("");
+        let shown = c.to_string();
+        assert!(!shown.contains("0123456789abcdef") && !shown.contains("99ff"), "{shown}");
+        assert_eq!(shown.matches(REDACTED).count(), 2, "{shown}");
+        assert!(shown.starts_with("vagrant ssh acme-cp-2 -c 'sudo kubeadm join 10.0.0.10:6443 --token <redacted>"), "{shown}");
+        assert_eq!(c.argv[4], join, "what runs is unchanged");
+        assert_eq!(c.redact("error: token abcdef.0123456789abcdef rejected"), "error: token <redacted> rejected");
+    }
 
     #[test]
     fn display_quotes_only_what_needs_it() {

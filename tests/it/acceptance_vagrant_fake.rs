@@ -19,20 +19,23 @@ struct FakeLab {
     home: tempfile::TempDir,
     pids: PathBuf,
     tf: Tf,
+    /// `provision` of the instance (false unless a test sets it).
+    provision: bool,
 }
 
 impl FakeLab {
     fn new(tf: Tf) -> FakeLab {
         let home = tempfile::Builder::new().prefix("homelab-home-").tempdir().unwrap();
         let pids = home.path().join("fake-pids");
-        FakeLab { home, pids, tf }
+        FakeLab { home, pids, tf, provision: false }
     }
 
     fn config(&self, instance_body: &str) -> String {
         format!(
-            "provider \"homelab\" {{\n  home = \"{}\"\n  default_backend = \"vagrant\"\n  vagrant_bin = \"{}\"\n}}\nresource \"homelab_instance\" \"acme\" {{\n  name = \"acme\"\n  provision = false\n{instance_body}}}\n",
+            "provider \"homelab\" {{\n  home = \"{}\"\n  default_backend = \"vagrant\"\n  vagrant_bin = \"{}\"\n}}\nresource \"homelab_instance\" \"acme\" {{\n  name = \"acme\"\n  provision = {}\n{instance_body}}}\n",
             self.home.path().display(),
-            fake_vagrant().display()
+            fake_vagrant().display(),
+            self.provision
         )
     }
 
@@ -263,5 +266,117 @@ fn fake_vagrant_provider_killed_during_vagrant_up_the_next_apply_adopts(tf: Tf) 
     next.destroy().ok();
     assert!(!lab.dir().exists(), "the instance folder is left");
     assert!(FileStore::new(lab.home.path()).load().unwrap().instances.is_empty());
+}
+}
+
+/// `n` random lowercase hex digits (a secret-shaped value no file holds by chance).
+fn random_hex(n: usize) -> String {
+    let mut out = String::new();
+    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() ^ u128::from(std::process::id());
+    while out.len() < n {
+        // xorshift
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.push_str(&format!("{:x}", seed & 0xffff_ffff));
+    }
+    out.truncate(n);
+    out
+}
+
+/// Every file under `dir` that others may read (mode not 0600), with its text.
+fn readable_files(dir: &std::path::Path) -> Vec<(PathBuf, String)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        let Ok(meta) = std::fs::symlink_metadata(&p) else { continue };
+        if meta.is_dir() {
+            out.extend(readable_files(&p));
+        } else if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+            out.push((p.clone(), String::from_utf8_lossy(&std::fs::read(&p).unwrap_or_default()).into_owned()));
+        }
+    }
+    out
+}
+
+acceptance! {
+/// No secret of a cluster (bootstrap token, certificate key, the admin kubeconfig's client key)
+/// reaches Terraform's log at TRACE (the provider's lines included), a diagnostic, the events
+/// log, the state outside the sensitive `kubeconfig`, or a file of the instance folder others
+/// may read: through a create with two control planes (token and certificate key), a scale-up
+/// that joins a node, a join that fails (its command line is shown, redacted), and destroy. The
+/// FAKE `vagrant` prints the secrets where real kubeadm does.
+fn fake_vagrant_secrets_never_reach_logs_diagnostics_events_or_state(tf: Tf) {
+    let mut lab = FakeLab::new(tf);
+    lab.provision = true;
+    let token = format!("{}.{}", random_hex(6), random_hex(16));
+    let cert_key = random_hex(64);
+    let client_key = random_hex(48);
+    let log = lab.home.path().join("fake-vagrant.log");
+    let log_env = log.display().to_string();
+    let env = [
+        ("FAKE_VAGRANT_TOKEN", token.as_str()),
+        ("FAKE_VAGRANT_CERT_KEY", cert_key.as_str()),
+        ("FAKE_VAGRANT_CLIENT_KEY", client_key.as_str()),
+        ("FAKE_VAGRANT_LOG", log_env.as_str()),
+        ("TF_LOG", "TRACE"),
+    ];
+    let body = |workers: u32| format!("  control_planes = 2\n  workers = {workers}\n");
+    let mut w = lab.workdir(&body(1), &env);
+    let mut seen = String::new();
+    let mut record = |r: &crate::util::terraform::Run| {
+        seen.push_str(&r.stdout);
+        seen.push_str(&r.stderr);
+    };
+    let r = w.apply().ok();
+    record(&r);
+    w.write(&lab.config(&body(2)));
+    let r = w.apply().ok();
+    record(&r);
+    w.env.push(("FAKE_VAGRANT_JOIN_FAIL".into(), "1".into()));
+    w.write(&lab.config(&body(3)));
+    let r = w.apply().failed();
+    record(&r);
+    assert!(r.all().contains("kubeadm join") && r.all().contains(homelab::process::REDACTED), "the failed join is not shown, redacted:\n{}", r.all());
+    // The secrets were really used: the stand-in saw them.
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert!(calls.contains(&token) && calls.contains(&cert_key), "the join never used the secrets:\n{calls}");
+    // The state: only the sensitive kubeconfig holds the client key.
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(w.path().join("terraform.tfstate")).unwrap()).unwrap();
+    let mut stripped = state.clone();
+    let mut kubeconfigs = String::new();
+    for res in stripped["resources"].as_array_mut().unwrap() {
+        for inst in res["instances"].as_array_mut().unwrap() {
+            if let Some(k) = inst["attributes"].as_object_mut().and_then(|a| a.remove("kubeconfig")) {
+                kubeconfigs.push_str(&k.to_string());
+            }
+        }
+    }
+    assert!(kubeconfigs.contains(&client_key), "the kubeconfig attribute lacks the client key: {kubeconfigs}");
+    let files = readable_files(&lab.dir());
+    assert!(!files.is_empty(), "no instance files read");
+    let events = std::fs::read_to_string(lab.home.path().join("events.jsonl")).unwrap();
+    let r = {
+        let mut clean = w;
+        clean.env.retain(|(k, _)| k != "FAKE_VAGRANT_JOIN_FAIL");
+        clean.destroy().ok()
+    };
+    record(&r);
+    assert!(seen.contains("provider.terraform-provider-homelab") || seen.contains("terraform-provider-homelab"), "no provider log lines at TRACE");
+    let places: Vec<(String, String)> = [("terraform output and TRACE log".to_string(), seen), ("events.jsonl".into(), events), ("state without kubeconfig".into(), stripped.to_string())]
+        .into_iter()
+        // The stand-in's own records (`.fake-*`) stand for what the guests hold.
+        .chain(files.into_iter().filter(|(p, _)| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".fake-"))).map(|(p, t)| (p.display().to_string(), t)))
+        .collect();
+    let secret_half = token.split_once('.').unwrap().1.to_string();
+    for (what, text) in &places {
+        for (name, secret) in [("bootstrap token", &secret_half), ("certificate key", &cert_key), ("client key", &client_key)] {
+            if let Some(at) = text.find(secret.as_str()) {
+                let from = text[..at].char_indices().rev().nth(200).map(|(i, _)| i).unwrap_or(0);
+                panic!("the {name} appears in {what}: …{}…", &text[from..(at + secret.len()).min(text.len())]);
+            }
+        }
+    }
 }
 }

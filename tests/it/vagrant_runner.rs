@@ -4,7 +4,7 @@
 //! cancellation stopping the whole process group (grandchild included), a failed `vagrant up`
 //! reported with command, exit code and last lines, only machines that are not running
 //! brought up, removed nodes destroyed with their old definitions, halted and missing machines
-//! observed, guest routes. Parsing uses real `--machine-readable` samples captured from real
+//! observed, guest routes, join secrets kept out of the log and the errors. Parsing uses real `--machine-readable` samples captured from real
 //! libvirt VMs on this kind of machine (tests/fixtures/vagrant/status-*.txt).
 
 use std::path::{Path, PathBuf};
@@ -705,4 +705,53 @@ async fn stand_in_vagrant_machine_that_failed_to_come_up_is_reported_and_rebuilt
     assert!(destroy.is_some() && up.is_some() && destroy < up, "{calls:?}");
     assert!(!dir.join("failed-up.json").exists());
     assert!(backend.observe(&spec(1)).await.unwrap().healthy());
+}
+
+/// Every field of every log event, as text.
+#[derive(Clone, Default)]
+struct AllFields(Arc<Mutex<String>>);
+
+struct FieldsVisitor<'a>(&'a mut String);
+
+impl Visit for FieldsVisitor<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.push_str(&format!(" {}={value:?}", field.name()));
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for AllFields {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        let mut line = String::new();
+        event.record(&mut FieldsVisitor(&mut line));
+        let mut all = self.0.lock().unwrap();
+        all.push_str(&line);
+        all.push('\n');
+    }
+}
+
+#[tokio::test]
+async fn stand_in_vagrant_join_secrets_never_reach_the_log_or_the_error() {
+    let all = AllFields::default();
+    let subscriber = tracing_subscriber::registry().with(all.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let fake = Fake::new();
+    let (token, key, client) = ("q7w8e9.r1t2y3u4i5o6p7a8", "f00dfeed".repeat(8), "c2VjcmV0LWNsaWVudC1rZXk=");
+    let env = [("FAKE_VAGRANT_TOKEN", token), ("FAKE_VAGRANT_CERT_KEY", key.as_str()), ("FAKE_VAGRANT_CLIENT_KEY", client)];
+    let two_cps = |workers| vagrant_spec("acme", "192.168.56.0/24", "10.78.1.0/24", 2, workers, test_options("bento/ubuntu-24.04", true));
+    // Joined, credentials fetched: the kubeconfig file holds the client key, mode 0600.
+    let ctl = OpControl::with_timeout(Duration::from_secs(60));
+    fake.backend(&env).converge(&two_cps(1), &ctl).await.unwrap();
+    let kubeconfig = fake.dir.path().join("home/instances/acme/kubeconfig");
+    assert!(std::fs::read_to_string(&kubeconfig).unwrap().contains(client));
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&kubeconfig).unwrap().permissions()) & 0o777, 0o600);
+    // A join that fails: the error shows the command, redacted.
+    let failing: Vec<(&str, &str)> = env.iter().copied().chain([("FAKE_VAGRANT_JOIN_FAIL", "1")]).collect();
+    let err = fake.backend(&failing).converge(&two_cps(2), &ctl).await.unwrap_err().to_string();
+    assert!(err.contains("kubeadm join") && err.contains(homelab::process::REDACTED), "{err}");
+    let logged = all.0.lock().unwrap().clone();
+    assert!(logged.contains("kubeadm join"), "the join was not logged at all:\n{logged}");
+    for (what, secret) in [("token", token.split_once('.').unwrap().1), ("certificate key", key.as_str()), ("client key", client)] {
+        assert!(!logged.contains(secret), "the {what} is in the log:\n{logged}");
+        assert!(!err.contains(secret), "the {what} is in the error: {err}");
+    }
 }

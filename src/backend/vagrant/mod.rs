@@ -212,10 +212,7 @@ impl VagrantBackend {
     {
         let mut full: Vec<String> = self.cfg.exec_prefix.clone();
         full.extend(Cmd::new(argv).argv);
-        Cmd {
-            argv: full,
-            stdin: None,
-        }
+        Cmd::new(full)
     }
 
     /// A vagrant command for the instance folder `dir`.
@@ -248,6 +245,7 @@ impl VagrantBackend {
             env,
             log_at_info,
             on_line: None,
+            secret_output: false,
             pidfile: None,
         }
     }
@@ -259,7 +257,22 @@ impl VagrantBackend {
         limits: &Limits,
         log_at_info: bool,
     ) -> Result<Finished, BackendError> {
-        self.vagrant_with(dir, args, limits, log_at_info, None).await
+        self.vagrant_with(dir, args, limits, log_at_info, None, Secrecy::NONE).await
+    }
+
+    /// [`Self::vagrant`] for a command that carries secrets: `secrets` are values in `args`
+    /// never to be shown, `secret_output` says whether what it prints holds secrets (see
+    /// `runner::ToolCommand`).
+    async fn vagrant_secret(
+        &self,
+        dir: &Path,
+        args: &[&str],
+        limits: &Limits,
+        secrets: &[&str],
+        secret_output: bool,
+    ) -> Result<Finished, BackendError> {
+        let secrecy = Secrecy { values: secrets, output: secret_output };
+        self.vagrant_with(dir, args, limits, !secret_output, None, secrecy).await
     }
 
     /// [`Self::vagrant`], handing every output line to `on_line` as it comes.
@@ -270,10 +283,15 @@ impl VagrantBackend {
         limits: &Limits,
         log_at_info: bool,
         on_line: Option<runner::LineHook>,
+        secrecy: Secrecy<'_>,
     ) -> Result<Finished, BackendError> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let mut cmd = self.vagrant_cmd(dir, &args, log_at_info);
         cmd.on_line = on_line;
+        for v in secrecy.values {
+            cmd.cmd = cmd.cmd.with_secret(*v);
+        }
+        cmd.secret_output = secrecy.output;
         if machine_scope(&args) == MachineScope::All {
             cmd.pidfile = Some(dir.join(RUNNING_FILE));
         }
@@ -489,41 +507,33 @@ impl VagrantBackend {
             if joined.status.success() {
                 continue;
             }
+            // Its output is the join command: the bootstrap token.
             let out = self
-                .vagrant(
+                .vagrant_secret(
                     dir,
-                    &[
-                        "ssh",
-                        &cp1.name,
-                        "--no-tty",
-                        "-c",
-                        "sudo kubeadm token create --print-join-command",
-                    ],
+                    &["ssh", &cp1.name, "--no-tty", "-c", "sudo kubeadm token create --print-join-command"],
                     limits,
-                    false,
+                    &[],
+                    true,
                 )
                 .await?
                 .ok()?;
             let params = provision::parse_join_command(&out.stdout).ok_or_else(|| {
                 BackendError::Other(format!(
-                    "{}: could not read the join command from `kubeadm token create --print-join-command`: {}",
+                    "{}: could not read the join command from `kubeadm token create --print-join-command` ({} lines of output, not shown: they may hold the bootstrap token)",
                     cp1.name,
-                    out.stdout.trim()
+                    out.stdout.lines().count()
                 ))
             })?;
             let key = if node.role == Role::ControlPlane {
+                // Its output is the certificate key.
                 let out = self
-                    .vagrant(
+                    .vagrant_secret(
                         dir,
-                        &[
-                            "ssh",
-                            &cp1.name,
-                            "--no-tty",
-                            "-c",
-                            "sudo kubeadm init phase upload-certs --upload-certs",
-                        ],
+                        &["ssh", &cp1.name, "--no-tty", "-c", "sudo kubeadm init phase upload-certs --upload-certs"],
                         limits,
-                        false,
+                        &[],
+                        true,
                     )
                     .await?
                     .ok()?;
@@ -540,35 +550,22 @@ impl VagrantBackend {
             };
             let join = provision::join_command(node, &params, key.as_deref());
             tracing::info!(node = %node.name, "joining the cluster");
-            self.vagrant(
-                dir,
-                &["ssh", &node.name, "--no-tty", "-c", &join],
-                limits,
-                true,
-            )
-            .await?
-            .ok()?;
+            let mut secrets = vec![params.token.as_str()];
+            secrets.extend(key.as_deref());
+            self.vagrant_secret(dir, &["ssh", &node.name, "--no-tty", "-c", &join], limits, &secrets, false)
+                .await?
+                .ok()?;
         }
+        // The cluster's admin credentials (client key included).
         let out = self
-            .vagrant(
-                dir,
-                &[
-                    "ssh",
-                    &cp1.name,
-                    "--no-tty",
-                    "-c",
-                    "sudo cat /etc/kubernetes/admin.conf",
-                ],
-                limits,
-                false,
-            )
+            .vagrant_secret(dir, &["ssh", &cp1.name, "--no-tty", "-c", "sudo cat /etc/kubernetes/admin.conf"], limits, &[], true)
             .await?
             .ok()?;
         if !out.stdout.contains("apiVersion:") {
             return Err(BackendError::Other(format!(
-                "{}: /etc/kubernetes/admin.conf is not a kubeconfig (did `kubeadm init` run? see the control-plane provisioner's output): {}",
+                "{}: /etc/kubernetes/admin.conf is not a kubeconfig (did `kubeadm init` run? see the control-plane provisioner's output); its {} lines are not shown (they may hold credentials)",
                 cp1.name,
-                out.stdout.trim()
+                out.stdout.lines().count()
             )));
         }
         write_private(&dir.join("kubeconfig"), &out.stdout)
@@ -980,7 +977,7 @@ impl Backend for VagrantBackend {
                 tracing::warn!(error = %io, "cannot record the machines being brought up");
             }
             let hook = import.as_ref().map(box_import::BoxImport::hook);
-            let up = self.vagrant_with(&dir, &args, &limits, true, hook).await.and_then(Finished::ok);
+            let up = self.vagrant_with(&dir, &args, &limits, true, hook, Secrecy::NONE).await.and_then(Finished::ok);
             drop(import);
             if let Err(e) = up {
                 if let Err(io) = failed_up::record(&dir, &down, &e.to_string()) {
@@ -1135,6 +1132,19 @@ pub fn console_tail(log: &str, n: usize) -> Vec<String> {
     };
     let lines: Vec<String> = log.lines().map(clean).filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
+/// What of a vagrant command must never be shown (see `runner::ToolCommand`).
+#[derive(Clone, Copy)]
+struct Secrecy<'a> {
+    /// Values in its arguments.
+    values: &'a [&'a str],
+    /// Its whole output.
+    output: bool,
+}
+
+impl Secrecy<'_> {
+    const NONE: Secrecy<'static> = Secrecy { values: &[], output: false };
 }
 
 /// While a vagrant command on every machine of an instance folder runs, this file of the

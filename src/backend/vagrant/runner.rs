@@ -97,6 +97,9 @@ pub struct ToolCommand {
     pub log_at_info: bool,
     /// Also hand every line to this, as it comes.
     pub on_line: Option<LineHook>,
+    /// What it prints holds secrets (a join command, a kubeconfig): its lines are not logged
+    /// and not kept for errors; the caller still gets them in [`Finished`].
+    pub secret_output: bool,
     /// While it runs, this file names its process (`process::identity`), so that a provider
     /// killed meanwhile leaves a record of the command it left running (see
     /// [`stop_left_running`]).
@@ -112,6 +115,7 @@ impl ToolCommand {
             env: Vec::new(),
             log_at_info: false,
             on_line: None,
+            secret_output: false,
             pidfile: None,
         }
     }
@@ -293,6 +297,10 @@ fn reader<R: AsyncRead + Unpin + Send + 'static>(
 
 struct Collector {
     short: String,
+    /// The command's secrets (see `Cmd::secrets`), never logged even if it prints them.
+    cmd: Cmd,
+    /// Its whole output is secret.
+    secret_output: bool,
     log_at_info: bool,
     on_line: Option<LineHook>,
     stdout: String,
@@ -333,6 +341,19 @@ impl Collector {
         if let Some(hook) = &self.on_line {
             (hook.0)(&line);
         }
+        let buf = match stream {
+            Stream::Stdout => &mut self.stdout,
+            Stream::Stderr => &mut self.stderr,
+        };
+        if buf.len() < STDOUT_CAP {
+            buf.push_str(&line);
+            buf.push('\n');
+        }
+        if self.secret_output {
+            tracing::debug!(command = %self.short, "({} characters of output not logged: they hold secrets)", line.len());
+            return;
+        }
+        let line = self.cmd.redact(&line);
         let progress = is_progress(&line);
         if progress {
             // Hundreds of redraws of one bar: keep them out of the INFO log and the tail.
@@ -344,14 +365,6 @@ impl Collector {
             tracing::info!(command = %self.short, "{line}");
         } else {
             tracing::debug!(command = %self.short, "{line}");
-        }
-        let buf = match stream {
-            Stream::Stdout => &mut self.stdout,
-            Stream::Stderr => &mut self.stderr,
-        };
-        if buf.len() < STDOUT_CAP {
-            buf.push_str(&line);
-            buf.push('\n');
         }
         if self.tail.len() == TAIL_LINES {
             self.tail.pop_front();
@@ -417,6 +430,8 @@ pub async fn run_tool(
     drop(tx);
     let mut col = Collector {
         short,
+        cmd: tc.cmd.clone(),
+        secret_output: tc.secret_output,
         log_at_info: tc.log_at_info,
         on_line: tc.on_line.clone(),
         stdout: String::new(),
@@ -457,7 +472,11 @@ pub async fn run_tool(
                 r.abort();
             }
             guard.armed = false;
-            let tail = col.tail.into_iter().collect();
+            let tail = if tc.secret_output {
+                vec!["(its output is not shown: it holds secrets)".to_string()]
+            } else {
+                col.tail.into_iter().collect()
+            };
             Ok(Finished {
                 cmd: shown,
                 status,

@@ -13,7 +13,11 @@ if [ -f /etc/kubernetes/admin.conf ]; then
   exit 0
 fi
 
+# The bootstrap token and the certificate key are not printed: this output is streamed into
+# the provider's log (the provider asks for fresh ones when it joins a node).
 kubeadm init \
+  --skip-token-print \
+  --skip-certificate-key-print \
   --node-name="$NODE_NAME" \
   --pod-network-cidr="$POD_CIDR" \
   --service-cidr="$SERVICE_CIDR" \
