@@ -195,15 +195,10 @@ impl Pair {
     /// What becomes reachable, in words, for the plan-time warning and the audit event.
     pub fn reachability(&self) -> Vec<String> {
         let (a, b) = (&self.a.entry, &self.b.entry);
+        // Subnets only: pod CIDRs are not routed between instances.
         vec![
-            format!(
-                "{} (subnet {}, pods {}) -> {} (subnet {}, pods {})",
-                a.name, a.allocation.subnet, a.allocation.pod_cidr, b.name, b.allocation.subnet, b.allocation.pod_cidr
-            ),
-            format!(
-                "{} (subnet {}, pods {}) -> {} (subnet {}, pods {})",
-                b.name, b.allocation.subnet, b.allocation.pod_cidr, a.name, a.allocation.subnet, a.allocation.pod_cidr
-            ),
+            format!("{} (subnet {}) -> {} (subnet {})", a.name, a.allocation.subnet, b.name, b.allocation.subnet),
+            format!("{} (subnet {}) -> {} (subnet {})", b.name, b.allocation.subnet, a.name, a.allocation.subnet),
         ]
     }
 
@@ -264,6 +259,8 @@ impl Pair {
                     namespace: ns.clone(),
                     peer_pod_cidr: peer.spec.pod_cidr,
                     peer_subnet: peer.spec.subnet,
+                    own_pod_cidr: me.spec.pod_cidr,
+                    own_subnet: me.spec.subnet,
                 };
                 if let Err(source) = policies.apply(&spec).await {
                     return Err((done, FederationError::K8s { what: format!("applying the NetworkPolicy in `{}`", me.name()), source }));

@@ -42,6 +42,11 @@ pub struct PolicySpec {
     pub peer_pod_cidr: Ipv4Net,
     /// The peer's host-only subnet: its nodes, and pod traffic masqueraded to node addresses.
     pub peer_subnet: Ipv4Net,
+    /// `instance`'s own pod CIDR: its pods keep reaching each other.
+    pub own_pod_cidr: Ipv4Net,
+    /// `instance`'s own host-only subnet: its nodes (kubelet probes, node-local traffic, the
+    /// host's gateway) keep reaching its pods.
+    pub own_subnet: Ipv4Net,
 }
 
 impl PolicySpec {
@@ -67,7 +72,9 @@ pub fn policy_name(peer: &str) -> String {
 }
 
 /// The NetworkPolicy for `spec`: every pod of the namespace (`podSelector: {}`), ingress only,
-/// one rule admitting the peer's pod CIDR and subnet.
+/// one rule admitting the peer's pod CIDR and subnet, and the instance's own pod CIDR and subnet
+/// (a policy that selects a pod isolates it: without them, federating would cut the namespace
+/// off from its own cluster; see the module docs).
 ///
 /// CIDRs are written in canonical form (host bits cleared): API servers with strict CIDR
 /// validation reject `10.42.0.1/16`.
@@ -78,7 +85,7 @@ pub fn network_policy(spec: &PolicySpec) -> NetworkPolicy {
         (PEER_LABEL.to_string(), spec.peer.clone()),
     ]);
     let annotations = BTreeMap::from([(FEDERATION_ANNOTATION.to_string(), spec.federation_id())]);
-    let from = [spec.peer_pod_cidr, spec.peer_subnet]
+    let from = [spec.peer_pod_cidr, spec.peer_subnet, spec.own_pod_cidr, spec.own_subnet]
         .iter()
         .map(|net| NetworkPolicyPeer {
             ip_block: Some(IPBlock {
@@ -120,6 +127,8 @@ mod tests {
             namespace: "default".into(),
             peer_pod_cidr: "10.244.0.0/16".parse().unwrap(),
             peer_subnet: "192.168.56.0/24".parse().unwrap(),
+            own_pod_cidr: "10.245.0.0/16".parse().unwrap(),
+            own_subnet: "192.168.57.0/24".parse().unwrap(),
         }
     }
 
@@ -142,7 +151,7 @@ mod tests {
     }
 
     #[test]
-    fn policy_admits_exactly_the_peer_pod_cidr_and_subnet_into_every_pod() {
+    fn policy_admits_the_peer_and_keeps_the_clusters_own_pods_and_nodes() {
         let value = serde_json::to_value(network_policy(&spec())).unwrap();
         assert_eq!(
             value,
@@ -166,6 +175,8 @@ mod tests {
                         "from": [
                             { "ipBlock": { "cidr": "10.244.0.0/16" } },
                             { "ipBlock": { "cidr": "192.168.56.0/24" } },
+                            { "ipBlock": { "cidr": "10.245.0.0/16" } },
+                            { "ipBlock": { "cidr": "192.168.57.0/24" } },
                         ],
                     }],
                 },
@@ -178,6 +189,7 @@ mod tests {
         let spec = PolicySpec {
             peer_pod_cidr: "10.244.3.7/16".parse().unwrap(),
             peer_subnet: "192.168.56.10/24".parse().unwrap(),
+            own_subnet: "192.168.57.1/24".parse().unwrap(),
             ..spec()
         };
         let policy = network_policy(&spec);
@@ -188,6 +200,6 @@ mod tests {
             .iter()
             .map(|peer| peer.ip_block.as_ref().unwrap().cidr.clone())
             .collect();
-        assert_eq!(cidrs, ["10.244.0.0/16", "192.168.56.0/24"]);
+        assert_eq!(cidrs, ["10.244.0.0/16", "192.168.56.0/24", "10.245.0.0/16", "192.168.57.0/24"]);
     }
 }

@@ -69,11 +69,14 @@ impl FederationResource {
                     "Federates exactly two instances: forwarding between their subnets on the lab's host for this pair \
                      only (never IPv4 forwarding alone: an nftables table of the provider on `netns`, rules ahead of \
                      libvirt's on libvirt), a route to the peer's subnet in every node, a NetworkPolicy \
-                     `homelab-federation-<peer>` admitting the peer's pod CIDR and subnet in each cluster, a registry tag \
-                     and an audit event. Isolation is the default; this is the one audited exception. Every plan that \
-                     creates one warns what becomes reachable. Federation is not transitive.\n\n\
-                     Note: a NetworkPolicy selecting every pod of a namespace makes those pods admit only what some policy \
-                     allows; in a namespace without other policies, add your own allow rules for in-cluster traffic.",
+                     `homelab-federation-<peer>` in each cluster, a registry tag and an audit event. Isolation is the default; \
+                     this is the one audited exception. The two host-only subnets reach each other (nodes, and pods \
+                     through their node's address); pod CIDRs are not routed between instances. Every plan that creates \
+                     one warns exactly what it puts in place. Federation is not transitive.\n\n\
+                     The NetworkPolicy selects every pod of each listed namespace and admits the peer's subnet and pod \
+                     CIDR, and the instance's own pod CIDR and subnet: a policy that selects a pod isolates it, so the \
+                     cluster's own traffic stays admitted. In a namespace that your own policies already restrict, this \
+                     also admits the cluster's own pods and nodes there.",
                 ),
                 attributes: attributes(vec![
                     ("id", computed(string(), "`<a>+<b>`, the two names sorted.")),
@@ -283,7 +286,7 @@ impl FederationResource {
         ctx.names.create(&book_key(&id)).ok();
         // Federated already, unless by an interrupted creation of this workspace (adopted).
         let interrupted = ctx.registry.interrupted_federations().is_ok_and(|l| {
-            l.iter().any(|(i, r)| *i == id && !r.creating.as_ref().is_some_and(|c| c.removing))
+            l.iter().any(|(i, _)| *i == id)
         });
         if (present[0].federated.contains(&b) || present[1].federated.contains(&a)) && !interrupted {
             let e = FederationError::Registry(RegistryError::AlreadyFederated { a: a.clone(), b: b.clone() });
@@ -298,15 +301,33 @@ impl FederationResource {
             return None;
         }
         let (pa, pb) = (&present[0], &present[1]);
+        let namespaces = known(&planned.namespaces).unwrap_or_default();
+        // Exactly what apply will put in place, read (never written) from the labs when they
+        // exist already; in words when they are planned in the same run.
+        let exact = match Self::pair(ctx, pa.clone(), pb.clone()) {
+            Ok(pair) if pa.status == Status::Allocated && pb.status == Status::Allocated => pair.opened(&namespaces).await.ok(),
+            _ => None,
+        };
+        let what = match &exact {
+            Some(o) => {
+                let mut lines: Vec<String> = o.routes.iter().map(|l| format!("  {l}")).collect();
+                lines.extend(o.policies.iter().map(|p| format!("  NetworkPolicy {p}")));
+                if o.policies.is_empty() {
+                    lines.push("  no NetworkPolicy (neither instance has a cluster)".into());
+                }
+                format!("Exactly this is put in place:\n{}", lines.join("\n"))
+            }
+            None => format!(
+                "Put in place: forwarding on the lab host for this pair only (both directions), a route to the peer's subnet in every node, and in each cluster a NetworkPolicy admitting the peer's subnet and pod CIDR into {namespaces:?} (keeping the cluster's own pods and nodes admitted)."
+            ),
+        };
         diagnostics::warning(
             diags,
             format!("Federation {id} opens a path between two isolated instances"),
             format!(
-                "Once applied, these become reachable, in both directions:\n  {} (subnet {}, pod CIDR {}) <-> {} (subnet {}, pod CIDR {})\n\
-                 Forwarding is opened for this pair only; every node gets a route to the peer's subnet; clusters get a NetworkPolicy admitting the peer's pod CIDR and subnet in {:?}. \
+                "Once applied, these subnets reach each other, in both directions: {} {} <-> {} {} (their nodes, and pods through their node's address). Pod CIDRs are not routed between the instances: {} and {} stay unreachable from the other side.\n{what}\n\
                  Other instances stay unreachable and federation is not transitive. The change is recorded in the audit log{}.",
-                pa.name, pa.allocation.subnet, pa.allocation.pod_cidr, pb.name, pb.allocation.subnet, pb.allocation.pod_cidr,
-                known(&planned.namespaces).unwrap_or_default(),
+                pa.name, pa.allocation.subnet, pb.name, pb.allocation.subnet, pa.allocation.pod_cidr, pb.allocation.pod_cidr,
                 known(&config_state.reason).map(|r| format!(" with the reason {r:?}")).unwrap_or_default(),
             ),
         );

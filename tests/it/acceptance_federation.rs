@@ -118,17 +118,49 @@ fn federation_opens_exactly_one_pair_never_transitively_and_closes_again(tf: Tf)
     assert!(plan.all().contains("Warning: Federation acme+globex opens a path"), "{}", plan.all());
     let a = w.resource("homelab_instance.acme").unwrap();
     let g = w.resource("homelab_instance.globex").unwrap();
+    let said = plan.all().split_whitespace().collect::<Vec<_>>().join(" ");
     let line = format!(
-        "acme (subnet {}, pod CIDR {}) <-> globex (subnet {}, pod CIDR {})",
+        "these subnets reach each other, in both directions: acme {} <-> globex {} (their nodes, and pods through their node's address). Pod CIDRs are not routed between the instances: {} and {} stay unreachable",
         a["subnet"].as_str().unwrap(),
-        a["pod_cidr"].as_str().unwrap(),
         g["subnet"].as_str().unwrap(),
+        a["pod_cidr"].as_str().unwrap(),
         g["pod_cidr"].as_str().unwrap()
     );
-    assert!(plan.all().contains(&line), "plan lacks {line:?}:\n{}", plan.all());
+    assert!(said.contains(&line), "plan lacks {line:?}:\n{}", plan.all());
+    // The exact list of what is put in place, as the plan says it.
+    let warned: Vec<String> = plan
+        .all()
+        .split("Exactly this is put in place:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no exact list in the plan:\n{}", plan.all()))
+        .lines()
+        .skip(1)
+        .map(str::trim)
+        .take_while(|l| !l.is_empty() && !l.starts_with("Other instances"))
+        .map(String::from)
+        .collect();
     w.apply().ok();
     assert_eq!(lab.matrix(&w), pairs(&[("acme", "globex")]));
     let fed = w.resource("homelab_federation.acme_globex").unwrap();
+    let mut applied: Vec<String> = fed["routes"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect();
+    applied.push("no NetworkPolicy (neither instance has a cluster)".into());
+    assert_eq!(warned, applied, "the plan's list differs from what apply put in place");
+    // And the host and the guests read back exactly that: the lab host's rules, every node's
+    // route (a line names its node: `<node>: route <subnet> via <gateway>`).
+    let host = lab.host.name.clone();
+    let ruleset = crate::util::netns::sh(&["ip", "netns", "exec", &host, "nft", "list", "ruleset"]);
+    for l in warned.iter().filter(|l| l.contains(": nft ")) {
+        let (_, rule) = l.split_once(": accept ").unwrap();
+        let parts: Vec<&str> = rule.split_whitespace().collect(); // if_a -> if_b net_a -> net_b
+        let text = format!("iifname \"{}\" oifname \"{}\" ip saddr {} ip daddr {} accept", parts[0], parts[2], parts[3], parts[5]);
+        assert!(ruleset.contains(&text), "no rule {text:?} in the lab host:\n{ruleset}");
+    }
+    for l in warned.iter().filter(|l| l.contains(": route ")) {
+        let (node, route) = l.split_once(": route ").unwrap();
+        let (net, gw) = route.split_once(" via ").unwrap();
+        let routes = crate::util::netns::routes(&format!("{host}-{node}"));
+        assert!(routes.iter().any(|r| r.starts_with(&format!("{net} via {gw}"))), "{node} lacks {route}: {routes:?}");
+    }
     assert_eq!(fed["id"], "acme+globex");
     assert_eq!(fed["state"], "complete");
     assert_eq!(fed["policies"], serde_json::json!([]));

@@ -27,6 +27,8 @@ fn acme_admits_globex() -> PolicySpec {
         namespace: NAMESPACE.into(),
         peer_pod_cidr: "10.245.0.0/16".parse().unwrap(),
         peer_subnet: "192.168.57.0/24".parse().unwrap(),
+        own_pod_cidr: "10.244.0.0/16".parse().unwrap(),
+        own_subnet: "192.168.56.0/24".parse().unwrap(),
     }
 }
 
@@ -125,6 +127,8 @@ fn stored_policy() -> Value {
             "ingress": [{ "from": [
                 { "ipBlock": { "cidr": "10.245.0.0/16" } },
                 { "ipBlock": { "cidr": "192.168.57.0/24" } },
+                { "ipBlock": { "cidr": "10.244.0.0/16" } },
+                { "ipBlock": { "cidr": "192.168.56.0/24" } },
             ] }],
         },
     })
@@ -211,6 +215,8 @@ async fn apply_sends_forced_server_side_apply_to_fake_api() {
                 "ingress": [{ "from": [
                     { "ipBlock": { "cidr": "10.245.0.0/16" } },
                     { "ipBlock": { "cidr": "192.168.57.0/24" } },
+                    { "ipBlock": { "cidr": "10.244.0.0/16" } },
+                    { "ipBlock": { "cidr": "192.168.56.0/24" } },
                 ] }],
             },
         })
