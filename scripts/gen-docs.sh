@@ -18,7 +18,15 @@ provider_installation {
 }
 EOC
 cp "$ROOT/examples/data-sources/homelab_cidr_allocation/terraform.tf" "$work/"
-(cd "$work" && TF_CLI_CONFIG_FILE="$work/terraformrc" "$TERRAFORM" init -input=false -no-color >/dev/null \
-  && TF_CLI_CONFIG_FILE="$work/terraformrc" "$TERRAFORM" providers schema -json > schema.json)
+# The newest Terraform reports everything (ephemeral resources need protocol 6.7, Terraform
+# 1.10+); without one, the ephemeral resources' pages cannot be generated.
+tf="$TERRAFORM"
+if newest="$(newest_terraform)" && [ -n "$newest" ]; then
+  tf="${newest%% *}"
+else
+  echo "gen-docs: no Terraform newer than $TF_VERSION: docs/ephemeral-resources/ is left out" >&2
+fi
+(cd "$work" && TF_CLI_CONFIG_FILE="$work/terraformrc" "$tf" init -input=false -no-color >/dev/null \
+  && TF_CLI_CONFIG_FILE="$work/terraformrc" "$tf" providers schema -json > schema.json)
 rm -rf "$ROOT/docs"
 "$ROOT/target/debug/terraform-provider-homelab" docs --schema "$work/schema.json" --examples "$ROOT/examples" --out "$ROOT/docs"

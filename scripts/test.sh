@@ -19,7 +19,7 @@ bash "$ROOT/scripts/vm/build-box.sh" > "$box_log.path" 2> "$box_log" &
 box_pid=$!
 cd "$ROOT"
 say "building the tests"
-cargo build --quiet --tests --bins
+cargo build --quiet --tests --bins --example test-echo-provider
 if ! wait "$box_pid"; then
   cat "$box_log" >&2
   say "building the test box failed (log above)"

@@ -1,5 +1,5 @@
 //! Generates `docs/` in the Terraform registry layout (`index.md`, `resources/<name>.md`,
-//! `data-sources/<name>.md`) from `terraform providers schema -json` output and the HCL under
+//! `data-sources/<name>.md`, `ephemeral-resources/<name>.md`) from `terraform providers schema -json` output and the HCL under
 //! `examples/`, in the shape tfplugindocs produces. Docs are never edited by hand: a test
 //! regenerates them and fails when the committed ones differ.
 
@@ -251,6 +251,8 @@ pub fn render(schema_json: &str, examples: &Path) -> Result<BTreeMap<String, Str
     for (section, dir, title) in [
         ("resource_schemas", "resources", "Resource"),
         ("data_source_schemas", "data-sources", "Data Source"),
+        // Only clients of protocol 6.7+ (Terraform 1.10+) report these.
+        ("ephemeral_resource_schemas", "ephemeral-resources", "Ephemeral Resource"),
     ] {
         let Some(map) = p.get(section).and_then(Value::as_object) else {
             continue;
@@ -260,7 +262,11 @@ pub fn render(schema_json: &str, examples: &Path) -> Result<BTreeMap<String, Str
                 .strip_prefix(&format!("{PROVIDER_NAME}_"))
                 .unwrap_or(type_name);
             let ex_dir = examples.join(dir).join(type_name);
-            let example_file = if dir == "resources" { "resource.tf" } else { "data-source.tf" };
+            let example_file = match dir {
+                "resources" => "resource.tf",
+                "ephemeral-resources" => "ephemeral-resource.tf",
+                _ => "data-source.tf",
+            };
             let example = read_opt(&ex_dir.join(example_file));
             let import = read_opt(&ex_dir.join("import.sh"));
             pages.insert(

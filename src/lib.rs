@@ -12,6 +12,7 @@
 //! - [`provider`]: provider schema, configuration, and the map of resources and data sources.
 //! - [`resources`]: `homelab_instance` and `homelab_federation`, lifecycle methods in order.
 //! - [`data_sources`]: `homelab_cidr_allocation`.
+//! - [`ephemeral_resources`]: `homelab_kubeconfig` (never in state or plan files).
 //! - [`diagnostics`]: the one place where domain errors become Terraform diagnostics.
 //! - [`logging`]: `tracing` output in the hclog JSON form Terraform shows under `TF_LOG`.
 //! - [`schema`]: schema building blocks that make every attribute carry a description.
@@ -38,6 +39,7 @@ pub mod cli;
 pub mod data_sources;
 pub mod diagnostics;
 pub mod docs;
+pub mod ephemeral_resources;
 pub mod federation;
 pub mod hostnet;
 pub mod k8s;

@@ -615,6 +615,15 @@ impl Provider for HomelabProvider {
         Some(m)
     }
 
+    fn get_ephemeral_resources(
+        &self,
+        _diags: &mut Diagnostics,
+    ) -> Option<HashMap<String, Box<dyn tf_provider::DynamicEphemeralResource>>> {
+        let mut m: HashMap<String, Box<dyn tf_provider::DynamicEphemeralResource>> = HashMap::new();
+        m.insert("kubeconfig".into(), Box::new(crate::ephemeral_resources::kubeconfig::KubeconfigEphemeral::new(self.shared.clone())));
+        Some(m)
+    }
+
     fn get_data_sources(
         &self,
         _diags: &mut Diagnostics,

@@ -53,6 +53,16 @@ pub enum K8sError {
         source: KubeconfigError,
     },
 
+    /// The kubeconfig lacks a value a credential needs (its current context names no cluster or
+    /// user, a field is missing, or its data is not base64).
+    #[error("kubeconfig {}: {why}", path.display())]
+    KubeconfigIncomplete {
+        /// The kubeconfig file.
+        path: PathBuf,
+        /// What is missing or wrong (never a secret value).
+        why: String,
+    },
+
     /// A client could not be built from an otherwise valid kubeconfig (TLS setup: a CA or client
     /// certificate that does not parse).
     #[error("could not build a Kubernetes client from kubeconfig {}: {source}", path.display())]

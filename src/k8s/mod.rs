@@ -26,10 +26,13 @@
 //! - [`policy`] is the pure part, [`PolicySpec`] and the [`NetworkPolicy`] built from it.
 //! - [`client`] holds [`Policies`]: apply, delete and exists on one cluster.
 //! - [`error`] holds [`K8sError`], what went wrong and to which policy or kubeconfig.
+//! - [`credentials`] reads an instance's cluster credentials from its kubeconfig (for the
+//!   ephemeral `homelab_kubeconfig`).
 //!
 //! [`NetworkPolicy`]: k8s_openapi::api::networking::v1::NetworkPolicy
 
 pub mod client;
+pub mod credentials;
 pub mod error;
 pub mod policy;
 

@@ -106,6 +106,8 @@ pub struct InstanceState {
     pub kubeconfig_path: Value<String>,
     /// kubeconfig content.
     pub kubeconfig: Value<String>,
+    /// Whether `kubeconfig` holds the content (null: yes).
+    pub kubeconfig_in_state: Value<bool>,
     /// API endpoint.
     pub api_endpoint: Value<String>,
     /// Timeouts.
@@ -194,7 +196,8 @@ impl InstanceResource {
             ("dir", computed(string(), "Vagrant only: the instance folder `<home>/instances/<name>`: the generated Vagrantfile, the provisioning scripts, the kubeconfig, and with libvirt each machine's serial console log under `console/` (its last lines are shown when a boot fails).")),
             ("vagrantfile_path", computed(string(), "Vagrant only: the generated Vagrantfile.")),
             ("kubeconfig_path", computed(string(), "Vagrant with `provision` only: the kubeconfig file (mode 0600).")),
-            ("kubeconfig", sensitive(computed(string(), "Vagrant with `provision` only: the kubeconfig's content."))),
+            ("kubeconfig", sensitive(computed(string(), "Vagrant with `provision` only: the kubeconfig's content (sensitive: hidden in output, but stored in the state and saved plans); null when `kubeconfig_in_state = false`."))),
+            ("kubeconfig_in_state", optional(boolean(), "Vagrant with `provision` only: whether `kubeconfig` holds the kubeconfig's content (default true). Set false to keep every credential out of Terraform's state and plan files, and configure other providers from the ephemeral `homelab_kubeconfig` instead (Terraform 1.10+, OpenTofu 1.11+). Changes in place.")),
             ("api_endpoint", computed(string(), "Vagrant with `provision` only: `https://<cp-1 ip>:6443`.")),
         ];
         let mut blocks = std::collections::HashMap::new();
@@ -527,8 +530,17 @@ fn fill(state: &mut InstanceState, ctx: &Configured, d: &Desired, a: &Allocation
     }
 }
 
-/// Read the kubeconfig the provisioning fetched (vagrant with provision), if any.
+/// Whether the kubeconfig's content belongs in the state (`kubeconfig_in_state`, default true).
+fn kubeconfig_in_state(state: &InstanceState) -> bool {
+    known(&state.kubeconfig_in_state) != Some(false)
+}
+
+/// Read the kubeconfig the provisioning fetched (vagrant with provision), if any, unless it is
+/// kept out of the state.
 fn kubeconfig_value(state: &InstanceState) -> Value<String> {
+    if !kubeconfig_in_state(state) {
+        return Value::Null;
+    }
     match known(&state.kubeconfig_path) {
         Some(p) => std::fs::read_to_string(&p).map(val).unwrap_or(Value::Null),
         None => Value::Null,
@@ -739,7 +751,7 @@ impl InstanceResource {
         planned.state = Value::Unknown;
         planned.federated_with = Value::Null;
         planned.kubeconfig = match &d.vagrant {
-            Some(v) if v.provision => Value::Unknown,
+            Some(v) if v.provision && kubeconfig_in_state(&config_state) => Value::Unknown,
             _ => Value::Null,
         };
         Some((planned, Value::Null))
@@ -851,7 +863,12 @@ impl InstanceResource {
         planned.timeouts = config_state.timeouts.clone();
         planned.federated_with = Value::Null;
         planned.created_at = prior_state.created_at.clone();
-        planned.kubeconfig = prior_state.kubeconfig.clone();
+        planned.kubeconfig = match (kubeconfig_in_state(&config_state), &prior_state.kubeconfig) {
+            (false, _) => Value::Null,
+            // Back in the state: the content is read at apply.
+            (true, Value::Null) if d.vagrant.as_ref().is_some_and(|v| v.provision) && kubeconfig_in_state(&prior_state) != kubeconfig_in_state(&config_state) => Value::Unknown,
+            (true, prior) => prior.clone(),
+        };
         // A lab that read found damaged or halted is planned back to running: that is the repair.
         planned.state = val("running".to_string());
         if !replace.is_empty() {

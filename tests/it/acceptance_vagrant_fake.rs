@@ -380,3 +380,107 @@ fn fake_vagrant_secrets_never_reach_logs_diagnostics_events_or_state(tf: Tf) {
     }
 }
 }
+
+/// The test-only `echo` provider (tests/fixtures/echo-provider), built when missing.
+fn echo_provider() -> PathBuf {
+    let root = crate::util::terraform::repo_root();
+    let bin = root.join("target/debug/examples/test-echo-provider");
+    if !bin.is_file() {
+        let st = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--example", "test-echo-provider"])
+            .current_dir(&root)
+            .status()
+            .unwrap();
+        assert!(st.success(), "cannot build the echo provider");
+    }
+    bin
+}
+
+/// A filesystem mirror holding the provider under test and the `echo` provider, and the CLI
+/// configuration that uses it.
+fn mirror_with_echo(dir: &std::path::Path) -> PathBuf {
+    let version = env!("CARGO_PKG_VERSION");
+    for (name, bin) in [("homelab", PathBuf::from(env!("CARGO_BIN_EXE_terraform-provider-homelab"))), ("echo", echo_provider())] {
+        let v = if name == "echo" { "0.0.1" } else { version };
+        let plat = dir.join(format!("registry.terraform.io/homelab/{name}/{v}/linux_amd64"));
+        std::fs::create_dir_all(&plat).unwrap();
+        std::os::unix::fs::symlink(bin, plat.join(format!("terraform-provider-{name}_v{v}"))).unwrap();
+    }
+    let rc = dir.join("terraformrc");
+    std::fs::write(
+        &rc,
+        format!("provider_installation {{\n  filesystem_mirror {{\n    path = \"{}\"\n    include = [\"registry.terraform.io/homelab/*\"]\n  }}\n  direct {{\n    exclude = [\"registry.terraform.io/homelab/*\"]\n  }}\n}}\n", dir.display()),
+    )
+    .unwrap();
+    rc
+}
+
+acceptance! {
+/// `ephemeral "homelab_kubeconfig"` hands an instance's credentials to another provider's
+/// configuration (the test's own `echo` provider, which records what it received), and with
+/// `kubeconfig_in_state = false` neither the state nor the saved plan holds any part of them
+/// (Terraform 1.10+). On
+/// Terraform 1.0.3 the provider's schema is what it always was: the ephemeral resource is
+/// invisible there and everything else works as before.
+fn fake_vagrant_ephemeral_kubeconfig_reaches_another_provider_and_never_the_state_or_plan(tf: Tf) {
+    use base64::Engine;
+    let mut lab = FakeLab::new(tf);
+    lab.provision = true;
+    let inner = random_hex(40);
+    let key_pem = format!("-----BEGIN EC PRIVATE KEY-----\n{inner}\n-----END EC PRIVATE KEY-----\n");
+    let key_b64 = base64::engine::general_purpose::STANDARD.encode(&key_pem);
+    let mirror = tempfile::Builder::new().prefix("homelab-mirror-echo-").tempdir().unwrap();
+    let rc = mirror_with_echo(mirror.path());
+    let received = lab.home.path().join("echo-received");
+    let env = [
+        ("FAKE_VAGRANT_CLIENT_KEY", key_b64.as_str()),
+        ("TF_CLI_CONFIG_FILE", rc.to_str().unwrap()),
+        ("ECHO_PROVIDER_RECEIVED", received.to_str().unwrap()),
+    ];
+    // The instance keeps its kubeconfig out of the state; the ephemeral resource hands it out.
+    let body = "  workers = 0\n  kubeconfig_in_state = false\n";
+    let w = lab.workdir(body, &env);
+    w.apply().ok();
+    let kubeconfig = std::fs::read_to_string(lab.dir().join("kubeconfig")).unwrap();
+    assert!(kubeconfig.contains(&key_b64), "the instance's kubeconfig lacks the client key");
+    let inst = w.resource("homelab_instance.acme").unwrap();
+    assert_eq!(inst["kubeconfig"], serde_json::Value::Null, "kubeconfig_in_state = false, yet the state has it");
+    assert!(inst["kubeconfig_path"].as_str().is_some_and(|p| p.ends_with("/kubeconfig")), "{inst}");
+    if tf == Tf::Oldest {
+        let schema: serde_json::Value = serde_json::from_str(&w.tf(&["providers", "schema", "-json"]).ok().stdout).unwrap();
+        let p = &schema["provider_schemas"]["registry.terraform.io/homelab/homelab"];
+        assert!(p["resource_schemas"]["homelab_instance"].is_object() && p["data_source_schemas"]["homelab_cidr_allocation"].is_object(), "{p}");
+        assert!(p.get("ephemeral_resource_schemas").is_none(), "{p}");
+        w.destroy().ok();
+        return;
+    }
+    let extra = "ephemeral \"homelab_kubeconfig\" \"acme\" {\n  instance = homelab_instance.acme.name\n}\nprovider \"echo\" {\n  value = ephemeral.homelab_kubeconfig.acme.client_key\n}\ndata \"echo_probe\" \"p\" {}\n";
+    // Both providers in one required_providers block (main.tf written whole).
+    let required = "terraform {\n  required_providers {\n    homelab = {\n      source = \"homelab/homelab\"\n    }\n    echo = {\n      source = \"homelab/echo\"\n    }\n  }\n}\n";
+    std::fs::write(w.path().join("main.tf"), format!("{required}{}{extra}", lab.config(body))).unwrap();
+    w.init();
+    let plan = w.tf(&["plan", "-out=tfplan"]).ok();
+    let r = w.tf(&["apply", "tfplan"]).ok();
+    let said = std::fs::read_to_string(&received).unwrap_or_default();
+    let escaped = key_pem.replace('\n', "\\n");
+    assert!(said.lines().any(|l| l == escaped), "the echo provider did not receive the key: {said:?}");
+    let shown = w.tf(&["show", "-json", "tfplan"]).ok().stdout;
+    let state = std::fs::read_to_string(w.path().join("terraform.tfstate")).unwrap();
+    let plan_file = String::from_utf8_lossy(&std::fs::read(w.path().join("tfplan")).unwrap()).into_owned();
+    for (what, text) in [("the plan output", plan.all()), ("the apply output", r.all()), ("the saved plan (show -json)", shown), ("the saved plan file", plan_file), ("the state", state)] {
+        for secret in [&inner, &key_b64] {
+            assert!(!text.contains(secret.as_str()), "a part of the client key is in {what}");
+        }
+    }
+    // Back into the state: in place, and the content is there after apply.
+    let mut clean = w;
+    clean.write(&lab.config("  workers = 0\n"));
+    let r = clean.tf(&["plan"]).ok();
+    assert!(r.all().contains("updated in-place") && !r.all().contains("must be replaced"), "{}", r.all());
+    clean.apply().ok();
+    let inst = clean.resource("homelab_instance.acme").unwrap();
+    assert!(inst["kubeconfig"].as_str().is_some_and(|k| k.contains(&key_b64)), "the kubeconfig did not come back into the state");
+    assert_eq!(clean.plan_exit().code, 0, "not converged");
+    clean.destroy().ok();
+}
+}

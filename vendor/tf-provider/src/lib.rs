@@ -24,6 +24,7 @@
 #![allow(warnings)] // homelab patch: vendored upstream code, warnings are upstream's
 mod attribute_path;
 mod data_source;
+mod ephemeral;
 mod diagnostics;
 mod function;
 mod plugin;
@@ -43,6 +44,7 @@ mod tfplugin6 {
 
 pub use attribute_path::{AttributePath, AttributePathStep};
 pub use data_source::{DataSource, DynamicDataSource};
+pub use ephemeral::{DynamicEphemeralResource, EphemeralResource};
 pub use diagnostics::{Diagnostic, Diagnostics};
 pub use function::{DynamicFunction, Function};
 pub use provider::{DynamicProvider, Provider};

@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 
 use crate::data_source::DynamicDataSource;
+use crate::ephemeral::DynamicEphemeralResource;
 use crate::diagnostics::Diagnostics;
 use crate::function::DynamicFunction;
 use crate::raw::RawValue;
@@ -146,6 +147,15 @@ pub trait Provider: Send + Sync + 'static {
         &self,
         diags: &mut Diagnostics,
     ) -> Option<HashMap<String, Box<dyn DynamicDataSource>>> {
+        _ = diags;
+        Some(HashMap::new())
+    }
+
+    /// Get the ephemeral resources of the provider (homelab patch: protocol 6.7)
+    fn get_ephemeral_resources(
+        &self,
+        diags: &mut Diagnostics,
+    ) -> Option<HashMap<String, Box<dyn DynamicEphemeralResource>>> {
         _ = diags;
         Some(HashMap::new())
     }
@@ -281,6 +291,15 @@ pub trait DynamicProvider: Send + Sync + 'static {
         Some(HashMap::new())
     }
 
+    /// Get the ephemeral resources of the provider (homelab patch: protocol 6.7)
+    fn get_ephemeral_resources(
+        &self,
+        diags: &mut Diagnostics,
+    ) -> Option<HashMap<String, Box<dyn DynamicEphemeralResource>>> {
+        _ = diags;
+        Some(HashMap::new())
+    }
+
     /// Get the functions of the provider
     ///
     /// # Arguments
@@ -343,6 +362,14 @@ impl<T: Provider> DynamicProvider for T {
         diags: &mut Diagnostics,
     ) -> Option<HashMap<String, Box<dyn DynamicDataSource>>> {
         <T as Provider>::get_data_sources(self, diags)
+    }
+
+    /// Get the ephemeral resources of the provider
+    fn get_ephemeral_resources(
+        &self,
+        diags: &mut Diagnostics,
+    ) -> Option<HashMap<String, Box<dyn DynamicEphemeralResource>>> {
+        <T as Provider>::get_ephemeral_resources(self, diags)
     }
 
     /// Get the functions of the provider

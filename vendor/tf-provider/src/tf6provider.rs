@@ -63,6 +63,11 @@ impl tf::provider_server::Provider for Arc<Server> {
             data_sources,
             resources,
             functions,
+            ephemeral_resources: self
+                .ephemeral_resources
+                .keys()
+                .map(|name| tf::get_metadata::EphemeralResourceMetadata { type_name: name.clone() })
+                .collect(),
         }))
             })
         .await
@@ -103,6 +108,11 @@ impl tf::provider_server::Provider for Arc<Server> {
                 move_resource_state: false,
             }),
             functions,
+            ephemeral_resource_schemas: self
+                .ephemeral_resources
+                .iter()
+                .map(|(name, (_, schema))| (name.clone(), schema.into()))
+                .collect(),
         }))
             })
         .await
@@ -548,6 +558,55 @@ impl tf::provider_server::Provider for Arc<Server> {
         }))
             })
         .await
+    }
+    // homelab patch: the ephemeral resource lifecycle (protocol 6.7). Nothing is renewed
+    // (no renew_at is ever sent) and nothing needs closing (no private data is kept).
+    async fn validate_ephemeral_resource_config(
+        &self,
+        request: tonic::Request<tf::validate_ephemeral_resource_config::Request>,
+    ) -> Result<tonic::Response<tf::validate_ephemeral_resource_config::Response>, tonic::Status> {
+        guard("validate_ephemeral_resource_config", async move {
+            let request = request.into_inner();
+            let mut diags = Diagnostics::default();
+            if let (Some(ephemeral), Some(config)) = (self.get_ephemeral_resource(&mut diags, &request.type_name), request.config) {
+                ephemeral.validate(&mut diags, config.into()).await;
+            }
+            Ok(tonic::Response::new(tf::validate_ephemeral_resource_config::Response { diagnostics: diags.into() }))
+        })
+        .await
+    }
+    async fn open_ephemeral_resource(
+        &self,
+        request: tonic::Request<tf::open_ephemeral_resource::Request>,
+    ) -> Result<tonic::Response<tf::open_ephemeral_resource::Response>, tonic::Status> {
+        guard("open_ephemeral_resource", async move {
+            let request = request.into_inner();
+            let mut diags = Diagnostics::default();
+            let result = if let (Some(ephemeral), Some(config)) = (self.get_ephemeral_resource(&mut diags, &request.type_name), request.config) {
+                ephemeral.open(&mut diags, config.into()).await
+            } else {
+                None
+            }
+            .collect_diagnostics(&mut diags);
+            Ok(tonic::Response::new(tf::open_ephemeral_resource::Response {
+                diagnostics: diags.into(),
+                result: result.map(Into::into),
+                private: None,
+            }))
+        })
+        .await
+    }
+    async fn renew_ephemeral_resource(
+        &self,
+        _request: tonic::Request<tf::renew_ephemeral_resource::Request>,
+    ) -> Result<tonic::Response<tf::renew_ephemeral_resource::Response>, tonic::Status> {
+        Ok(tonic::Response::new(tf::renew_ephemeral_resource::Response { diagnostics: vec![], private: None }))
+    }
+    async fn close_ephemeral_resource(
+        &self,
+        _request: tonic::Request<tf::close_ephemeral_resource::Request>,
+    ) -> Result<tonic::Response<tf::close_ephemeral_resource::Response>, tonic::Status> {
+        Ok(tonic::Response::new(tf::close_ephemeral_resource::Response { diagnostics: vec![] }))
     }
     async fn get_functions(
         &self,
