@@ -58,6 +58,22 @@ pub struct NodeSpec {
 pub const CONTROL_PLANE_OFFSET: u32 = 10;
 /// Offset of the first worker inside the subnet (.20).
 pub const WORKER_OFFSET: u32 = 20;
+/// Offset of the control planes' virtual IP (.5), when an instance has several: the API
+/// address that keepalived moves to a control plane whose API server is healthy.
+pub const CONTROL_PLANE_VIP_OFFSET: u32 = 5;
+
+/// The address of an instance's Kubernetes API: its first control plane's when it has one,
+/// the virtual IP (`CONTROL_PLANE_VIP_OFFSET`) when it has several, so that the cluster
+/// outlives its first control plane. `None` without a control plane.
+pub fn api_address(subnet: &Ipv4Net, nodes: &[NodeSpec]) -> Option<std::net::Ipv4Addr> {
+    let cps: Vec<&NodeSpec> = nodes.iter().filter(|n| n.role == Role::ControlPlane).collect();
+    match cps.len() {
+        0 => None,
+        1 => Some(cps[0].ip),
+        _ => net::nth_address(subnet, CONTROL_PLANE_VIP_OFFSET),
+    }
+}
+
 /// Most control planes an instance can have.
 pub const MAX_CONTROL_PLANES: u32 = 3;
 /// Most workers an instance can have.
@@ -309,6 +325,18 @@ pub trait Backend: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_api_is_the_only_control_plane_or_the_virtual_ip_of_several() {
+        let subnet: Ipv4Net = "192.168.56.0/24".parse().unwrap();
+        let one = plan_nodes("acme", &subnet, 1, 2).unwrap();
+        assert_eq!(api_address(&subnet, &one), Some("192.168.56.10".parse().unwrap()));
+        let three = plan_nodes("acme", &subnet, 3, 2).unwrap();
+        let vip = api_address(&subnet, &three).unwrap();
+        assert_eq!(vip, "192.168.56.5".parse::<std::net::Ipv4Addr>().unwrap());
+        assert!(three.iter().all(|n| n.ip != vip) && vip != net::gateway(&subnet), "the VIP is a node's or the gateway's");
+        assert_eq!(api_address(&subnet, &[]), None);
+    }
 
     #[test]
     fn nodes_follow_the_naming_and_address_plan() {

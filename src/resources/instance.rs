@@ -198,7 +198,7 @@ impl InstanceResource {
             ("kubeconfig_path", computed(string(), "Vagrant with `provision` only: the kubeconfig file (mode 0600).")),
             ("kubeconfig", sensitive(computed(string(), "Vagrant with `provision` only: the kubeconfig's content (sensitive: hidden in output, but stored in the state and saved plans); null when `kubeconfig_in_state = false`."))),
             ("kubeconfig_in_state", optional(boolean(), "Vagrant with `provision` only: whether `kubeconfig` holds the kubeconfig's content (default true). Set false to keep every credential out of Terraform's state and plan files, and configure other providers from the ephemeral `homelab_kubeconfig` instead (Terraform 1.10+, OpenTofu 1.11+). Changes in place.")),
-            ("api_endpoint", computed(string(), "Vagrant with `provision` only: `https://<cp-1 ip>:6443`.")),
+            ("api_endpoint", computed(string(), "Vagrant with `provision` only: `https://<cp-1 ip>:6443`; with several control planes `https://<subnet .5>:6443`, a virtual IP that keepalived moves to a control plane whose API server is healthy, so the cluster outlives cp-1.")),
         ];
         let mut blocks = std::collections::HashMap::new();
         blocks.insert("timeouts".to_string(), NestedBlock::Optional(timeouts));
@@ -503,10 +503,12 @@ fn fill(state: &mut InstanceState, ctx: &Configured, d: &Desired, a: &Allocation
             state.vagrantfile_path = val(dir.join("Vagrantfile").display().to_string());
             if v.provision {
                 state.kubeconfig_path = val(dir.join("kubeconfig").display().to_string());
-                let cp1 = net::nth_address(&a.subnet, backend::CONTROL_PLANE_OFFSET)
+                // The first control plane, or the virtual IP of several.
+                let api = backend::plan_nodes(&d.name, &a.subnet, d.control_planes, d.workers)
+                    .and_then(|nodes| backend::api_address(&a.subnet, &nodes))
                     .map(|ip| ip.to_string())
                     .unwrap_or_default();
-                state.api_endpoint = val(format!("https://{cp1}:6443"));
+                state.api_endpoint = val(format!("https://{api}:6443"));
             } else {
                 state.kubeconfig_path = Value::Null;
                 state.api_endpoint = Value::Null;

@@ -473,7 +473,7 @@ fn fake_vagrant_ephemeral_kubeconfig_reaches_another_provider_and_never_the_stat
         }
     }
     // Back into the state: in place, and the content is there after apply.
-    let mut clean = w;
+    let clean = w;
     clean.write(&lab.config("  workers = 0\n"));
     let r = clean.tf(&["plan"]).ok();
     assert!(r.all().contains("updated in-place") && !r.all().contains("must be replaced"), "{}", r.all());

@@ -65,8 +65,8 @@ fn shellcheck(files: &[PathBuf]) {
 /// VirtualBox here).
 ///
 /// Vagrant costs about 2 s of CPU per file, so the 132 shapes are not all run through it by
-/// default: the real CLI validates, per hypervisor and provisioning mode, the largest file
-/// (3 control planes, 10 workers) and the smallest; every other file is then
+/// default: the real CLI validates, per hypervisor and provisioning mode, the largest files
+/// (1 and 3 control planes, 10 workers) and the smallest; every other file is then
 /// shown to be made of exactly the same blocks (same head, a subset of the same
 /// `config.vm.define` blocks, byte for byte), so every machine definition of every shape has
 /// been through Vagrant; Ruby compiles all 132. `HOMELAB_FULL_VALIDATE=1` runs all 132
@@ -90,8 +90,14 @@ fn every_vagrantfile_shape_passes_real_vagrant_validate() {
                     test_options("bento/ubuntu-24.04", provision),
                 )
             };
+            // The control planes of an instance with several carry keepalived: the blocks of
+            // both kinds of instance come from the largest of each.
             let largest = render_vagrantfile(&spec_of(3, 10), target).unwrap();
-            let (head, blocks) = split_blocks(&largest);
+            let (head, mut blocks) = split_blocks(&largest);
+            let single = render_vagrantfile(&spec_of(1, 10), target).unwrap();
+            let (single_head, single_blocks) = split_blocks(&single);
+            assert_eq!(single_head, head);
+            blocks.extend(single_blocks);
             for cps in 1..=3 {
                 for workers in 0..=10 {
                     let spec = spec_of(cps, workers);
@@ -116,7 +122,7 @@ fn every_vagrantfile_shape_passes_real_vagrant_validate() {
                         );
                     }
                     files.push(dir.join("Vagrantfile"));
-                    let boundary = [(1, 0), (3, 10)].contains(&(cps, workers));
+                    let boundary = [(1, 0), (1, 10), (3, 10)].contains(&(cps, workers));
                     if full || boundary {
                         to_validate.push((target, dir));
                     }
@@ -583,7 +589,7 @@ fn generated_scripts_pass_shellcheck() {
         spec.pod_cidr = pod.parse().unwrap();
         for (name, content) in render_scripts(&spec).unwrap() {
             assert!(
-                content.contains(&format!("POD_CIDR='{pod}'")) || name == "node.sh",
+                content.contains(&format!("POD_CIDR='{pod}'")) || name == "node.sh" || name == "keepalived.sh",
                 "{content}"
             );
             let p = tmp.path().join(format!("{i}-{name}"));
@@ -591,7 +597,8 @@ fn generated_scripts_pass_shellcheck() {
             files.push(p);
         }
     }
-    assert_eq!(files.len(), 6);
+    // node.sh and control-plane.sh each time, keepalived.sh for the two with several CPs.
+    assert_eq!(files.len(), 8);
     shellcheck(&files);
     // shellcheck really looks: a script with an unquoted expansion fails.
     let bad = tmp.path().join("bad.sh");
@@ -628,7 +635,9 @@ fn control_plane_script_uses_the_instance_cidrs() {
         "API_ADDRESS='10.77.1.10'",
         "--pod-network-cidr=\"$POD_CIDR\"",
         "--service-cidr=\"$SERVICE_CIDR\"",
-        "--apiserver-advertise-address=\"$API_ADDRESS\"",
+        "--apiserver-advertise-address=\"$ADVERTISE_ADDRESS\"",
+        "--control-plane-endpoint=\"${API_ADDRESS}:6443\"",
+        "--skip-token-print",
         "ipam.mode=cluster-pool",
         "clusterPoolIPv4PodCIDRList={${POD_CIDR}}",
     ] {
@@ -646,4 +655,24 @@ fn control_plane_script_uses_the_instance_cidrs() {
     assert!(!render_vagrantfile(&plain, LIBVIRT)
         .unwrap()
         .contains("provision"));
+}
+
+/// Several control planes share a virtual IP (.5) that keepalived holds on a healthy one, and
+/// the cluster's endpoint is that address; one control plane is its own endpoint.
+#[test]
+fn several_control_planes_get_a_virtual_ip_endpoint_and_one_does_not() {
+    let three = vagrant_spec("acme", "10.77.1.0/24", "10.78.1.0/24", 3, 1, test_options("bento/ubuntu-24.04", true));
+    let scripts: std::collections::BTreeMap<String, String> = render_scripts(&three).unwrap().into_iter().collect();
+    let ka = &scripts["keepalived.sh"];
+    for needle in ["API_ADDRESS='10.77.1.5'", "PEERS='10.77.1.10 10.77.1.11 10.77.1.12'", "PREFIX='24'", "VRRP_NAME='homelab_acme'"] {
+        assert!(ka.contains(needle), "missing {needle:?} in:\n{ka}");
+    }
+    let cp = &scripts["control-plane.sh"];
+    assert!(cp.contains("API_ADDRESS='10.77.1.5'") && cp.contains("ADVERTISE_ADDRESS='10.77.1.10'"), "{cp}");
+    assert_eq!(homelab::backend::vagrant::VagrantBackend::api_endpoint(&three).as_deref(), Some("https://10.77.1.5:6443"));
+    let one = vagrant_spec("acme", "10.77.1.0/24", "10.78.1.0/24", 1, 1, test_options("bento/ubuntu-24.04", true));
+    let scripts: std::collections::BTreeMap<String, String> = render_scripts(&one).unwrap().into_iter().collect();
+    assert!(!scripts.contains_key("keepalived.sh"));
+    assert!(scripts["control-plane.sh"].contains("API_ADDRESS='10.77.1.10'"));
+    assert_eq!(homelab::backend::vagrant::VagrantBackend::api_endpoint(&one).as_deref(), Some("https://10.77.1.10:6443"));
 }

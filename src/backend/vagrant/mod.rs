@@ -192,9 +192,9 @@ impl VagrantBackend {
         Ok(self.instance_dir(instance)?.join("kubeconfig"))
     }
 
-    /// `https://<cp-1 ip>:6443`.
+    /// `https://<cp-1 ip>:6443`, or with several control planes their virtual IP's.
     pub fn api_endpoint(spec: &LabSpec) -> Option<String> {
-        render::first_control_plane(spec).map(|n| provision::api_endpoint(n.ip))
+        crate::backend::api_address(&spec.subnet, &spec.nodes).map(provision::api_endpoint)
     }
 
     fn target(&self) -> RenderTarget {

@@ -24,6 +24,9 @@ pub const SCRIPTS_DIR: &str = "scripts";
 pub const NODE_SCRIPT: &str = "node.sh";
 /// Script run on the first control plane: `kubeadm init` and Cilium.
 pub const CONTROL_PLANE_SCRIPT: &str = "control-plane.sh";
+/// Script run on every control plane of an instance with several: keepalived holding the
+/// API's virtual IP (see `backend::api_address`).
+pub const KEEPALIVED_SCRIPT: &str = "keepalived.sh";
 /// Cilium release installed on the clusters.
 pub const CILIUM_VERSION: &str = "1.17.4";
 /// Cilium CLI release used to install it.
@@ -31,6 +34,7 @@ pub const CILIUM_CLI_VERSION: &str = "v0.18.3";
 
 const NODE_TEMPLATE: &str = include_str!("scripts/node.sh");
 const CONTROL_PLANE_TEMPLATE: &str = include_str!("scripts/control-plane.sh");
+const KEEPALIVED_TEMPLATE: &str = include_str!("scripts/keepalived.sh");
 /// The line of each template that the quoted values replace.
 const VALUES_MARKER: &str = "# @HOMELAB_VALUES@\n";
 
@@ -264,6 +268,18 @@ pub fn render_vagrantfile(spec: &LabSpec, target: RenderTarget) -> Result<String
                 ruby_str(&format!("{SCRIPTS_DIR}/{NODE_SCRIPT}")),
                 ruby_str(&node.ip.to_string())
             );
+            let cps: Vec<&NodeSpec> = spec.nodes.iter().filter(|n| n.role == Role::ControlPlane).collect();
+            if cps.len() > 1 {
+                if let Some(rank) = cps.iter().position(|n| n.name == node.name) {
+                    let _ = writeln!(
+                        v,
+                        "    node.vm.provision \"shell\", name: \"keepalived\", path: {}, args: [{}, {}]",
+                        ruby_str(&format!("{SCRIPTS_DIR}/{KEEPALIVED_SCRIPT}")),
+                        ruby_str(&node.ip.to_string()),
+                        ruby_str(&(rank + 1).to_string())
+                    );
+                }
+            }
             if first_control_plane(spec).map(|n| &n.name) == Some(&node.name) {
                 let _ = writeln!(
                     v,
@@ -302,6 +318,7 @@ pub fn render_scripts(spec: &LabSpec) -> Result<Vec<(String, String)>, RenderErr
     }
     let cp =
         first_control_plane(spec).ok_or_else(|| RenderError::NoNodes(spec.instance.clone()))?;
+    let api = crate::backend::api_address(&spec.subnet, &spec.nodes).ok_or_else(|| RenderError::NoNodes(spec.instance.clone()))?;
     let node = script(
         NODE_TEMPLATE,
         &spec.instance,
@@ -314,7 +331,8 @@ pub fn render_scripts(spec: &LabSpec) -> Result<Vec<(String, String)>, RenderErr
         "first control plane",
         &[
             ("NODE_NAME", cp.name.clone()),
-            ("API_ADDRESS", cp.ip.to_string()),
+            ("ADVERTISE_ADDRESS", cp.ip.to_string()),
+            ("API_ADDRESS", api.to_string()),
             ("POD_CIDR", spec.pod_cidr.to_string()),
             ("SERVICE_CIDR", spec.service_cidr.to_string()),
             (
@@ -325,10 +343,32 @@ pub fn render_scripts(spec: &LabSpec) -> Result<Vec<(String, String)>, RenderErr
             ("CILIUM_CLI_VERSION", CILIUM_CLI_VERSION.to_string()),
         ],
     );
-    Ok(vec![
+    let mut scripts = vec![
         (NODE_SCRIPT.to_string(), node),
         (CONTROL_PLANE_SCRIPT.to_string(), control_plane),
-    ])
+    ];
+    let cps: Vec<String> = spec.nodes.iter().filter(|n| n.role == Role::ControlPlane).map(|n| n.ip.to_string()).collect();
+    if cps.len() > 1 {
+        let octets = spec.subnet.network().octets();
+        scripts.push((
+            KEEPALIVED_SCRIPT.to_string(),
+            script(
+                KEEPALIVED_TEMPLATE,
+                &spec.instance,
+                "control-plane virtual IP",
+                &[
+                    ("API_ADDRESS", api.to_string()),
+                    ("PREFIX", spec.subnet.prefix_len().to_string()),
+                    ("PEERS", cps.join(" ")),
+                    ("VRRP_NAME", format!("homelab_{}", spec.instance.replace('-', "_"))),
+                    // One instance per host-only network: any id is unique there; this one
+                    // also differs between instances, for whoever reads a capture.
+                    ("VRRP_ID", (u32::from(octets[2]) % 254 + 1).to_string()),
+                ],
+            ),
+        ));
+    }
+    Ok(scripts)
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # First control plane of a homelab instance (generated from a template of
 # terraform-provider-homelab; do not edit, every apply rewrites it): `kubeadm init` on the
-# instance's own pod and service CIDRs, advertised on the host-only address, then Cilium with
+# instance's own pod and service CIDRs, advertised on the host-only address, with the API at
+# API_ADDRESS (this node's address, or with several control planes the virtual IP that
+# keepalived.sh holds), then Cilium with
 # cluster-pool IPAM on the pod CIDR. Runs once, as root, after node.sh. Other nodes are joined
 # afterwards by the provider (it asks this node for a fresh join token).
 set -euo pipefail
@@ -21,7 +23,7 @@ kubeadm init \
   --node-name="$NODE_NAME" \
   --pod-network-cidr="$POD_CIDR" \
   --service-cidr="$SERVICE_CIDR" \
-  --apiserver-advertise-address="$API_ADDRESS" \
+  --apiserver-advertise-address="$ADVERTISE_ADDRESS" \
   --control-plane-endpoint="${API_ADDRESS}:6443" \
   --upload-certs
 
