@@ -666,10 +666,12 @@ async fn stand_in_vagrant_provisioning_joins_nodes_with_checked_values_and_fetch
     assert!(std::fs::read_to_string(&kc)
         .unwrap()
         .contains("server: https://192.168.56.10:6443"));
+    // Two control planes: the endpoint is their virtual IP (the stand-in prints cp-1's).
     assert_eq!(
         VagrantBackend::api_endpoint(&s).as_deref(),
-        Some("https://192.168.56.10:6443")
+        Some("https://192.168.56.5:6443")
     );
+    assert!(dir.join("scripts/keepalived.sh").is_file());
 
     // A second converge joins nobody again.
     let before = ssh.matches("kubeadm join").count();
