@@ -213,6 +213,21 @@ pub fn read_all(path: &Path) -> Result<Vec<Event>, AuditError> {
     Ok(out)
 }
 
+/// [`read_all`] of a log's bytes (`path` names it in errors).
+pub fn read_all_from(bytes: &[u8], path: &Path) -> Result<Vec<Event>, AuditError> {
+    let mut out = Vec::new();
+    lines_of(bytes, path, |n, raw| {
+        let ev: Event = serde_json::from_slice(raw).map_err(|e| AuditError::Malformed {
+            path: path.into(),
+            line: n,
+            why: e.to_string(),
+        })?;
+        out.push(ev);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
 fn for_each_line(
     path: &Path,
     f: impl FnMut(usize, &[u8]) -> Result<(), AuditError>,
@@ -316,11 +331,21 @@ pub fn verify_from(reader: impl BufRead, path: &Path, expected_head: Option<&Hea
 /// committed: the registry change it belonged to is replayed from the registry's journal).
 /// Reads only the end of the file: the log grows with every change, a commit must not.
 pub fn open_head(path: &Path) -> Result<Head, AuditError> {
+    head_of(path, true)
+}
+
+/// [`open_head`] for readers: an incomplete last line is skipped, not removed, and nothing is
+/// written (readers hold only a shared lock).
+pub fn read_head(path: &Path) -> Result<Head, AuditError> {
+    head_of(path, false)
+}
+
+fn head_of(path: &Path, drop_torn_tail: bool) -> Result<Head, AuditError> {
     let io = |source| AuditError::Io {
         path: path.into(),
         source,
     };
-    let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+    let mut file = match OpenOptions::new().read(true).write(drop_torn_tail).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Ok(Head {
@@ -360,7 +385,7 @@ pub fn open_head(path: &Path) -> Result<Head, AuditError> {
             None => continue,
         }
     };
-    if complete < tail.len() {
+    if complete < tail.len() && drop_torn_tail {
         tracing::warn!(path = %path.display(), "dropping an incomplete last event line left by a crash");
         file.set_len(pos + complete as u64).map_err(io)?;
         file.sync_all().map_err(io)?;

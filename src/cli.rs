@@ -6,8 +6,11 @@
 //!   expire (recorded in the audit log).
 //! - `registry list [--home DIR]`: every entry with its status, workspace and age, interrupted
 //!   creations included.
-//! - `registry check [--home DIR]`: the registry document and event log are sound, and which
-//!   creations were interrupted (exit code 3 when there are some), with how to finish each.
+//! - `registry check [--home DIR]`: the registry document and event log are sound (else what is
+//!   wrong and the way back, exit code 1), and which creations were interrupted (exit code 3
+//!   when there are some), with how to finish each.
+//! - `registry repair [--home DIR]`: bring a damaged registry back from its event log and
+//!   previous versions (see [`crate::registry::repair`]), saying what to run next.
 //! - `instances remove [--home DIR] NAME...`: tear down instances whose workspace is gone for
 //!   good (their federations first) and release their networks.
 //! - `events verify [--home DIR]`: verify the event log's hash chain against the registry.
@@ -21,7 +24,8 @@ use std::sync::Arc;
 
 use crate::audit::{Actor, Client};
 use crate::registry::file::FileStore;
-use crate::registry::{rfc3339, Registry, SystemClock};
+use crate::registry::repair::{self, DocState, LogState};
+use crate::registry::{rfc3339, Clock, Registry, SystemClock};
 use crate::settings::{self, RawSettings};
 
 /// Usage text.
@@ -40,7 +44,11 @@ Subcommands for people:
   registry check [--home DIR]
       Check the registry and its event log, and report interrupted creations (an apply killed
       part way) with how to finish or remove each. Exit code: 0 sound, 1 broken, 3 interrupted
-      creations waiting for their workspace.
+      creations waiting for their workspace. A damaged registry (unparseable, edited by hand, an
+      older copy restored, a missing or broken event log) is described with its way back.
+  registry repair [--home DIR]
+      Bring a damaged registry back from its event log and its previous versions
+      (<home>/generations/), record a registry.repair event, and say what to run next.
   instances remove [--home DIR] NAME...
       Tear down the labs of instances whose workspace is gone for good (their federations first)
       and release their networks, recorded in the audit log.
@@ -201,12 +209,13 @@ pub fn run(args: &[String], out: &mut dyn Write) -> Result<(), CliError> {
             }
         }
         "registry" => {
-            let (sub, rest) = rest.split_first().ok_or_else(|| usage("registry: list or check?"))?;
+            let (sub, rest) = rest.split_first().ok_or_else(|| usage("registry: list, check or repair?"))?;
             let a = parse(rest)?;
             let reg = registry(a.home.clone())?;
             match sub.as_str() {
                 "list" => registry_list(&reg, &a, out),
-                "check" => registry_check(&reg, &a, out),
+                "check" => registry_check(&a, out),
+                "repair" => registry_repair(&a, out),
                 other => Err(usage(format!("registry: unknown subcommand {other}"))),
             }
         }
@@ -297,6 +306,47 @@ fn registry_list(reg: &Registry, a: &Args, out: &mut dyn Write) -> Result<(), Cl
     Ok(())
 }
 
+/// `registry repair`: rebuild a damaged registry and say what to do next.
+fn registry_repair(a: &Args, out: &mut dyn Write) -> Result<(), CliError> {
+    let home = a.home.display().to_string();
+    let store = FileStore::new(a.home.clone());
+    let client = Client {
+        provider: format!("terraform-provider-homelab {} (cli)", env!("CARGO_PKG_VERSION")),
+        terraform: String::new(),
+    };
+    let r = repair::repair(&store, SystemClock.now(), &Actor::current(), &client).map_err(fail)?;
+    let Some(plan) = &r.plan else {
+        w(out, format!("registry {home} is sound: nothing to repair"))?;
+        for n in &r.diagnosis.notes {
+            w(out, format!("note: {n}"))?;
+        }
+        return Ok(());
+    };
+    w(out, format!("repaired registry {home}"))?;
+    for p in &r.diagnosis.problems {
+        w(out, format!("was: {p}"))?;
+    }
+    for line in plan.describe() {
+        w(out, format!("done: {line}"))?;
+    }
+    if let Some(p) = &r.damaged_copy {
+        w(out, format!("kept the damaged file as {}", p.display()))?;
+    }
+    if let Some(p) = &r.old_log {
+        w(out, format!("kept the old event log as {}", p.display()))?;
+    }
+    if let Some(p) = &r.old_generations {
+        w(out, format!("moved the old generations to {}", p.display()))?;
+    }
+    if let Some(e) = &r.event {
+        w(out, format!("recorded event seq {} registry.repair", e.seq))?;
+    }
+    for step in r.next_steps() {
+        w(out, format!("next: {step}"))?;
+    }
+    Ok(())
+}
+
 /// `creating (pid N)`, `removing (pid N)`, `interrupted`, `removal interrupted`, …
 fn creating_word(c: &crate::registry::Creating) -> String {
     match c.pid() {
@@ -306,10 +356,47 @@ fn creating_word(c: &crate::registry::Creating) -> String {
 }
 
 /// `registry check`: soundness of the document and the log, then interrupted creations.
-fn registry_check(reg: &Registry, a: &Args, out: &mut dyn Write) -> Result<(), CliError> {
-    let doc = reg.snapshot().map_err(|e| fail(format!("registry {}: {e}", a.home.display())))?;
-    let v = reg.verify_events().map_err(|e| fail(format!("event log of {}: {e}", a.home.display())))?;
-    w(out, format!("ok: registry {} sound: {} instance(s), {} federation(s); event log intact ({} events)", a.home.display(), doc.instances.len(), doc.federations.len(), v.events))?;
+fn registry_check(a: &Args, out: &mut dyn Write) -> Result<(), CliError> {
+    let home = a.home.display().to_string();
+    let store = FileStore::new(a.home.clone());
+    let d = repair::diagnose(&store).map_err(|e| fail(format!("registry {home}: {e}")))?;
+    if !d.problems.is_empty() {
+        for p in &d.problems {
+            w(out, format!("broken: {p}"))?;
+            match p.way_back() {
+                Some(way) => w(out, format!("  way back: {way}"))?,
+                None => w(out, "  way back: none by repair (see below)".into())?,
+            }
+        }
+        for n in &d.notes {
+            w(out, format!("note: {n}"))?;
+        }
+        let next = match repair::plan(&d) {
+            Ok(Some(plan)) => {
+                w(out, "`registry repair` would:".into())?;
+                for line in plan.describe() {
+                    w(out, format!("  - {line}"))?;
+                }
+                format!("run `terraform-provider-homelab registry repair --home {home}`, then `terraform plan` in each workspace of this home")
+            }
+            Ok(None) => String::new(),
+            Err(e) => e.to_string(),
+        };
+        w(out, format!("next: {next}"))?;
+        return Err(fail(format!("registry {home} is damaged ({} problem(s)): {next}", d.problems.len())));
+    }
+    let doc = match d.document {
+        DocState::Parsed(doc) => doc,
+        _ => Default::default(),
+    };
+    let events = match &d.log {
+        LogState::Intact { events, .. } => events.len(),
+        _ => 0,
+    };
+    w(out, format!("ok: registry {home} sound: {} instance(s), {} federation(s); event log intact ({events} events)", doc.instances.len(), doc.federations.len()))?;
+    for n in &d.notes {
+        w(out, format!("note: {n}"))?;
+    }
     let mut waiting = 0;
     let ws_hint = |owner: &Option<crate::registry::owner::Workspace>| match owner {
         Some(o) => format!("run `terraform apply` (or `destroy`) in {} with Terraform workspace `{}`, on {}", o.dir, o.name, o.host),

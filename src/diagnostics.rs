@@ -88,6 +88,8 @@ impl Report for RegistryError {
                 format!("{} is in a special-purpose range", kind.attribute())
             }
             RegistryError::Corrupt { .. }
+            | RegistryError::EditedByHand { .. }
+            | RegistryError::DocumentMissing { .. }
             | RegistryError::UnknownVersion { .. }
             | RegistryError::Unreadable { .. }
             | RegistryError::Io { .. } => "Instance registry unusable".into(),

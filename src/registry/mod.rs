@@ -4,6 +4,9 @@
 //! - [`alloc`]: the pure allocation rule (first free slot, conflicts, exhaustion).
 //! - [`file`]: the file store (sidecar `fs2` lock, write to a temp file + fsync + rename, events
 //!   written under the same lock).
+//! - [`generations`]: the newest previous versions of the file (hard links made by each commit).
+//! - [`repair`]: what `registry check` reports and `registry repair` does about a damaged file
+//!   or event log.
 //! - [`memory`]: the in-memory twin with the same contract, for fast tests.
 //! - [`owner`]: the workspace an entry belongs to and the run that reserved it.
 //! - [`declared`]: what the workspace's configuration pins, written down by its validation.
@@ -15,9 +18,11 @@
 pub mod alloc;
 pub mod declared;
 pub mod file;
+pub mod generations;
 pub mod interrupted;
 pub mod memory;
 pub mod owner;
+pub mod repair;
 #[cfg(test)]
 mod tests;
 
@@ -660,7 +665,7 @@ pub enum RegistryError {
         name: String,
     },
     /// `instances.json` is not valid JSON of the expected shape.
-    #[error("{path}: the registry is corrupt ({why}); nothing was changed. Restore it from a backup or fix it by hand")]
+    #[error("{path}: the registry is corrupt ({why}); nothing was changed. {hint}", hint = repair_hint(path))]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -695,8 +700,31 @@ pub enum RegistryError {
         #[source]
         source: std::io::Error,
     },
+    /// `instances.json` lacks entries that the generation of its own change holds: it was
+    /// edited by hand (or replaced), and using it would hand out networks a lab still holds.
+    #[error("{path} was changed by hand: it lacks {removed} that its own version of change {seq} ({generation}) holds, so their networks would be handed out again; nothing was changed. {hint}", removed = removed.join(", "), hint = repair_hint(path))]
+    EditedByHand {
+        /// The file.
+        path: PathBuf,
+        /// Seq of the change the document says it is.
+        seq: u64,
+        /// The generation of that change.
+        generation: PathBuf,
+        /// The entries it lacks (`acme`, `federation acme+globex`).
+        removed: Vec<String>,
+    },
+    /// `instances.json` is gone while the event log and generations remain.
+    #[error("{path} is missing, but the event log {events} holds {seq} events: starting afresh would hand out networks that labs hold; nothing was changed. {hint}", hint = repair_hint(path))]
+    DocumentMissing {
+        /// The file.
+        path: PathBuf,
+        /// The event log.
+        events: PathBuf,
+        /// Seq of the log's newest event.
+        seq: u64,
+    },
     /// The event log is unreadable or does not match the registry.
-    #[error(transparent)]
+    #[error("{0}{hint}", hint = audit_hint(.0))]
     Audit(#[from] AuditError),
     /// No networks can be given to this instance.
     #[error("instance `{name}`: {source}")]
@@ -820,6 +848,24 @@ pub enum RegistryError {
         /// Second name (sorted).
         b: String,
     },
+}
+
+/// What to run about a damaged registry file at `path` (in its home).
+pub fn repair_hint(path: &std::path::Path) -> String {
+    let home = path.parent().map(|h| h.display().to_string()).unwrap_or_else(|| ".".into());
+    format!(
+        "To see what is wrong and the way back: `terraform-provider-homelab registry check --home {home}`; to bring the registry back from its event log and previous versions: `terraform-provider-homelab registry repair --home {home}`"
+    )
+}
+
+/// [`repair_hint`] for a damaged event log (not for one that cannot be read at all).
+fn audit_hint(e: &AuditError) -> String {
+    match e {
+        AuditError::Broken { path, .. } | AuditError::Malformed { path, .. } if path.parent().is_some_and(|p| !p.as_os_str().is_empty()) => {
+            format!(". {}", repair_hint(path))
+        }
+        _ => String::new(),
+    }
 }
 
 /// Where "now" comes from (a fake clock in tests).

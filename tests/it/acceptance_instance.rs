@@ -122,7 +122,7 @@ fn workers_update_in_place_and_untouched_nodes_stay(tf: Tf) {
 }
 
 acceptance! {
-fn drift_node_namespace_removed_is_repaired_and_registry_entry_removed_recreates(tf: Tf) {
+fn drift_node_namespace_removed_is_repaired_and_registry_entry_removed_is_brought_back_by_repair(tf: Tf) {
     let lab = Lab::new(tf);
     let w = lab.workdir(&instance("acme", "  workers = 1\n"));
     w.apply().ok();
@@ -135,15 +135,22 @@ fn drift_node_namespace_removed_is_repaired_and_registry_entry_removed_recreates
     w.apply().ok();
     assert!(namespaces_of(&lab.host.name).contains(&lab.ns("acme-worker-1")));
     plan_is_empty(&w);
-    // Out of band: the registry entry disappears; the plan re-creates instead of failing.
+    // Out of band: the registry entry disappears. Its networks would be handed out again, so
+    // the plan stops, naming the way back; `registry repair` brings the entry back from the
+    // registry's previous version, and nothing needs re-creating.
     let path = lab.home.path().join("instances.json");
     let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     doc["instances"].as_object_mut().unwrap().remove("acme");
     std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
     let plan = w.plan_exit();
-    assert_eq!(plan.code, 2, "{}", plan.all());
-    assert!(plan.stdout.contains("will be created"), "{}", plan.stdout);
-    w.apply().ok();
+    assert_eq!(plan.code, 1, "{}", plan.all());
+    assert!(plan.flat().contains("it lacks acme") && plan.flat().contains("registry repair"), "{}", plan.all());
+    let repaired = std::process::Command::new(env!("CARGO_BIN_EXE_terraform-provider-homelab"))
+        .args(["registry", "repair", "--home"])
+        .arg(lab.home.path())
+        .output()
+        .unwrap();
+    assert!(repaired.status.success(), "{}", String::from_utf8_lossy(&repaired.stderr));
     plan_is_empty(&w);
     w.destroy().ok();
     assert!(namespaces_of(&lab.host.name).is_empty());

@@ -20,3 +20,4 @@ mod acceptance_interrupted;
 mod acceptance_vagrant;
 mod acceptance_vagrant_fake;
 mod acceptance_federation;
+mod acceptance_repair;

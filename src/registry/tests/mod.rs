@@ -5,11 +5,13 @@
 //!   file test, crash repair of the event log, and bad inputs that must change nothing;
 //! - [`takeover`]: who may take what: workspaces, runs, pinned against automatic values, and
 //!   the reservations of a failed plan;
+//! - [`repair`]: generations, and each damage of the file store reported and repaired;
 //! - [`properties`]: random sequences of operations on both stores, checked against a model.
 
 mod file_store;
 mod lifecycle;
 mod properties;
+mod repair;
 mod takeover;
 
 use std::sync::Arc;
