@@ -202,27 +202,26 @@ pub struct Verified {
 pub fn read_all(path: &Path) -> Result<Vec<Event>, AuditError> {
     let mut out = Vec::new();
     for_each_line(path, |n, raw| {
-        let ev: Event = serde_json::from_slice(raw).map_err(|e| AuditError::Malformed {
-            path: path.into(),
-            line: n,
-            why: e.to_string(),
-        })?;
-        out.push(ev);
+        out.push(parse_event(raw, n, path)?);
         Ok(())
     })?;
     Ok(out)
+}
+
+/// Line `n` of the log at `path`, as an event.
+fn parse_event(raw: &[u8], n: usize, path: &Path) -> Result<Event, AuditError> {
+    serde_json::from_slice(raw).map_err(|e| AuditError::Malformed {
+        path: path.into(),
+        line: n,
+        why: e.to_string(),
+    })
 }
 
 /// [`read_all`] of a log's bytes (`path` names it in errors).
 pub fn read_all_from(bytes: &[u8], path: &Path) -> Result<Vec<Event>, AuditError> {
     let mut out = Vec::new();
     lines_of(bytes, path, |n, raw| {
-        let ev: Event = serde_json::from_slice(raw).map_err(|e| AuditError::Malformed {
-            path: path.into(),
-            line: n,
-            why: e.to_string(),
-        })?;
-        out.push(ev);
+        out.push(parse_event(raw, n, path)?);
         Ok(())
     })?;
     Ok(out)

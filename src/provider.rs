@@ -391,6 +391,19 @@ impl Shared {
     }
 }
 
+/// The registry of `settings` (its file store in `home`), for `client`'s run `origin`.
+fn open_registry(settings: &Settings, client: Client, origin: Origin) -> Registry {
+    Registry::new(
+        Arc::new(FileStore::new(settings.home.clone())),
+        settings.pools,
+        settings.reservation_ttl,
+        Arc::new(SystemClock),
+        Actor::current(),
+        client,
+    )
+    .with_origin(origin)
+}
+
 /// At validation (every command that reads the configuration, before anything changes): a
 /// warning naming this workspace's creations that a killed apply began and never answered
 /// (so no state holds them), and what converges them. Answered ones and killed destroys are
@@ -401,15 +414,7 @@ fn warn_interrupted(diags: &mut Diagnostics, settings: &Settings, origin: &Origi
     if !FileStore::new(settings.home.clone()).registry_path().is_file() {
         return;
     }
-    let registry = Registry::new(
-        Arc::new(FileStore::new(settings.home.clone())),
-        settings.pools,
-        settings.reservation_ttl,
-        Arc::new(SystemClock),
-        Actor::current(),
-        Client::provider(String::new()),
-    )
-    .with_origin(origin.clone());
+    let registry = open_registry(settings, Client::provider(String::new()), origin.clone());
     let never_answered = |c: Option<&crate::registry::interrupted::Creating>| c.filter(|c| c.word() == "interrupted").map(|c| c.since);
     let mut left: Vec<String> = match registry.interrupted() {
         Ok(list) => list
@@ -580,16 +585,8 @@ impl Provider for HomelabProvider {
             }
         };
         let origin = self.shared.origin.clone();
-        let registry = Registry::new(
-            Arc::new(FileStore::new(settings.home.clone())),
-            settings.pools,
-            settings.reservation_ttl,
-            Arc::new(SystemClock),
-            Actor::current(),
-            Client::provider(terraform_version),
-        )
-        .with_declared(declared::load(&settings.home, &origin.workspace))
-        .with_origin(origin);
+        let registry = open_registry(&settings, Client::provider(terraform_version), origin.clone())
+            .with_declared(declared::load(&settings.home, &origin.workspace));
         let backends = (self.factory)(&settings, &choices);
         tracing::info!(home = %settings.home.display(), "homelab provider configured");
         self.shared.set(Configured {

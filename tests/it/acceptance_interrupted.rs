@@ -106,6 +106,17 @@ pub(crate) fn providers_of(tf: u32) -> Vec<(u32, u32)> {
     procs.iter().filter(|(pid, ppid, named)| *named && *pid != tf && under(*ppid)).map(|(pid, ppid, _)| (*pid, *ppid)).collect()
 }
 
+/// The provider binary's own subcommand `args` on the registry in `home`: exit code, and
+/// stdout then stderr.
+pub(crate) fn homelab_cli(home: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_terraform-provider-homelab"))
+        .args(args)
+        .args(["--home", &home.display().to_string()])
+        .output()
+        .unwrap();
+    (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
+}
+
 pub(crate) fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
@@ -199,26 +210,10 @@ fn provider_killed_at_three_points_of_an_apply_the_next_apply_converges(tf: Tf) 
         let lab = Lab::new(tf);
         let w = lab.workdir(&six(""));
         let pattern = if point == "before any lab" { format!("netns add {}", lab.host.name) } else { format!("{}{pattern}", lab.host.name) };
-        let pause = Pause::new(&pattern);
-        let (child, log) = spawn(&w, &pause, &["apply", "-auto-approve"]);
-        if point == "after some labs" {
-            // Wait for other labs to complete while k5 is held.
-            pause.wait_held(Duration::from_secs(120));
-            let t = Instant::now();
-            while std::fs::read_to_string(&log).unwrap_or_default().matches("Creation complete").count() < 3 && t.elapsed() < Duration::from_secs(60) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        kill_provider_at(child, &pause);
+        // After some labs: the others complete while k5 is held.
+        killed_run(&w, &["apply", "-auto-approve"], &pattern, if point == "after some labs" { 3 } else { 0 });
         eprintln!("{point}: killed; state holds {:?}", w.tf(&["state", "list"]).stdout.lines().collect::<Vec<_>>());
-        let cli = |args: &[&str]| {
-            let o = std::process::Command::new(env!("CARGO_BIN_EXE_terraform-provider-homelab"))
-                .args(args)
-                .args(["--home", &lab.home.path().display().to_string()])
-                .output()
-                .unwrap();
-            (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
-        };
+        let cli = |args: &[&str]| homelab_cli(lab.home.path(), args);
         let (_, listed) = cli(&["registry", "list"]);
         let (code, checked) = cli(&["registry", "check"]);
         if point != "before any lab" {
@@ -258,9 +253,7 @@ fn provider_killed_during_a_federation_the_next_apply_converges(tf: Tf) {
     let lab = Lab::new(tf);
     let fed = "resource \"homelab_federation\" \"f\" {\n  instances = [homelab_instance.k0.name, homelab_instance.k1.name]\n  reason    = \"INC-7\"\n}\n";
     let w = lab.workdir(&six(fed));
-    let pause = Pause::new("homelab:k0+k1");
-    let (child, _) = spawn(&w, &pause, &["apply", "-auto-approve"]);
-    kill_provider_at(child, &pause);
+    killed_run(&w, &["apply", "-auto-approve"], "homelab:k0+k1", 0);
     converges_then_destroys_everything(&lab, &w, &["federation.adopt"]);
 }
 }
@@ -305,8 +298,8 @@ fn registry_names(lab: &Lab) -> Vec<String> {
 
 /// Apply (or destroy) `args`, with the provider killed while a call matching `pattern` is held,
 /// once `complete` resources of the run are done.
-fn killed_run(lab: &Lab, w: &Workdir, args: &[&str], pattern: &str, complete: usize) {
-    let pause = Pause::new(&format!("{}{pattern}", lab.host.name));
+fn killed_run(w: &Workdir, args: &[&str], pattern: &str, complete: usize) {
+    let pause = Pause::new(pattern);
     let (child, log) = spawn(w, &pause, args);
     pause.wait_held(Duration::from_secs(120));
     let t = Instant::now();
@@ -328,7 +321,7 @@ fn killed_destroy_and_destroy_after_a_killed_apply_leave_nothing(tf: Tf) {
     let lab = Lab::new(tf);
     let w = lab.workdir(&six(""));
     w.apply().ok();
-    killed_run(&lab, &w, &["destroy", "-auto-approve"], "-k3", 2);
+    killed_run(&w, &["destroy", "-auto-approve"], &format!("{}-k3", lab.host.name), 2);
     let r = w.destroy();
     assert_eq!(r.code, 0, "the destroy after the killed destroy failed:\n{}", r.all());
     assert!(namespaces_of(&lab.host.name).is_empty(), "left: {:?}", namespaces_of(&lab.host.name));
@@ -336,7 +329,7 @@ fn killed_destroy_and_destroy_after_a_killed_apply_leave_nothing(tf: Tf) {
 
     // Killed destroy, then apply: everything is back, and the plan after it is empty.
     w.apply().ok();
-    killed_run(&lab, &w, &["destroy", "-auto-approve"], "-k3", 2);
+    killed_run(&w, &["destroy", "-auto-approve"], &format!("{}-k3", lab.host.name), 2);
     let r = w.apply();
     assert_eq!(r.code, 0, "the apply after the killed destroy failed:\n{}", r.all());
     plan_is_empty(&w);
@@ -344,7 +337,7 @@ fn killed_destroy_and_destroy_after_a_killed_apply_leave_nothing(tf: Tf) {
 
     // Killed apply, then destroy.
     w.destroy().ok();
-    killed_run(&lab, &w, &["apply", "-auto-approve"], "-k5-cp-1", 3);
+    killed_run(&w, &["apply", "-auto-approve"], &format!("{}-k5-cp-1", lab.host.name), 3);
     let r = w.destroy();
     assert_eq!(r.code, 0, "the destroy after the killed apply failed:\n{}", r.all());
     assert!(namespaces_of(&lab.host.name).is_empty(), "left: {:?}", namespaces_of(&lab.host.name));
@@ -359,18 +352,9 @@ acceptance! {
 fn a_killed_apply_whose_workspace_is_gone_is_removed_by_name(tf: Tf) {
     let lab = Lab::new(tf);
     let w = lab.workdir(&(0..3).map(|i| instance(&format!("k{i}"), "  workers = 1\n")).collect::<String>());
-    let pause = Pause::new(&format!("{}-k2-worker-1", lab.host.name));
-    let (child, _) = spawn(&w, &pause, &["apply", "-auto-approve"]);
-    kill_provider_at(child, &pause);
+    killed_run(&w, &["apply", "-auto-approve"], &format!("{}-k2-worker-1", lab.host.name), 0);
     drop(w);
-    let cli = |args: &[&str]| {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_terraform-provider-homelab"))
-            .args(args)
-            .args(["--home", &lab.home.path().display().to_string()])
-            .output()
-            .unwrap();
-        (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
-    };
+    let cli = |args: &[&str]| homelab_cli(lab.home.path(), args);
     let (code, checked) = cli(&["registry", "check"]);
     assert_eq!(code, Some(3), "{checked}");
     assert!(checked.contains("k2: interrupted since") && checked.contains("instances remove k2"), "{checked}");

@@ -220,7 +220,7 @@ acceptance! {
 /// the machines it was bringing up, adopts the instance (an event says so) and converges; the
 /// plan after it is empty, and destroy leaves nothing.
 fn fake_vagrant_provider_killed_during_vagrant_up_the_next_apply_adopts(tf: Tf) {
-    use crate::acceptance_interrupted::{alive as running, kill, providers_of, Running};
+    use crate::acceptance_interrupted::{kill, providers_of, Running};
     let lab = FakeLab::new(tf);
     let log = lab.home.path().join("fake-vagrant.log");
     let log_env = log.display().to_string();
@@ -255,7 +255,7 @@ fn fake_vagrant_provider_killed_during_vagrant_up_the_next_apply_adopts(tf: Tf) 
     let r = next.apply();
     assert_eq!(r.code, 0, "the apply after the kill failed:\n{}", r.all());
     for p in &leftovers {
-        assert!(!running(*p as u32), "the leftover vagrant process {p} still runs");
+        assert!(!alive(*p), "the leftover vagrant process {p} still runs");
     }
     let calls = std::fs::read_to_string(&log).unwrap();
     assert!(calls.contains("destroy -f acme-cp-1 acme-worker-1"), "the half-made machines were not rebuilt:\n{calls}");

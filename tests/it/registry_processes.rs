@@ -280,18 +280,20 @@ impl Lcg {
         self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (self.0 >> 33) % n
     }
+
+    /// Seeded from the clock, the seed printed (to replay a failure's timing).
+    fn seeded() -> Lcg {
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        println!("kill timing seed {seed}");
+        Lcg(seed)
+    }
 }
 
 #[test]
 fn writer_killed_mid_stream_leaves_a_whole_document_and_the_next_writer_completes_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    println!("kill timing seed {seed}");
-    let mut rng = Lcg(seed);
+    let mut rng = Lcg::seeded();
     let mut committed = 0u64;
     let mut log_behind = 0;
     for round in 0..5 {
@@ -386,12 +388,7 @@ fn churn(home: &Path) {
 fn hundred_writers_killed_mid_commit_leave_a_registry_that_reads_and_checks_clean_or_repairs() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    println!("kill timing seed {seed}");
-    let mut rng = Lcg(seed);
+    let mut rng = Lcg::seeded();
     let started = Instant::now();
     let (mut clean, mut repaired, mut noted) = (0, 0, 0);
     for round in 0..100 {
