@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use crate::backend::{self, Backend, BackendError, BackendKind, BackendSet, LabSpec, OpControl, VagrantOptions};
+use crate::backend::{self, Backend, BackendError, BackendKind, BackendSet, LabSpec, OpControl};
 use crate::hostnet::{HostNetError, Link};
 use crate::k8s::{K8sError, Policies, PolicySpec};
 use crate::net;
@@ -84,17 +84,7 @@ impl Side {
             FederationError::Invalid(format!("instance `{}` is reserved but not created yet: apply it first", entry.name))
         })?;
         let s = &lab.settings;
-        let vagrant = (kind == BackendKind::Vagrant).then(|| {
-            let d = backend::vagrant::default_options();
-            VagrantOptions {
-                r#box: s.get("box").cloned().unwrap_or(d.r#box),
-                box_version: s.get("box_version").cloned(),
-                cpus: s.get("cpus").and_then(|v| v.parse().ok()).unwrap_or(d.cpus),
-                memory_mb: s.get("memory_mb").and_then(|v| v.parse().ok()).unwrap_or(d.memory_mb),
-                kubernetes_version: s.get("kubernetes_version").cloned().unwrap_or(d.kubernetes_version),
-                provision: s.get("provision").map(|v| v == "true").unwrap_or(d.provision),
-            }
-        });
+        let vagrant = (kind == BackendKind::Vagrant).then(|| backend::vagrant::options_from_settings(s));
         let a = entry.allocation;
         let nodes = backend::plan_nodes(&entry.name, &a.subnet, lab.control_planes.max(1), lab.workers)
             .ok_or_else(|| FederationError::Invalid(format!("instance `{}`: its subnet cannot hold its nodes", entry.name)))?;

@@ -125,6 +125,33 @@ pub struct VagrantOptions {
     pub kubernetes_version: String,
     /// Install and join Kubernetes (false: plain VMs).
     pub provision: bool,
+    /// Cilium version to install, e.g. `1.17.4`.
+    #[serde(default = "default_cilium_version")]
+    pub cilium_version: String,
+    /// Where provisioning downloads from (none set: the upstream sites).
+    #[serde(default)]
+    pub mirrors: Mirrors,
+}
+
+fn default_cilium_version() -> String {
+    vagrant::DEFAULT_CILIUM_VERSION.to_string()
+}
+
+/// Where provisioning fetches what it installs, for offline or mirrored labs. Each is a URL
+/// (validated by [`vagrant::check_options`]); `None` means the upstream site.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mirrors {
+    /// Replaces `https://pkgs.k8s.io/core:/stable:` (a mirror in the same layout:
+    /// `<url>/v1.33/deb/` with its `Release.key`).
+    pub kubernetes_packages: Option<String>,
+    /// An apt proxy (e.g. apt-cacher-ng) every apt download in the guests goes through.
+    pub apt_proxy: Option<String>,
+    /// An OCI registry mirror containerd tries before registry.k8s.io, quay.io, docker.io
+    /// and ghcr.io.
+    pub images: Option<String>,
+    /// Replaces the cilium-cli release download folder (holding `cilium-linux-amd64.tar.gz`
+    /// and its `.sha256sum`).
+    pub cilium_cli: Option<String>,
 }
 
 /// Everything a backend needs to build one instance's lab.

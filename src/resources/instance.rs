@@ -98,6 +98,16 @@ pub struct InstanceState {
     pub kubernetes_version: Value<String>,
     /// Install Kubernetes.
     pub provision: Value<bool>,
+    /// Cilium release.
+    pub cilium_version: Value<String>,
+    /// Mirror of pkgs.k8s.io.
+    pub kubernetes_package_mirror: Value<String>,
+    /// apt proxy in the guests.
+    pub apt_proxy: Value<String>,
+    /// OCI registry mirror.
+    pub image_registry_mirror: Value<String>,
+    /// Mirror of the cilium-cli release folder.
+    pub cilium_cli_mirror: Value<String>,
     /// Instance folder.
     pub dir: Value<String>,
     /// Vagrantfile path.
@@ -139,7 +149,19 @@ pub struct InstanceResource {
     shared: Arc<Shared>,
 }
 
-const VAGRANT_ONLY: [&str; 6] = ["box", "box_version", "cpus", "memory_mb", "kubernetes_version", "provision"];
+const VAGRANT_ONLY: [&str; 11] = [
+    "box",
+    "box_version",
+    "cpus",
+    "memory_mb",
+    "kubernetes_version",
+    "provision",
+    "cilium_version",
+    "kubernetes_package_mirror",
+    "apt_proxy",
+    "image_registry_mirror",
+    "cilium_cli_mirror",
+];
 /// Default control planes.
 pub const DEFAULT_CONTROL_PLANES: i64 = 1;
 /// Default workers.
@@ -191,8 +213,13 @@ impl InstanceResource {
             ("box_version", optional(string(), "Vagrant only: box version constraint.")),
             ("cpus", optional_computed(number(), "Vagrant only: vCPUs per VM, a whole number from 1 to 1024 (default 2).")),
             ("memory_mb", optional_computed(number(), "Vagrant only: memory per VM in MiB, a whole number from 256 to 1048576 (default 2048).")),
-            ("kubernetes_version", optional_computed(string(), "Vagrant only: Kubernetes minor version to install with kubeadm (default `1.33`).")),
+            ("kubernetes_version", optional_computed(string(), "Vagrant only: Kubernetes version to install with kubeadm: a minor (default `1.33`: its newest patch release) or a full version such as `1.33.2` (pinned, and held). A box whose kubeadm already has this version keeps its packages. Changing it replaces the instance.")),
             ("provision", optional_computed(boolean(), "Vagrant only: install Kubernetes (containerd, kubeadm, Cilium) and join the workers (default true); false gives plain VMs.")),
+            ("cilium_version", optional_computed(string(), "Vagrant with `provision` only: the Cilium release installed (default `1.17.4`), a full version. Changing it replaces the instance.")),
+            ("kubernetes_package_mirror", optional(string(), "Vagrant with `provision` only: an http(s) URL that replaces `https://pkgs.k8s.io/core:/stable:` for kubeadm, kubelet and kubectl: a mirror in pkgs.k8s.io's layout, serving `<url>/v1.33/deb/` with its `Release.key`. Changes in place (used by nodes set up from then on).")),
+            ("apt_proxy", optional(string(), "Vagrant with `provision` only: an http(s) URL of an apt proxy (e.g. apt-cacher-ng) that every apt download in the guests goes through: the box's distribution archive and the Kubernetes packages (for https repositories the proxy must pass CONNECT through). Changes in place.")),
+            ("image_registry_mirror", optional(string(), "Vagrant with `provision` only: an http(s) URL of an OCI registry mirror that containerd tries first for images of registry.k8s.io, quay.io, docker.io and ghcr.io (falling back to the registry itself); containerd names the registry in each request as `?ns=<registry>`, as pull-through caches such as Zot or Harbor expect. Changes in place.")),
+            ("cilium_cli_mirror", optional(string(), "Vagrant with `provision` only: an http(s) URL of a folder holding `cilium-linux-amd64.tar.gz` and `cilium-linux-amd64.tar.gz.sha256sum` of cilium-cli v0.18.3, used instead of its GitHub release. A box with `/usr/local/bin/cilium` downloads nothing. Changes in place.")),
             ("dir", computed(string(), "Vagrant only: the instance folder `<home>/instances/<name>`: the generated Vagrantfile, the provisioning scripts, the kubeconfig, and with libvirt each machine's serial console log under `console/` (its last lines are shown when a boot fails).")),
             ("vagrantfile_path", computed(string(), "Vagrant only: the generated Vagrantfile.")),
             ("kubeconfig_path", computed(string(), "Vagrant with `provision` only: the kubeconfig file (mode 0600).")),
@@ -263,6 +290,17 @@ fn count(v: &Value<Number>) -> Option<u32> {
 }
 
 fn vagrant_options(s: &InstanceState) -> VagrantOptions {
+    let mut mirrors = backend::Mirrors::default();
+    for (attr, v) in [
+        ("kubernetes_package_mirror", &s.kubernetes_package_mirror),
+        ("apt_proxy", &s.apt_proxy),
+        ("image_registry_mirror", &s.image_registry_mirror),
+        ("cilium_cli_mirror", &s.cilium_cli_mirror),
+    ] {
+        if let Some(slot) = mirrors.by_attribute_mut(attr) {
+            *slot = known(v);
+        }
+    }
     VagrantOptions {
         r#box: known(&s.box_name).unwrap_or_else(|| backend::vagrant::DEFAULT_BOX.to_string()),
         box_version: known(&s.box_version),
@@ -271,6 +309,9 @@ fn vagrant_options(s: &InstanceState) -> VagrantOptions {
         kubernetes_version: known(&s.kubernetes_version)
             .unwrap_or_else(|| backend::vagrant::DEFAULT_KUBERNETES_VERSION.to_string()),
         provision: known(&s.provision).unwrap_or(true),
+        cilium_version: known(&s.cilium_version)
+            .unwrap_or_else(|| backend::vagrant::DEFAULT_CILIUM_VERSION.to_string()),
+        mirrors,
     }
 }
 
@@ -352,6 +393,17 @@ fn vagrant_only_set(c: &InstanceState) -> Vec<&'static str> {
     }
     if !c.provision.is_null() {
         set.push("provision");
+    }
+    for (attr, v) in [
+        ("cilium_version", &c.cilium_version),
+        ("kubernetes_package_mirror", &c.kubernetes_package_mirror),
+        ("apt_proxy", &c.apt_proxy),
+        ("image_registry_mirror", &c.image_registry_mirror),
+        ("cilium_cli_mirror", &c.cilium_cli_mirror),
+    ] {
+        if !v.is_null() {
+            set.push(attr);
+        }
     }
     set
 }
@@ -442,14 +494,7 @@ fn lab_record(ctx: &Configured, d: &Desired, settings_of_entry: Option<&BTreeMap
         .cloned()
         .unwrap_or_else(|| ctx.backends.lab_settings(d.kind));
     if let Some(v) = &d.vagrant {
-        settings.insert("box".into(), v.r#box.clone());
-        if let Some(bv) = &v.box_version {
-            settings.insert("box_version".into(), bv.clone());
-        }
-        settings.insert("cpus".into(), v.cpus.to_string());
-        settings.insert("memory_mb".into(), v.memory_mb.to_string());
-        settings.insert("kubernetes_version".into(), v.kubernetes_version.clone());
-        settings.insert("provision".into(), v.provision.to_string());
+        backend::vagrant::options_into_settings(v, &mut settings);
     }
     LabRecord {
         control_planes: d.control_planes,
@@ -500,6 +545,12 @@ fn fill(state: &mut InstanceState, ctx: &Configured, d: &Desired, a: &Allocation
             state.memory_mb = val(Number::from(i64::from(v.memory_mb)));
             state.kubernetes_version = val(v.kubernetes_version.clone());
             state.provision = val(v.provision);
+            state.cilium_version = val(v.cilium_version.clone());
+            let m = &v.mirrors;
+            state.kubernetes_package_mirror = m.kubernetes_packages.clone().map(val).unwrap_or(Value::Null);
+            state.apt_proxy = m.apt_proxy.clone().map(val).unwrap_or(Value::Null);
+            state.image_registry_mirror = m.images.clone().map(val).unwrap_or(Value::Null);
+            state.cilium_cli_mirror = m.cilium_cli.clone().map(val).unwrap_or(Value::Null);
             state.vagrantfile_path = val(dir.join("Vagrantfile").display().to_string());
             if v.provision {
                 state.kubeconfig_path = val(dir.join("kubeconfig").display().to_string());
@@ -523,6 +574,11 @@ fn fill(state: &mut InstanceState, ctx: &Configured, d: &Desired, a: &Allocation
             state.memory_mb = Value::Null;
             state.kubernetes_version = Value::Null;
             state.provision = Value::Null;
+            state.cilium_version = Value::Null;
+            state.kubernetes_package_mirror = Value::Null;
+            state.apt_proxy = Value::Null;
+            state.image_registry_mirror = Value::Null;
+            state.cilium_cli_mirror = Value::Null;
             state.dir = Value::Null;
             state.vagrantfile_path = Value::Null;
             state.kubeconfig_path = Value::Null;
@@ -827,6 +883,12 @@ impl InstanceResource {
             }
             if known(&prior_state.provision) != Some(v.provision) {
                 replace.push("provision");
+            }
+            // Prior states written before the attribute existed have it null: the default
+            // was installed, so only a different value replaces.
+            let prior_cilium = known(&prior_state.cilium_version).unwrap_or_else(|| backend::vagrant::DEFAULT_CILIUM_VERSION.to_string());
+            if prior_cilium != v.cilium_version {
+                replace.push("cilium_version");
             }
         }
         let mut allocation = allocation_of(&prior_state);
@@ -1319,6 +1381,13 @@ impl Resource for InstanceResource {
             state.memory_mb = number("memory_mb");
             state.kubernetes_version = s.get("kubernetes_version").cloned().map(val).unwrap_or(Value::Null);
             state.provision = s.get("provision").and_then(|v| v.parse().ok()).map(val).unwrap_or(Value::Null);
+            let opts = backend::vagrant::options_from_settings(s);
+            state.cilium_version = val(opts.cilium_version.clone());
+            let m = opts.mirrors;
+            state.kubernetes_package_mirror = m.kubernetes_packages.map(val).unwrap_or(Value::Null);
+            state.apt_proxy = m.apt_proxy.map(val).unwrap_or(Value::Null);
+            state.image_registry_mirror = m.images.map(val).unwrap_or(Value::Null);
+            state.cilium_cli_mirror = m.cilium_cli.map(val).unwrap_or(Value::Null);
         }
         let d = desired(&ctx, diags, &state)?;
         fill(&mut state, &ctx, &d, &entry.allocation);

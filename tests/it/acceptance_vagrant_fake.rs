@@ -484,3 +484,52 @@ fn fake_vagrant_ephemeral_kubeconfig_reaches_another_provider_and_never_the_stat
     clean.destroy().ok();
 }
 }
+
+acceptance! {
+fn fake_vagrant_mirror_settings_reach_the_provisioning_scripts_and_change_in_place(tf: Tf) {
+    let mut lab = FakeLab::new(tf);
+    lab.provision = true;
+    let body = |mirror: &str, cilium: &str| {
+        format!(
+            "  workers = 0\n  cilium_version = \"{cilium}\"\n  kubernetes_package_mirror = \"http://mirror.lab/k8s/core:/stable:\"\n  apt_proxy = \"http://mirror.lab:3142\"\n  image_registry_mirror = \"{mirror}\"\n  cilium_cli_mirror = \"http://mirror.lab/cilium-cli\"\n"
+        )
+    };
+    // A registry mirror without a scheme is refused at plan, naming the attribute.
+    let w = lab.workdir(&body("registry.lab:5000", "1.16.9"), &[]);
+    let r = w.tf(&["plan"]).failed();
+    assert!(r.flat().contains("image_registry_mirror") && r.flat().contains("not an http:// or https:// URL"), "{}", r.all());
+    assert!(!lab.home.path().join("instances.json").exists(), "a refused plan wrote the registry");
+    // Every option reaches the scripts the guests run.
+    w.write(&lab.config(&body("https://registry.lab:5000", "1.16.9")));
+    w.apply().ok();
+    let script = |name: &str| std::fs::read_to_string(lab.dir().join("scripts").join(name)).unwrap();
+    let node = script("node.sh");
+    for line in ["K8S_PACKAGES='http://mirror.lab/k8s/core:/stable:'", "APT_PROXY='http://mirror.lab:3142'", "IMAGE_MIRROR='https://registry.lab:5000'"] {
+        assert!(node.contains(line), "{line} not in node.sh:\n{node}");
+    }
+    let cp = script("control-plane.sh");
+    assert!(cp.contains("CILIUM_VERSION='1.16.9'") && cp.contains("CILIUM_CLI='http://mirror.lab/cilium-cli'"), "{cp}");
+    let s = w.resource("homelab_instance.acme").unwrap();
+    assert_eq!(s["cilium_version"], "1.16.9");
+    assert_eq!(s["image_registry_mirror"], "https://registry.lab:5000");
+    assert_eq!(w.plan_exit().code, 0);
+    // A mirror moves: in place, and the scripts follow.
+    w.write(&lab.config(&body("https://cache.lab", "1.16.9")));
+    let r = w.tf(&["plan"]).ok();
+    assert!(r.stdout.contains("updated in-place") && !r.stdout.contains("must be replaced"), "{}", r.stdout);
+    w.apply().ok();
+    assert!(script("node.sh").contains("IMAGE_MIRROR='https://cache.lab'"));
+    assert_eq!(w.plan_exit().code, 0);
+    // Import brings every option back from the registry: the plan after it is empty.
+    w.tf(&["state", "rm", "homelab_instance.acme"]).ok();
+    w.tf(&["import", "homelab_instance.acme", "acme"]).ok();
+    let r = w.plan_exit();
+    assert_eq!(r.code, 0, "{}", r.all());
+    // Another Cilium release replaces the cluster.
+    w.write(&lab.config(&body("https://cache.lab", "1.17.4")));
+    let r = w.tf(&["plan"]).ok();
+    assert!(r.stdout.contains("must be replaced") && r.stdout.contains("cilium_version"), "{}", r.stdout);
+    w.destroy().ok();
+    assert!(!lab.dir().exists(), "the instance folder is left");
+}
+}

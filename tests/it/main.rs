@@ -9,6 +9,7 @@ mod k8s_fake_api;
 mod netns_backend;
 mod registry_processes;
 mod vagrant_render;
+mod vagrant_provision_scripts;
 mod vagrant_runner;
 mod vagrant_vms;
 mod tf_provider_patches;

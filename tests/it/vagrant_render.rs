@@ -568,8 +568,9 @@ fn hostile_names_are_refused() {
 }
 
 /// Every generated provisioning script passes shellcheck (control planes 1–3, workers 0/3,
-/// a pinned patch version and a small pod CIDR). They cannot run here (no internet in VMs):
-/// their rendering and shellcheck are what is tested.
+/// a pinned patch version and a small pod CIDR, with and without mirrors). They cannot run in
+/// a VM here (no internet in VMs): `vagrant_provision_scripts` runs them against fake guest
+/// tools.
 #[test]
 fn generated_scripts_pass_shellcheck() {
     ensure_vm_packages();
@@ -579,12 +580,20 @@ fn generated_scripts_pass_shellcheck() {
         (1, 0, "1.33", "10.244.0.0/16"),
         (3, 3, "1.33.1", "10.240.0.0/20"),
         (2, 1, "1.32", "10.250.0.0/24"),
+        (1, 1, "1.33", "10.244.0.0/16"),
     ]
     .into_iter()
     .enumerate()
     {
         let mut opts = test_options("bento/ubuntu-24.04", true);
         opts.kubernetes_version = version.into();
+        if i == 3 {
+            opts.cilium_version = "1.16.9".into();
+            opts.mirrors.kubernetes_packages = Some("http://mirror.lab/k8s/core:/stable:/".into());
+            opts.mirrors.apt_proxy = Some("http://mirror.lab:3142".into());
+            opts.mirrors.images = Some("https://registry.lab:5000".into());
+            opts.mirrors.cilium_cli = Some("http://mirror.lab/cilium-cli".into());
+        }
         let mut spec = vagrant_spec("acme", "10.77.1.0/24", "10.78.1.0/24", cps, workers, opts);
         spec.pod_cidr = pod.parse().unwrap();
         for (name, content) in render_scripts(&spec).unwrap() {
@@ -598,7 +607,7 @@ fn generated_scripts_pass_shellcheck() {
         }
     }
     // node.sh and control-plane.sh each time, keepalived.sh for the two with several CPs.
-    assert_eq!(files.len(), 8);
+    assert_eq!(files.len(), 10);
     shellcheck(&files);
     // shellcheck really looks: a script with an unquoted expansion fails.
     let bad = tmp.path().join("bad.sh");

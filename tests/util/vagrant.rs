@@ -66,6 +66,8 @@ pub fn test_options(r#box: &str, provision: bool) -> VagrantOptions {
         memory_mb: 384,
         kubernetes_version: DEFAULT_KUBERNETES_VERSION.to_string(),
         provision,
+        cilium_version: homelab::backend::vagrant::DEFAULT_CILIUM_VERSION.to_string(),
+        mirrors: Default::default(),
     }
 }
 

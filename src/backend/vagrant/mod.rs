@@ -45,9 +45,10 @@ pub use render::{render_scripts, render_vagrantfile, ruby_str, sh_str, RenderErr
 pub use runner::{Finished, Grace, Limits, ToolCommand};
 pub use status::{parse_status, MachineState, StatusReport};
 pub use validate::{
-    check_instance, check_options, check_virtualbox_subnet, default_options,
-    virtualbox_allowed_ranges, virtualbox_allowed_ranges_here, OptionError, DEFAULT_BOX,
-    DEFAULT_CPUS, DEFAULT_KUBERNETES_VERSION, DEFAULT_MEMORY_MB,
+    check_instance, check_options, check_virtualbox_subnet, default_options, options_from_settings,
+    options_into_settings, virtualbox_allowed_ranges, virtualbox_allowed_ranges_here, OptionError,
+    DEFAULT_BOX, DEFAULT_CILIUM_VERSION, DEFAULT_CPUS, DEFAULT_KUBERNETES_VERSION,
+    DEFAULT_MEMORY_MB, MIRROR_ATTRIBUTES,
 };
 
 /// Where the VMs run.

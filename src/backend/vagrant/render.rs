@@ -27,10 +27,18 @@ pub const CONTROL_PLANE_SCRIPT: &str = "control-plane.sh";
 /// Script run on every control plane of an instance with several: keepalived holding the
 /// API's virtual IP (see `backend::api_address`).
 pub const KEEPALIVED_SCRIPT: &str = "keepalived.sh";
-/// Cilium release installed on the clusters.
-pub const CILIUM_VERSION: &str = "1.17.4";
-/// Cilium CLI release used to install it.
+/// Cilium CLI release used to install Cilium (the release `cilium_version` names).
 pub const CILIUM_CLI_VERSION: &str = "v0.18.3";
+/// Where the Kubernetes packages come from without `kubernetes_package_mirror`.
+pub const KUBERNETES_PACKAGES_UPSTREAM: &str = "https://pkgs.k8s.io/core:/stable:";
+/// The registries an `image_registry_mirror` stands in for (containerd tries the mirror
+/// first, then the registry itself).
+pub const MIRRORED_REGISTRIES: [&str; 4] = ["registry.k8s.io", "quay.io", "docker.io", "ghcr.io"];
+
+/// Where the cilium CLI release comes from without `cilium_cli_mirror`.
+fn cilium_cli_upstream() -> String {
+    format!("https://github.com/cilium/cilium-cli/releases/download/{CILIUM_CLI_VERSION}")
+}
 
 const NODE_TEMPLATE: &str = include_str!("scripts/node.sh");
 const CONTROL_PLANE_TEMPLATE: &str = include_str!("scripts/control-plane.sh");
@@ -319,11 +327,19 @@ pub fn render_scripts(spec: &LabSpec) -> Result<Vec<(String, String)>, RenderErr
     let cp =
         first_control_plane(spec).ok_or_else(|| RenderError::NoNodes(spec.instance.clone()))?;
     let api = crate::backend::api_address(&spec.subnet, &spec.nodes).ok_or_else(|| RenderError::NoNodes(spec.instance.clone()))?;
+    let m = &opts.mirrors;
+    let trimmed = |v: &Option<String>| v.as_deref().map(|u| u.trim_end_matches('/').to_string());
     let node = script(
         NODE_TEMPLATE,
         &spec.instance,
         "node set-up",
-        &[("K8S_VERSION", opts.kubernetes_version.clone())],
+        &[
+            ("K8S_VERSION", opts.kubernetes_version.clone()),
+            ("K8S_PACKAGES", trimmed(&m.kubernetes_packages).unwrap_or_else(|| KUBERNETES_PACKAGES_UPSTREAM.to_string())),
+            ("APT_PROXY", trimmed(&m.apt_proxy).unwrap_or_default()),
+            ("IMAGE_MIRROR", trimmed(&m.images).unwrap_or_default()),
+            ("MIRRORED_REGISTRIES", MIRRORED_REGISTRIES.join(" ")),
+        ],
     );
     let control_plane = script(
         CONTROL_PLANE_TEMPLATE,
@@ -339,8 +355,8 @@ pub fn render_scripts(spec: &LabSpec) -> Result<Vec<(String, String)>, RenderErr
                 "POD_NODE_MASK",
                 cilium_node_mask(&spec.pod_cidr).to_string(),
             ),
-            ("CILIUM_VERSION", CILIUM_VERSION.to_string()),
-            ("CILIUM_CLI_VERSION", CILIUM_CLI_VERSION.to_string()),
+            ("CILIUM_VERSION", opts.cilium_version.clone()),
+            ("CILIUM_CLI", trimmed(&m.cilium_cli).unwrap_or_else(cilium_cli_upstream)),
         ],
     );
     let mut scripts = vec![

@@ -1,11 +1,14 @@
 //! Plan-time checks and defaults of the Vagrant options, as pure functions the provider layer
 //! calls before anything is touched: the defaults of `box`, `cpus`, `memory_mb`,
-//! `kubernetes_version`; the shape of each option; and VirtualBox's rule that host-only
-//! networks must lie in 192.168.56.0/21 unless `/etc/vbox/networks.conf` allows more.
+//! `kubernetes_version`, `cilium_version`; the shape of each option (mirror URLs included);
+//! how the options are kept in a registry entry's lab settings; and VirtualBox's rule that
+//! host-only networks must lie in 192.168.56.0/21 unless `/etc/vbox/networks.conf` allows more.
+
+use std::collections::BTreeMap;
 
 use thiserror::Error;
 
-use crate::backend::VagrantOptions;
+use crate::backend::{Mirrors, VagrantOptions};
 use crate::net::{self, Ipv4Net};
 
 use super::Hypervisor;
@@ -18,6 +21,8 @@ pub const DEFAULT_CPUS: u32 = 2;
 pub const DEFAULT_MEMORY_MB: u32 = 2048;
 /// Default Kubernetes minor (a current stable one).
 pub const DEFAULT_KUBERNETES_VERSION: &str = "1.33";
+/// Default Cilium release.
+pub const DEFAULT_CILIUM_VERSION: &str = "1.17.4";
 /// The only range VirtualBox (6.1.28 and later) allows for host-only networks when
 /// `/etc/vbox/networks.conf` does not exist.
 pub const VIRTUALBOX_DEFAULT_RANGE: &str = "192.168.56.0/21";
@@ -50,7 +55,102 @@ pub fn default_options() -> VagrantOptions {
         memory_mb: DEFAULT_MEMORY_MB,
         kubernetes_version: DEFAULT_KUBERNETES_VERSION.to_string(),
         provision: true,
+        cilium_version: DEFAULT_CILIUM_VERSION.to_string(),
+        mirrors: Mirrors::default(),
     }
+}
+
+/// The Terraform attribute and the lab-settings key of each mirror, with its field.
+pub const MIRROR_ATTRIBUTES: [&str; 4] = ["kubernetes_package_mirror", "apt_proxy", "image_registry_mirror", "cilium_cli_mirror"];
+
+impl Mirrors {
+    /// The mirrors as `(attribute, value)`, in [`MIRROR_ATTRIBUTES`] order.
+    pub fn by_attribute(&self) -> [(&'static str, &Option<String>); 4] {
+        [
+            (MIRROR_ATTRIBUTES[0], &self.kubernetes_packages),
+            (MIRROR_ATTRIBUTES[1], &self.apt_proxy),
+            (MIRROR_ATTRIBUTES[2], &self.images),
+            (MIRROR_ATTRIBUTES[3], &self.cilium_cli),
+        ]
+    }
+
+    /// The mirror of one attribute, for writing.
+    pub fn by_attribute_mut(&mut self, attribute: &str) -> Option<&mut Option<String>> {
+        match attribute {
+            "kubernetes_package_mirror" => Some(&mut self.kubernetes_packages),
+            "apt_proxy" => Some(&mut self.apt_proxy),
+            "image_registry_mirror" => Some(&mut self.images),
+            "cilium_cli_mirror" => Some(&mut self.cilium_cli),
+            _ => None,
+        }
+    }
+}
+
+/// The options as a registry entry's lab settings record them (keys are the attribute names;
+/// unset optional values have no key).
+pub fn options_into_settings(opts: &VagrantOptions, settings: &mut BTreeMap<String, String>) {
+    settings.insert("box".into(), opts.r#box.clone());
+    match &opts.box_version {
+        Some(v) => settings.insert("box_version".into(), v.clone()),
+        None => settings.remove("box_version"),
+    };
+    settings.insert("cpus".into(), opts.cpus.to_string());
+    settings.insert("memory_mb".into(), opts.memory_mb.to_string());
+    settings.insert("kubernetes_version".into(), opts.kubernetes_version.clone());
+    settings.insert("provision".into(), opts.provision.to_string());
+    settings.insert("cilium_version".into(), opts.cilium_version.clone());
+    for (attr, v) in opts.mirrors.by_attribute() {
+        match v {
+            Some(v) => settings.insert(attr.into(), v.clone()),
+            None => settings.remove(attr),
+        };
+    }
+}
+
+/// The options a registry entry's lab settings record, with the defaults for what they do not
+/// (entries written before an option existed).
+pub fn options_from_settings(s: &BTreeMap<String, String>) -> VagrantOptions {
+    let d = default_options();
+    let mut mirrors = Mirrors::default();
+    for attr in MIRROR_ATTRIBUTES {
+        if let Some(slot) = mirrors.by_attribute_mut(attr) {
+            *slot = s.get(attr).cloned();
+        }
+    }
+    VagrantOptions {
+        r#box: s.get("box").cloned().unwrap_or(d.r#box),
+        box_version: s.get("box_version").cloned(),
+        cpus: s.get("cpus").and_then(|v| v.parse().ok()).unwrap_or(d.cpus),
+        memory_mb: s.get("memory_mb").and_then(|v| v.parse().ok()).unwrap_or(d.memory_mb),
+        kubernetes_version: s.get("kubernetes_version").cloned().unwrap_or(d.kubernetes_version),
+        provision: s.get("provision").map(|v| v == "true").unwrap_or(d.provision),
+        cilium_version: s.get("cilium_version").cloned().unwrap_or(d.cilium_version),
+        mirrors,
+    }
+}
+
+/// `1.17.4`: a Cilium release (major.minor.patch, digits only).
+pub fn is_cilium_version(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('.').collect();
+    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.len() <= 4 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Why `url` cannot be a mirror URL (`None`: it can): `http://` or `https://`, a host, and no
+/// characters that would need quoting in a shell word, an apt configuration line or a TOML
+/// string (the scripts put it in all three).
+pub fn mirror_url_problem(url: &str) -> Option<String> {
+    let rest = match url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")) {
+        Some(r) => r,
+        None => return Some(format!("{url:?} is not an http:// or https:// URL")),
+    };
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() || host.starts_with(':') {
+        return Some(format!("{url:?} has no host"));
+    }
+    if let Some(c) = url.chars().find(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\\' | '\'' | '`' | '$' | ';' | '#')) {
+        return Some(format!("{url:?} contains {c:?}, which a mirror URL cannot hold"));
+    }
+    None
 }
 
 /// `1.33` or `1.33.1`: what pkgs.k8s.io publishes.
@@ -103,6 +203,20 @@ pub fn check_options(opts: &VagrantOptions) -> Result<(), OptionError> {
                 opts.memory_mb
             ),
         ));
+    }
+    if !is_cilium_version(&opts.cilium_version) {
+        return Err(err(
+            "cilium_version",
+            format!(
+                "{:?} is not a Cilium release: use a full version such as \"{DEFAULT_CILIUM_VERSION}\"",
+                opts.cilium_version
+            ),
+        ));
+    }
+    for (attr, v) in opts.mirrors.by_attribute() {
+        if let Some(problem) = v.as_deref().and_then(mirror_url_problem) {
+            return Err(err(attr, problem));
+        }
     }
     if !is_kubernetes_version(&opts.kubernetes_version) {
         return Err(err(
@@ -192,6 +306,50 @@ mod tests {
     #[test]
     fn defaults_pass_their_own_checks() {
         check_options(&default_options()).unwrap();
+    }
+
+    #[test]
+    fn cilium_versions_and_mirror_urls() {
+        assert!(is_cilium_version("1.17.4"));
+        assert!(!is_cilium_version("1.17"));
+        assert!(!is_cilium_version("v1.17.4"));
+        assert!(!is_cilium_version("1.17.4; reboot"));
+        assert_eq!(mirror_url_problem("http://mirror.lab:3142"), None);
+        assert_eq!(mirror_url_problem("https://mirror.lab/k8s/core:/stable:"), None);
+        assert!(mirror_url_problem("ftp://mirror.lab").unwrap().contains("not an http"));
+        assert!(mirror_url_problem("mirror.lab").unwrap().contains("not an http"));
+        assert!(mirror_url_problem("http:///x").unwrap().contains("no host"));
+        assert!(mirror_url_problem("http://m/a b").unwrap().contains("' '"));
+        assert!(mirror_url_problem("http://m/\"x").is_some());
+        assert!(mirror_url_problem("http://m/$(reboot)").is_some());
+        let mut o = default_options();
+        o.mirrors.images = Some("registry.lab:5000".into());
+        assert_eq!(check_options(&o).unwrap_err().attribute, "image_registry_mirror");
+        let mut o = default_options();
+        o.cilium_version = "latest".into();
+        assert_eq!(check_options(&o).unwrap_err().attribute, "cilium_version");
+    }
+
+    #[test]
+    fn options_survive_the_lab_settings() {
+        let mut o = default_options();
+        o.box_version = Some(">= 1".into());
+        o.cilium_version = "1.16.9".into();
+        o.mirrors.kubernetes_packages = Some("http://m/k8s".into());
+        o.mirrors.cilium_cli = Some("http://m/cilium-cli".into());
+        let mut s = BTreeMap::new();
+        s.insert("hypervisor".to_string(), "libvirt".to_string());
+        s.insert("apt_proxy".to_string(), "http://stale".to_string());
+        options_into_settings(&o, &mut s);
+        assert_eq!(s.get("hypervisor").map(String::as_str), Some("libvirt"), "other settings stay");
+        assert!(!s.contains_key("apt_proxy"), "an unset mirror leaves no key");
+        assert_eq!(options_from_settings(&s), o);
+        // An entry written before these options existed reads as the defaults.
+        let old: BTreeMap<String, String> = [("box", "b"), ("provision", "false")].into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let read = options_from_settings(&old);
+        assert_eq!(read.cilium_version, DEFAULT_CILIUM_VERSION);
+        assert_eq!(read.mirrors, Mirrors::default());
+        assert!(!read.provision);
     }
 
     #[test]

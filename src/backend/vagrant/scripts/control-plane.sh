@@ -27,14 +27,19 @@ kubeadm init \
   --control-plane-endpoint="${API_ADDRESS}:6443" \
   --upload-certs
 
-# Cilium, through its CLI (checksum-verified), with cluster-pool IPAM on the pod CIDR.
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-base="https://github.com/cilium/cilium-cli/releases/download/${CILIUM_CLI_VERSION}"
-curl -fsSL -o "$work/cilium-linux-amd64.tar.gz" "$base/cilium-linux-amd64.tar.gz"
-curl -fsSL -o "$work/cilium-linux-amd64.tar.gz.sha256sum" "$base/cilium-linux-amd64.tar.gz.sha256sum"
-(cd "$work" && sha256sum --check --quiet cilium-linux-amd64.tar.gz.sha256sum)
-tar -xzf "$work/cilium-linux-amd64.tar.gz" -C /usr/local/bin cilium
+# Cilium, through its CLI (checksum-verified, from CILIUM_CLI: the release folder or its
+# mirror), with cluster-pool IPAM on the pod CIDR. A box that holds /usr/local/bin/cilium
+# keeps it.
+if command -v cilium >/dev/null 2>&1; then
+  echo "cilium CLI already in the box: not downloaded"
+else
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' EXIT
+  curl -fsSL -o "$work/cilium-linux-amd64.tar.gz" "$CILIUM_CLI/cilium-linux-amd64.tar.gz"
+  curl -fsSL -o "$work/cilium-linux-amd64.tar.gz.sha256sum" "$CILIUM_CLI/cilium-linux-amd64.tar.gz.sha256sum"
+  (cd "$work" && sha256sum --check --quiet cilium-linux-amd64.tar.gz.sha256sum)
+  tar -xzf "$work/cilium-linux-amd64.tar.gz" -C /usr/local/bin cilium
+fi
 cilium install --version "$CILIUM_VERSION" \
   --set ipam.mode=cluster-pool \
   --set "ipam.operator.clusterPoolIPv4PodCIDRList={${POD_CIDR}}" \
