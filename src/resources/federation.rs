@@ -86,7 +86,7 @@ impl FederationResource {
                     ("routes", computed(string_list(), "One human-readable line per forwarding rule, host setting or guest route put in place.")),
                     ("policies", computed(string_list(), "`<instance>/<namespace>/<name>` of every NetworkPolicy applied; empty when neither instance has a cluster (`netns` instances have none: no policy applies).")),
                     ("created_at", computed(string(), "When the federation was created (RFC 3339).")),
-                    ("state", computed(string(), "`complete` when every piece is in place; otherwise what is missing (forwarding rule, guest route, policy, registry tag), and the next plan shows the repair.")),
+                    ("state", computed(string(), "`complete` when every piece is in place; otherwise what is missing (forwarding rule, guest route, policy, registry tag), and the next plan shows the repair; its apply records what it restored (`federation.repair` in the audit log).")),
                 ]),
                 ..Default::default()
             },
@@ -600,8 +600,24 @@ impl Resource for FederationResource {
                 return Some((prior_state, planned_private_state));
             }
         }
+        // What is missing now (drift since the last apply) is what this apply re-opens: the
+        // audit log records it, as it records the opening itself.
+        let missing = match pair.missing(&nss).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(federation = %id, error = %e, "could not read what is missing before the repair");
+                Vec::new()
+            }
+        };
         let mut state = planned_state;
-        record_opened(&mut state, pair.open(&nss, &ctl).await, diags, &context);
+        let opened = pair.open(&nss, &ctl).await;
+        let complete = opened.is_ok();
+        record_opened(&mut state, opened, diags, &context);
+        if complete && !missing.is_empty() {
+            if let Err(e) = ctx.registry.record("federation.repair", &id, json!({"restored": missing})) {
+                diagnostics::warning(diags, format!("{context}: the repair was not recorded in the audit log"), e.to_string());
+            }
+        }
         Some((state, planned_private_state))
     }
 

@@ -600,6 +600,16 @@ async fn stand_in_vagrant_guest_routes_are_read_and_set_idempotently() {
         .set_guest_route(&spec, dest, true, &ctl)
         .await
         .unwrap();
+    let routes = backend.guest_routes(&spec).await.unwrap();
+    assert_eq!(
+        routes,
+        vec![("acme-cp-1".to_string(), dest), ("acme-worker-1".to_string(), dest)]
+    );
+    backend
+        .set_guest_route(&spec, dest, false, &ctl)
+        .await
+        .unwrap();
+    assert_eq!(backend.guest_routes(&spec).await.unwrap(), vec![]);
     // Removing a route that is not there ("No such process") is success.
     backend
         .set_guest_route(&spec, dest, false, &ctl)

@@ -6,3 +6,4 @@ pub mod netns;
 pub mod vagrant;
 pub mod vm;
 pub mod worker;
+pub mod fake_k8s;
