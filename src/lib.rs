@@ -20,8 +20,9 @@
 //! Domain (never imports `tf_provider`):
 //! - [`settings`]: validated provider settings (pools, prefixes, TTL, backend choices).
 //! - [`net`]: pure CIDR arithmetic and overlap checks.
-//! - [`registry`]: the instance registry (`<home>/instances.json`): allocation, reservations,
-//!   the file store (lock, atomic write) and its in-memory twin.
+//! - [`registry`]: the instance registry (`<home>/instances.json`): its model, errors and the
+//!   `Store` trait, allocation, reservations, federation records, the file store (lock, atomic
+//!   write, generations) and its in-memory twin, and `registry check`/`repair`.
 //! - [`audit`]: the append-only, hash-chained event log (`<home>/events.jsonl`).
 //! - [`backend`]: the `Backend` trait; `netns` and `vagrant` implementations.
 //! - [`hostnet`]: the host's own networks, and forwarding rules for federated pairs.
