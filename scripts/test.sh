@@ -43,6 +43,10 @@ if [ -n "${HOMELAB_SKIP_VM_TESTS:-}" ]; then
   say "HOMELAB_SKIP_VM_TESTS is set: the real-VM tests are SKIPPED"
   skip+=("test(/vagrant_vms|acceptance_vagrant::/)")
 fi
+if command -v VBoxManage >/dev/null 2>&1; then
+  say "VirtualBox is installed: the test of the message for its absence is SKIPPED"
+  skip+=("test(/preflight_names_a_missing_virtualbox$/)")
+fi
 filter=()
 if [ "${#skip[@]}" -gt 0 ]; then
   expr="$(IFS='|'; echo "${skip[*]}" | sed 's/|/ | /g')"
