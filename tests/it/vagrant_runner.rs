@@ -7,7 +7,7 @@
 //! observed, guest routes, join secrets kept out of the log and the errors. Parsing uses real `--machine-readable` samples captured from real
 //! libvirt VMs on this kind of machine (tests/fixtures/vagrant/status-*.txt).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

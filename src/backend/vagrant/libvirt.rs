@@ -1,9 +1,13 @@
 //! What the backend reads from libvirt (through `virsh`) about an instance: which domains,
 //! volumes and networks belong to it, which bridge carries its host-only network, and whether
-//! a network is isolated. Pure parsing here; the commands run in [`super::VagrantBackend`].
+//! a network is isolated (pure parsing), and the network I/O itself: defining an instance's
+//! isolated networks, reading what is wrong with them, and removing what Vagrant left in
+//! libvirt on teardown (through `virsh`, as methods of [`super::VagrantBackend`]).
 
 use super::render::{hostonly_network_name, mgmt_network_name, DOMAIN_PREFIX};
 use crate::net::Ipv4Net;
+
+use super::*;
 
 /// Bridge name of an instance's host-only network: `hlb` + the subnet's network address in hex
 /// (as the netns backend names its bridges). Deterministic, at most 15 characters, and
@@ -110,6 +114,120 @@ pub fn parse_vol_list(out: &str) -> Vec<String> {
         .filter_map(|l| l.split_whitespace().next())
         .map(str::to_string)
         .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Network I/O: libvirt networks of an instance, through `virsh`.
+// ---------------------------------------------------------------------------------------------
+
+impl VagrantBackend {
+    pub(super) async fn virsh(&self, args: &[&str]) -> Result<Finished, BackendError> {
+        let mut argv = vec!["virsh", "-q", "-c", self.cfg.libvirt_uri.as_str()];
+        argv.extend_from_slice(args);
+        runner::run_tool(
+            &ToolCommand::new(self.host_cmd(argv)),
+            &Limits::timeout(QUICK),
+            self.cfg.grace,
+        )
+        .await
+    }
+
+    /// Define and start the instance's host-only and management networks if they are not
+    /// there (serialized across processes by a host lock).
+    pub(super) async fn ensure_networks(&self, spec: &LabSpec, dir: &Path) -> Result<(), BackendError> {
+        let mut nets = vec![(
+            render::hostonly_network_name(&spec.instance),
+            libvirt::hostonly_bridge(&spec.subnet),
+            spec.subnet,
+            false,
+        )];
+        if let Some(m) = spec.mgmt_cidr {
+            nets.push((render::mgmt_network_name(&spec.instance), libvirt::mgmt_bridge(&m), m, true));
+        }
+        let _lock = crate::hostnet::host::HostLock::acquire("libvirt-networks", Duration::from_secs(120))
+            .await
+            .map_err(|e| BackendError::Other(format!("locking libvirt network creation: {e}")))?;
+        for (name, bridge, subnet, dhcp) in nets {
+            let info = self.virsh(&["net-info", &name]).await?;
+            if !info.status.success() {
+                let file = dir.join(format!("{name}.net.xml"));
+                std::fs::write(&file, libvirt::network_xml(&name, &bridge, &subnet, dhcp))
+                    .map_err(|e| io_err(&file, e))?;
+                tracing::info!(network = %name, bridge = %bridge, %subnet, "defining isolated libvirt network");
+                let path = file.display().to_string();
+                self.virsh(&["net-define", &path]).await?.ok()?;
+            }
+            let info = self.virsh(&["net-info", &name]).await?;
+            let active = info
+                .stdout
+                .lines()
+                .any(|l| l.starts_with("Active:") && l.trim_end().ends_with("yes"));
+            if !active {
+                self.virsh(&["net-start", &name]).await?.ok()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// libvirt networks of the instance that exist (`virsh net-list --all --name`).
+    pub(super) async fn existing_networks(&self, instance: &str) -> Result<Vec<String>, BackendError> {
+        let out = self.virsh(&["net-list", "--all", "--name"]).await?.ok()?;
+        let all = libvirt::parse_names(&out.stdout);
+        Ok(libvirt::instance_networks(instance)
+            .into_iter()
+            .filter(|n| all.contains(n))
+            .collect())
+    }
+
+    pub(super) async fn network_problems(&self, instance: &str) -> Result<Vec<String>, BackendError> {
+        let mut problems = Vec::new();
+        let existing = self.existing_networks(instance).await?;
+        for net in libvirt::instance_networks(instance) {
+            if !existing.contains(&net) {
+                problems.push(format!("libvirt network {net} is missing"));
+                continue;
+            }
+            let xml = self.virsh(&["net-dumpxml", &net]).await?.ok()?;
+            if !libvirt::is_isolated(&xml.stdout) {
+                problems.push(format!(
+                    "libvirt network {net} forwards traffic (it has a <forward> element): it must be isolated"
+                ));
+            }
+        }
+        Ok(problems)
+    }
+
+    /// Remove what Vagrant left of the instance in libvirt: domains, disks, networks.
+    pub(super) async fn cleanup_libvirt(&self, instance: &str) -> Result<(), BackendError> {
+        let domains = self.virsh(&["list", "--all", "--name"]).await?.ok()?;
+        for dom in libvirt::parse_names(&domains.stdout)
+            .into_iter()
+            .filter(|d| libvirt::is_domain_of(instance, d))
+        {
+            tracing::info!(domain = %dom, "removing a domain Vagrant left behind");
+            let _ = self.virsh(&["destroy", &dom]).await?;
+            self.virsh(&["undefine", &dom, "--remove-all-storage"])
+                .await?
+                .ok()?;
+        }
+        if let Ok(vols) = self.virsh(&["vol-list", "default"]).await?.ok() {
+            for vol in libvirt::parse_vol_list(&vols.stdout)
+                .into_iter()
+                .filter(|v| libvirt::is_volume_of(instance, v))
+            {
+                tracing::info!(volume = %vol, "removing a disk Vagrant left behind");
+                self.virsh(&["vol-delete", &vol, "--pool", "default"])
+                    .await?
+                    .ok()?;
+            }
+        }
+        for net in self.existing_networks(instance).await? {
+            tracing::info!(network = %net, "removing the instance's libvirt network");
+            let _ = self.virsh(&["net-destroy", &net]).await?;
+            self.virsh(&["net-undefine", &net]).await?.ok()?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

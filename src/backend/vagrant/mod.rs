@@ -13,10 +13,20 @@
 //!
 //! Optional `exec_prefix` runs every host command (vagrant, virsh, ip) through a wrapper such
 //! as `nsenter --net=… --mount=… --`: that is how the tests keep libvirt in a namespace.
+//!
+//! Rooms: here the backend's lifecycle (preflight, converge, teardown, guest routes);
+//! `locks` orders and retries vagrant commands; `observe` reads a lab back; `files` writes the
+//! instance folder; `console` tails serial consoles; [`provision`] joins nodes; [`libvirt`]
+//! holds libvirt's names and network I/O; [`render`], [`validate`], [`status`], [`runner`],
+//! [`box_import`] and [`failed_up`] as their own docs say.
 
 pub mod box_import;
+mod console;
 pub mod failed_up;
+mod files;
 pub mod libvirt;
+mod observe;
+mod locks;
 pub mod provision;
 pub mod render;
 pub mod runner;
@@ -44,6 +54,8 @@ use crate::process::{Cmd, CommandError};
 pub use render::{render_scripts, render_vagrantfile, ruby_str, sh_str, RenderError, RenderTarget};
 pub use runner::{Finished, Grace, Limits, ToolCommand};
 pub use status::{parse_status, MachineState, StatusReport};
+
+use files::{io_err, write_private};
 pub use validate::{
     check_instance, check_options, check_virtualbox_subnet, default_options, options_from_settings,
     options_into_settings, virtualbox_allowed_ranges, virtualbox_allowed_ranges_here, OptionError,
@@ -276,431 +288,11 @@ impl VagrantBackend {
         self.vagrant_with(dir, args, limits, !secret_output, None, secrecy).await
     }
 
-    /// [`Self::vagrant`], handing every output line to `on_line` as it comes.
-    async fn vagrant_with(
-        &self,
-        dir: &Path,
-        args: &[&str],
-        limits: &Limits,
-        log_at_info: bool,
-        on_line: Option<runner::LineHook>,
-        secrecy: Secrecy<'_>,
-    ) -> Result<Finished, BackendError> {
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let mut cmd = self.vagrant_cmd(dir, &args, log_at_info);
-        cmd.on_line = on_line;
-        for v in secrecy.values {
-            cmd.cmd = cmd.cmd.with_secret(*v);
-        }
-        cmd.secret_output = secrecy.output;
-        if machine_scope(&args) == MachineScope::All {
-            cmd.pidfile = Some(dir.join(RUNNING_FILE));
-        }
-        // Vagrant locks each machine for the length of a command and fails another command on
-        // it at once (MachineLocked). Within this process, commands on one instance folder are
-        // ordered: `ssh` (one machine each, run side by side) share the folder, everything else
-        // (status, up, destroy, halt: every machine) has it alone. Terraform refreshes an
-        // instance and its federation at the same time, and both run vagrant on its machines.
-        let lock = folder_lock(dir);
-        let mut delay = LOCKED_RETRY_FIRST;
-        loop {
-            let f = match machine_scope(&args) {
-                MachineScope::None => runner::run_tool(&cmd, limits, self.cfg.grace).await?,
-                MachineScope::One => {
-                    let _shared = lock.read().await;
-                    runner::run_tool(&cmd, limits, self.cfg.grace).await?
-                }
-                MachineScope::All => {
-                    let _alone = lock.write().await;
-                    runner::run_tool(&cmd, limits, self.cfg.grace).await?
-                }
-            };
-            // Another process (or two `ssh` on one machine) holding a machine: wait and retry
-            // while the operation's deadline allows; the lock is released within seconds
-            // unless a long `vagrant up` holds it, and then the deadline decides.
-            if f.status.success()
-                || !machine_locked(&f)
-                || limits.cancel.is_cancelled()
-                || tokio::time::Instant::now() + delay >= limits.deadline
-            {
-                return Ok(f);
-            }
-            tracing::info!(
-                command = %f.cmd,
-                retry_in_ms = delay.as_millis() as u64,
-                "a Vagrant machine is locked by another Vagrant process; retrying"
-            );
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = limits.cancel.cancelled() => return Ok(f),
-            }
-            delay = (delay * 2).min(LOCKED_RETRY_MAX);
-        }
-    }
-
     /// Stop a vagrant command a killed provider left running in `dir`.
     async fn stop_left_running(&self, dir: &Path) {
         if let Some(pid) = runner::stop_left_running(&dir.join(RUNNING_FILE), self.cfg.grace).await {
             tracing::warn!(folder = %dir.display(), pid, "stopped a vagrant command that a killed provider had left running");
         }
-    }
-
-    async fn virsh(&self, args: &[&str]) -> Result<Finished, BackendError> {
-        let mut argv = vec!["virsh", "-q", "-c", self.cfg.libvirt_uri.as_str()];
-        argv.extend_from_slice(args);
-        runner::run_tool(
-            &ToolCommand::new(self.host_cmd(argv)),
-            &Limits::timeout(QUICK),
-            self.cfg.grace,
-        )
-        .await
-    }
-
-    /// Define and start the instance's host-only and management networks if they are not
-    /// there (serialized across processes by a host lock).
-    async fn ensure_networks(&self, spec: &LabSpec, dir: &Path) -> Result<(), BackendError> {
-        let mut nets = vec![(
-            render::hostonly_network_name(&spec.instance),
-            libvirt::hostonly_bridge(&spec.subnet),
-            spec.subnet,
-            false,
-        )];
-        if let Some(m) = spec.mgmt_cidr {
-            nets.push((render::mgmt_network_name(&spec.instance), libvirt::mgmt_bridge(&m), m, true));
-        }
-        let _lock = crate::hostnet::host::HostLock::acquire("libvirt-networks", Duration::from_secs(120))
-            .await
-            .map_err(|e| BackendError::Other(format!("locking libvirt network creation: {e}")))?;
-        for (name, bridge, subnet, dhcp) in nets {
-            let info = self.virsh(&["net-info", &name]).await?;
-            if !info.status.success() {
-                let file = dir.join(format!("{name}.net.xml"));
-                std::fs::write(&file, libvirt::network_xml(&name, &bridge, &subnet, dhcp))
-                    .map_err(|e| io_err(&file, e))?;
-                tracing::info!(network = %name, bridge = %bridge, %subnet, "defining isolated libvirt network");
-                let path = file.display().to_string();
-                self.virsh(&["net-define", &path]).await?.ok()?;
-            }
-            let info = self.virsh(&["net-info", &name]).await?;
-            let active = info
-                .stdout
-                .lines()
-                .any(|l| l.starts_with("Active:") && l.trim_end().ends_with("yes"));
-            if !active {
-                self.virsh(&["net-start", &name]).await?.ok()?;
-            }
-        }
-        Ok(())
-    }
-
-    /// `err` with the last lines of the serial consoles of `nodes` (libvirt keeps them in the
-    /// instance folder); `err` itself when there are none.
-    fn with_consoles(&self, err: BackendError, dir: &Path, nodes: &[&str]) -> BackendError {
-        if self.cfg.hypervisor != Hypervisor::Libvirt {
-            return err;
-        }
-        let mut consoles = String::new();
-        for node in nodes {
-            let path = dir.join(render::console_log(node));
-            let Ok(bytes) = std::fs::read(&path) else { continue };
-            let tail = console_tail(&String::from_utf8_lossy(&bytes), CONSOLE_LINES);
-            let shown = if tail.is_empty() { "(nothing yet)".to_string() } else { tail.join("\n") };
-            consoles.push_str(&format!(
-                "last lines of the serial console of {node} ({}):\n{shown}\n",
-                path.display()
-            ));
-        }
-        if consoles.is_empty() {
-            err
-        } else {
-            BackendError::WithConsoles { source: Box::new(err), consoles: consoles.trim_end().to_string() }
-        }
-    }
-
-    /// `vagrant status --machine-readable` in `dir`.
-    pub async fn machine_status(
-        &self,
-        dir: &Path,
-        limits: &Limits,
-    ) -> Result<StatusReport, BackendError> {
-        let f = self
-            .vagrant(dir, &["status", "--machine-readable"], limits, false)
-            .await?
-            .ok()?;
-        Ok(parse_status(&f.stdout))
-    }
-
-    /// Machines Vagrant has created in `dir` for the configured provider (its own records,
-    /// `.vagrant/machines/<name>/<provider>/id`), read without running Vagrant.
-    pub fn recorded_machines(&self, dir: &Path) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
-        let Ok(entries) = std::fs::read_dir(dir.join(".vagrant").join("machines")) else {
-            return out;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let id = e.path().join(self.cfg.hypervisor.as_str()).join("id");
-            if std::fs::metadata(&id).map(|m| m.len() > 0).unwrap_or(false) {
-                out.insert(name);
-            }
-        }
-        out
-    }
-
-    /// The spec's nodes plus nodes of the instance that Vagrant created but the spec no longer
-    /// lists (their addresses follow the naming plan), for a Vagrantfile that can still
-    /// destroy them.
-    fn with_leftovers(spec: &LabSpec, recorded: &BTreeSet<String>) -> (LabSpec, Vec<String>) {
-        let mut full = spec.clone();
-        let mut removed = Vec::new();
-        for name in recorded {
-            if spec.nodes.iter().any(|n| &n.name == name) {
-                continue;
-            }
-            if let Some(node) = node_from_name(&spec.instance, name, &spec.subnet) {
-                removed.push(name.clone());
-                full.nodes.push(node);
-            } else {
-                tracing::warn!(machine = %name, "Vagrant records a machine that does not follow this instance's naming; leaving it");
-            }
-        }
-        (full, removed)
-    }
-
-    fn write_instance_files(&self, spec: &LabSpec, dir: &Path) -> Result<(), BackendError> {
-        let vf = render_vagrantfile(spec, self.target())
-            .map_err(|e| BackendError::Other(e.to_string()))?;
-        let scripts = render_scripts(spec).map_err(|e| BackendError::Other(e.to_string()))?;
-        if !scripts.is_empty() {
-            let sdir = dir.join(render::SCRIPTS_DIR);
-            std::fs::create_dir_all(&sdir).map_err(|e| io_err(&sdir, e))?;
-            for (name, content) in &scripts {
-                write_if_changed(&sdir.join(name), content, 0o755)?;
-            }
-        }
-        write_if_changed(&dir.join(render::VAGRANTFILE), &vf, 0o644)
-    }
-
-    async fn run_join(
-        &self,
-        spec: &LabSpec,
-        dir: &Path,
-        limits: &Limits,
-    ) -> Result<(), BackendError> {
-        let Some(cp1) = render::first_control_plane(spec) else {
-            return Ok(());
-        };
-        for node in spec.nodes.iter().filter(|n| n.name != cp1.name) {
-            let joined = self
-                .vagrant(
-                    dir,
-                    &[
-                        "ssh",
-                        &node.name,
-                        "--no-tty",
-                        "-c",
-                        "test -f /etc/kubernetes/kubelet.conf",
-                    ],
-                    limits,
-                    false,
-                )
-                .await?;
-            if joined.status.success() {
-                continue;
-            }
-            // Its output is the join command: the bootstrap token.
-            let out = self
-                .vagrant_secret(
-                    dir,
-                    &["ssh", &cp1.name, "--no-tty", "-c", "sudo kubeadm token create --print-join-command"],
-                    limits,
-                    &[],
-                    true,
-                )
-                .await?
-                .ok()?;
-            let params = provision::parse_join_command(&out.stdout).ok_or_else(|| {
-                BackendError::Other(format!(
-                    "{}: could not read the join command from `kubeadm token create --print-join-command` ({} lines of output, not shown: they may hold the bootstrap token)",
-                    cp1.name,
-                    out.stdout.lines().count()
-                ))
-            })?;
-            let key = if node.role == Role::ControlPlane {
-                // Its output is the certificate key.
-                let out = self
-                    .vagrant_secret(
-                        dir,
-                        &["ssh", &cp1.name, "--no-tty", "-c", "sudo kubeadm init phase upload-certs --upload-certs"],
-                        limits,
-                        &[],
-                        true,
-                    )
-                    .await?
-                    .ok()?;
-                Some(
-                    provision::parse_certificate_key(&out.stdout).ok_or_else(|| {
-                        BackendError::Other(format!(
-                        "{}: no certificate key in the output of `kubeadm init phase upload-certs`",
-                        cp1.name
-                    ))
-                    })?,
-                )
-            } else {
-                None
-            };
-            let join = provision::join_command(node, &params, key.as_deref());
-            tracing::info!(node = %node.name, "joining the cluster");
-            let mut secrets = vec![params.token.as_str()];
-            secrets.extend(key.as_deref());
-            self.vagrant_secret(dir, &["ssh", &node.name, "--no-tty", "-c", &join], limits, &secrets, false)
-                .await?
-                .ok()?;
-        }
-        // The cluster's admin credentials (client key included).
-        let out = self
-            .vagrant_secret(dir, &["ssh", &cp1.name, "--no-tty", "-c", "sudo cat /etc/kubernetes/admin.conf"], limits, &[], true)
-            .await?
-            .ok()?;
-        if !out.stdout.contains("apiVersion:") {
-            return Err(BackendError::Other(format!(
-                "{}: /etc/kubernetes/admin.conf is not a kubeconfig (did `kubeadm init` run? see the control-plane provisioner's output); its {} lines are not shown (they may hold credentials)",
-                cp1.name,
-                out.stdout.lines().count()
-            )));
-        }
-        write_private(&dir.join("kubeconfig"), &out.stdout)
-    }
-
-    /// libvirt networks of the instance that exist (`virsh net-list --all --name`).
-    async fn existing_networks(&self, instance: &str) -> Result<Vec<String>, BackendError> {
-        let out = self.virsh(&["net-list", "--all", "--name"]).await?.ok()?;
-        let all = libvirt::parse_names(&out.stdout);
-        Ok(libvirt::instance_networks(instance)
-            .into_iter()
-            .filter(|n| all.contains(n))
-            .collect())
-    }
-
-    async fn network_problems(&self, instance: &str) -> Result<Vec<String>, BackendError> {
-        let mut problems = Vec::new();
-        let existing = self.existing_networks(instance).await?;
-        for net in libvirt::instance_networks(instance) {
-            if !existing.contains(&net) {
-                problems.push(format!("libvirt network {net} is missing"));
-                continue;
-            }
-            let xml = self.virsh(&["net-dumpxml", &net]).await?.ok()?;
-            if !libvirt::is_isolated(&xml.stdout) {
-                problems.push(format!(
-                    "libvirt network {net} forwards traffic (it has a <forward> element): it must be isolated"
-                ));
-            }
-        }
-        Ok(problems)
-    }
-
-    /// Remove what Vagrant left of the instance in libvirt: domains, disks, networks.
-    async fn cleanup_libvirt(&self, instance: &str) -> Result<(), BackendError> {
-        let domains = self.virsh(&["list", "--all", "--name"]).await?.ok()?;
-        for dom in libvirt::parse_names(&domains.stdout)
-            .into_iter()
-            .filter(|d| libvirt::is_domain_of(instance, d))
-        {
-            tracing::info!(domain = %dom, "removing a domain Vagrant left behind");
-            let _ = self.virsh(&["destroy", &dom]).await?;
-            self.virsh(&["undefine", &dom, "--remove-all-storage"])
-                .await?
-                .ok()?;
-        }
-        if let Ok(vols) = self.virsh(&["vol-list", "default"]).await?.ok() {
-            for vol in libvirt::parse_vol_list(&vols.stdout)
-                .into_iter()
-                .filter(|v| libvirt::is_volume_of(instance, v))
-            {
-                tracing::info!(volume = %vol, "removing a disk Vagrant left behind");
-                self.virsh(&["vol-delete", &vol, "--pool", "default"])
-                    .await?
-                    .ok()?;
-            }
-        }
-        for net in self.existing_networks(instance).await? {
-            tracing::info!(network = %net, "removing the instance's libvirt network");
-            let _ = self.virsh(&["net-destroy", &net]).await?;
-            self.virsh(&["net-undefine", &net]).await?.ok()?;
-        }
-        Ok(())
-    }
-
-    async fn observe_with(
-        &self,
-        spec: &LabSpec,
-        limits: &Limits,
-    ) -> Result<LabStatus, BackendError> {
-        let dir = self.instance_dir(&spec.instance)?;
-        let absent = |nodes: &[NodeSpec]| LabStatus {
-            exists: false,
-            nodes: nodes
-                .iter()
-                .map(|n| NodeStatus {
-                    name: n.name.clone(),
-                    state: "not_created".into(),
-                    healthy: false,
-                })
-                .collect(),
-            extra_nodes: Vec::new(),
-            problems: Vec::new(),
-        };
-        if !dir.join(render::VAGRANTFILE).is_file() {
-            return Ok(absent(&spec.nodes));
-        }
-        let report = self.machine_status(&dir, limits).await?;
-        let recorded = self.recorded_machines(&dir);
-        let failed = failed_up::load(&dir).unwrap_or_default();
-        let nodes: Vec<NodeStatus> = spec
-            .nodes
-            .iter()
-            .map(|n| {
-                let mut state = report
-                    .get(&n.name)
-                    .map(|m| m.state.clone())
-                    .unwrap_or_else(|| "not_created".into());
-                // Running, maybe, but its last bring-up failed: the next apply rebuilds it.
-                if failed.machines.contains(&n.name) && state != "not_created" {
-                    state = failed_up::STATE.into();
-                }
-                NodeStatus {
-                    healthy: state == "running",
-                    name: n.name.clone(),
-                    state,
-                }
-            })
-            .collect();
-        let in_spec = |name: &str| spec.nodes.iter().any(|n| n.name == name);
-        let mut extra: BTreeSet<String> =
-            recorded.iter().filter(|m| !in_spec(m)).cloned().collect();
-        extra.extend(
-            report
-                .machines
-                .iter()
-                .filter(|m| m.created() && !in_spec(&m.name))
-                .map(|m| m.name.clone()),
-        );
-        let exists = nodes.iter().any(|n| n.state != "not_created") || !extra.is_empty();
-        if !exists {
-            return Ok(absent(&spec.nodes));
-        }
-        let problems = if self.cfg.hypervisor == Hypervisor::Libvirt {
-            self.network_problems(&spec.instance).await?
-        } else {
-            Vec::new()
-        };
-        Ok(LabStatus {
-            exists,
-            nodes,
-            extra_nodes: extra.into_iter().collect(),
-            problems,
-        })
     }
 
     /// Run `command` in every node of the spec with `vagrant ssh -c`, all nodes at once
@@ -745,61 +337,6 @@ impl VagrantBackend {
         }
         Ok(out.into_iter().flatten().collect())
     }
-}
-
-/// Rebuild a node of `instance` from its name (`acme-worker-3` → worker at .22).
-fn node_from_name(instance: &str, name: &str, subnet: &Ipv4Net) -> Option<NodeSpec> {
-    if !libvirt::is_node_of(instance, name) {
-        return None;
-    }
-    let rest = &name[instance.len() + 1..];
-    let (role, base, n) = if let Some(n) = rest.strip_prefix("cp-") {
-        (Role::ControlPlane, CONTROL_PLANE_OFFSET, n)
-    } else {
-        (Role::Worker, WORKER_OFFSET, rest.strip_prefix("worker-")?)
-    };
-    let index: u32 = n.parse().ok()?;
-    Some(NodeSpec {
-        name: name.to_string(),
-        role,
-        ip: net::nth_address(subnet, base + index - 1)?,
-    })
-}
-
-fn io_err(path: &Path, source: std::io::Error) -> BackendError {
-    BackendError::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
-/// Write `content` to `path` atomically (temporary file + rename), only when it differs.
-fn write_if_changed(path: &Path, content: &str, mode: u32) -> Result<(), BackendError> {
-    if std::fs::read_to_string(path).ok().as_deref() == Some(content) {
-        return Ok(());
-    }
-    write_atomic(path, content, mode)
-}
-
-fn write_atomic(path: &Path, content: &str, mode: u32) -> Result<(), BackendError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("homelab-tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| io_err(&tmp, e))?;
-    f.write_all(content.as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(|e| io_err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
-}
-
-/// Write a secret (the kubeconfig): created 0600, never readable by others even briefly.
-fn write_private(path: &Path, content: &str) -> Result<(), BackendError> {
-    write_atomic(path, content, 0o600)
 }
 
 fn unavailable(what: impl Into<String>, fix: impl Into<String>) -> BackendError {
@@ -1117,24 +654,6 @@ impl Backend for VagrantBackend {
     }
 }
 
-/// How many lines of a serial console an error shows.
-const CONSOLE_LINES: usize = 12;
-
-/// The last `n` lines of a serial console log that hold text (escape sequences and carriage
-/// returns removed).
-pub fn console_tail(log: &str, n: usize) -> Vec<String> {
-    let clean = |line: &str| {
-        let text = runner::strip_ansi(line);
-        text.chars()
-            .filter(|c| !c.is_control() || *c == '\t')
-            .collect::<String>()
-            .trim_end()
-            .to_string()
-    };
-    let lines: Vec<String> = log.lines().map(clean).filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].to_vec()
-}
-
 /// What of a vagrant command must never be shown (see `runner::ToolCommand`).
 #[derive(Clone, Copy)]
 struct Secrecy<'a> {
@@ -1152,45 +671,6 @@ impl Secrecy<'_> {
 /// folder names its process; a provider killed meanwhile leaves it (see
 /// `runner::stop_left_running`).
 pub const RUNNING_FILE: &str = "vagrant-running.pid";
-
-/// First wait before retrying a command that met a locked machine, and the longest wait.
-const LOCKED_RETRY_FIRST: Duration = Duration::from_millis(250);
-const LOCKED_RETRY_MAX: Duration = Duration::from_secs(4);
-
-/// Which machines of an instance folder a vagrant command locks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum MachineScope {
-    /// None (`--version`, `plugin list`, `validate`, `box …`).
-    None,
-    /// The one machine it names (`ssh <machine>`).
-    One,
-    /// Possibly every machine of the folder.
-    All,
-}
-
-fn machine_scope(args: &[String]) -> MachineScope {
-    match args.first().map(String::as_str) {
-        None | Some("--version" | "version" | "plugin" | "validate" | "box" | "global-status") => MachineScope::None,
-        Some("ssh") => MachineScope::One,
-        Some(_) => MachineScope::All,
-    }
-}
-
-/// The in-process order of the vagrant commands on one instance folder.
-fn folder_lock(dir: &Path) -> Arc<tokio::sync::RwLock<()>> {
-    static LOCKS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<tokio::sync::RwLock<()>>>>> =
-        std::sync::OnceLock::new();
-    let mut locks = LOCKS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    locks.entry(dir.to_path_buf()).or_default().clone()
-}
-
-/// Vagrant refused because another Vagrant process holds one of the machines
-/// (`Vagrant::Errors::MachineLocked`, machine-readable or not).
-pub fn machine_locked(f: &Finished) -> bool {
-    [f.stdout.as_str(), f.stderr.as_str()]
-        .iter()
-        .any(|o| o.contains("Vagrant::Errors::MachineLocked") || o.contains("requested machine because it is locked"))
-}
 
 /// The interface of `ip -j addr` output that holds `addr`.
 pub fn iface_with_address(ip_json: &str, addr: Ipv4Addr) -> Option<String> {
@@ -1243,80 +723,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_failed_boot_shows_the_consoles_of_the_machines_it_was_starting() {
-        let home = tempfile::tempdir().unwrap();
-        let mut cfg = VagrantConfig::new(home.path());
-        cfg.hypervisor = Hypervisor::Libvirt;
-        let backend = VagrantBackend::new(cfg.clone());
-        let dir = backend.instance_dir("acme").unwrap();
-        std::fs::create_dir_all(dir.join("console")).unwrap();
-        std::fs::write(dir.join(render::console_log("acme-cp-1")), "Booting\r\nGave up waiting for root file system device.\r\n").unwrap();
-        let timeout = || BackendError::Timeout { timeout: Duration::from_secs(480), running: "vagrant up".into() };
-        let err = backend.with_consoles(timeout(), &dir, &["acme-cp-1", "acme-worker-1"]);
-        let text = err.to_string();
-        assert!(matches!(err, BackendError::WithConsoles { .. }), "{err:?}");
-        assert!(text.starts_with("timed out after 480s while running `vagrant up`"), "{text}");
-        assert!(text.contains("last lines of the serial console of acme-cp-1"), "{text}");
-        assert!(text.ends_with("Booting\nGave up waiting for root file system device."), "{text}");
-        assert!(!text.contains("acme-worker-1"), "a machine without a console log is not listed: {text}");
-        // VirtualBox keeps no console file: the error stays as it was.
-        cfg.hypervisor = Hypervisor::VirtualBox;
-        let err = VagrantBackend::new(cfg).with_consoles(timeout(), &dir, &["acme-cp-1"]);
-        assert!(matches!(err, BackendError::Timeout { .. }), "{err:?}");
-    }
-
-    #[test]
-    fn console_tails_drop_escapes_and_blank_lines() {
-        let log = "SeaBIOS\r\n\u{1b}[0m\u{1b}[1;31mBegin: Mounting root\u{1b}[0m\r\n\r\n  \r\nGave up waiting for root file system device.\r\n(initramfs) ";
-        assert_eq!(
-            console_tail(log, 2),
-            vec!["Gave up waiting for root file system device.".to_string(), "(initramfs)".to_string()]
-        );
-        assert_eq!(console_tail(log, 10)[1], "Begin: Mounting root");
-        assert!(console_tail("", 5).is_empty());
-    }
-
-    #[test]
-    fn machine_locks_are_recognised_and_scoped() {
-        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(machine_scope(&args(&["ssh", "acme-cp-1", "-c", "true"])), MachineScope::One);
-        assert_eq!(machine_scope(&args(&["status", "--machine-readable"])), MachineScope::All);
-        assert_eq!(machine_scope(&args(&["destroy", "-f", "acme-worker-2"])), MachineScope::All);
-        assert_eq!(machine_scope(&args(&["--version"])), MachineScope::None);
-        assert_eq!(machine_scope(&args(&["plugin", "list"])), MachineScope::None);
-        let finished = |stdout: &str, stderr: &str| Finished {
-            cmd: "vagrant status --machine-readable".into(),
-            status: std::os::unix::process::ExitStatusExt::from_raw(256),
-            stdout: stdout.into(),
-            stderr: stderr.into(),
-            tail: vec![],
-        };
-        // As Vagrant 2.3.4 printed it in CI, machine-readable and for humans.
-        assert!(machine_locked(&finished(
-            "1795684941,,error-exit,Vagrant::Errors::MachineLocked,Vagrant can't use the requested machine because it is locked! This\\nmeans",
-            ""
-        )));
-        assert!(machine_locked(&finished("", "Vagrant can't use the requested machine because it is locked! This")));
-        assert!(!machine_locked(&finished("", "The machine with the name 'x' was not found")));
-    }
-
-    #[test]
-    fn leftover_nodes_are_rebuilt_from_their_names() {
-        let subnet: Ipv4Net = "10.20.0.0/24".parse().unwrap();
-        let n = node_from_name("acme", "acme-worker-3", &subnet).unwrap();
-        assert_eq!(
-            (n.role, n.ip.to_string()),
-            (Role::Worker, "10.20.0.22".to_string())
-        );
-        let n = node_from_name("acme", "acme-cp-2", &subnet).unwrap();
-        assert_eq!(
-            (n.role, n.ip.to_string()),
-            (Role::ControlPlane, "10.20.0.11".to_string())
-        );
-        assert!(node_from_name("acme", "globex-cp-1", &subnet).is_none());
-    }
-
-    #[test]
     fn routes_via_the_gateway_are_found() {
         let json = r#"[{"dst":"default","gateway":"10.0.0.1","dev":"eth0"},
             {"dst":"10.30.0.0/24","gateway":"10.20.0.1","dev":"eth1"},
@@ -1342,16 +748,4 @@ mod tests {
         assert_eq!(iface_with_address(json, "10.9.9.9".parse().unwrap()), None);
     }
 
-    #[test]
-    fn kubeconfig_is_written_private() {
-        use std::os::unix::fs::PermissionsExt;
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("kubeconfig");
-        write_private(&p, "secret").unwrap();
-        assert_eq!(
-            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "secret");
-    }
 }

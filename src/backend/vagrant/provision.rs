@@ -2,11 +2,14 @@
 //! joining the other nodes to the first control plane. The join values (token, CA hash,
 //! certificate key) come from the first control plane's own `kubeadm` output; they are parsed
 //! and checked against their exact formats, and the join command is rebuilt from them, so
-//! nothing a VM prints is ever run as a command elsewhere.
+//! nothing a VM prints is ever run as a command elsewhere. The parsing and checking are pure
+//! functions; the join flow that drives the nodes over `vagrant ssh` closes the file.
 
 use std::net::Ipv4Addr;
 
 use crate::backend::{NodeSpec, Role};
+
+use super::*;
 
 /// What a node needs to join the cluster (from `kubeadm token create --print-join-command`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +107,103 @@ pub fn join_command(node: &NodeSpec, p: &JoinParams, certificate_key: Option<&st
 /// `https://<ip>:6443`, the API endpoint of an instance whose first control plane is `ip`.
 pub fn api_endpoint(first_control_plane: Ipv4Addr) -> String {
     format!("https://{first_control_plane}:6443")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The join flow, driving the nodes over `vagrant ssh`.
+// ---------------------------------------------------------------------------------------------
+
+impl VagrantBackend {
+    pub(super) async fn run_join(
+        &self,
+        spec: &LabSpec,
+        dir: &Path,
+        limits: &Limits,
+    ) -> Result<(), BackendError> {
+        let Some(cp1) = render::first_control_plane(spec) else {
+            return Ok(());
+        };
+        for node in spec.nodes.iter().filter(|n| n.name != cp1.name) {
+            let joined = self
+                .vagrant(
+                    dir,
+                    &[
+                        "ssh",
+                        &node.name,
+                        "--no-tty",
+                        "-c",
+                        "test -f /etc/kubernetes/kubelet.conf",
+                    ],
+                    limits,
+                    false,
+                )
+                .await?;
+            if joined.status.success() {
+                continue;
+            }
+            // Its output is the join command: the bootstrap token.
+            let out = self
+                .vagrant_secret(
+                    dir,
+                    &["ssh", &cp1.name, "--no-tty", "-c", "sudo kubeadm token create --print-join-command"],
+                    limits,
+                    &[],
+                    true,
+                )
+                .await?
+                .ok()?;
+            let params = provision::parse_join_command(&out.stdout).ok_or_else(|| {
+                BackendError::Other(format!(
+                    "{}: could not read the join command from `kubeadm token create --print-join-command` ({} lines of output, not shown: they may hold the bootstrap token)",
+                    cp1.name,
+                    out.stdout.lines().count()
+                ))
+            })?;
+            let key = if node.role == Role::ControlPlane {
+                // Its output is the certificate key.
+                let out = self
+                    .vagrant_secret(
+                        dir,
+                        &["ssh", &cp1.name, "--no-tty", "-c", "sudo kubeadm init phase upload-certs --upload-certs"],
+                        limits,
+                        &[],
+                        true,
+                    )
+                    .await?
+                    .ok()?;
+                Some(
+                    provision::parse_certificate_key(&out.stdout).ok_or_else(|| {
+                        BackendError::Other(format!(
+                        "{}: no certificate key in the output of `kubeadm init phase upload-certs`",
+                        cp1.name
+                    ))
+                    })?,
+                )
+            } else {
+                None
+            };
+            let join = provision::join_command(node, &params, key.as_deref());
+            tracing::info!(node = %node.name, "joining the cluster");
+            let mut secrets = vec![params.token.as_str()];
+            secrets.extend(key.as_deref());
+            self.vagrant_secret(dir, &["ssh", &node.name, "--no-tty", "-c", &join], limits, &secrets, false)
+                .await?
+                .ok()?;
+        }
+        // The cluster's admin credentials (client key included).
+        let out = self
+            .vagrant_secret(dir, &["ssh", &cp1.name, "--no-tty", "-c", "sudo cat /etc/kubernetes/admin.conf"], limits, &[], true)
+            .await?
+            .ok()?;
+        if !out.stdout.contains("apiVersion:") {
+            return Err(BackendError::Other(format!(
+                "{}: /etc/kubernetes/admin.conf is not a kubeconfig (did `kubeadm init` run? see the control-plane provisioner's output); its {} lines are not shown (they may hold credentials)",
+                cp1.name,
+                out.stdout.lines().count()
+            )));
+        }
+        write_private(&dir.join("kubeconfig"), &out.stdout)
+    }
 }
 
 #[cfg(test)]
