@@ -231,13 +231,7 @@ pub fn run(args: &[String], out: &mut dyn Write) -> Result<(), CliError> {
             let reg = registry(a.home.clone())?;
             let s = settings::validate(&RawSettings { home: Some(a.home.display().to_string()), ..Default::default() }).map_err(|e| fail(format!("{e:?}")))?;
             // The labs record where they live (lab host, hypervisor); these are only defaults.
-            let choices = crate::provider::BackendChoices {
-                default_backend: crate::backend::BackendKind::Netns,
-                netns_host: settings::DEFAULT_NETNS_HOST.into(),
-                vagrant_bin: "vagrant".into(),
-                hypervisor: "virtualbox".into(),
-                libvirt_driver: "kvm".into(),
-            };
+            let choices = settings::backend_choices(&settings::RawChoices::default()).expect("the default choices are valid");
             let backends = crate::backend::host_backends(&s, &choices);
             let runtime = tokio::runtime::Runtime::new().map_err(fail)?;
             for name in &a.positional {

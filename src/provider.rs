@@ -13,16 +13,16 @@ use tf_provider::value::{Value, ValueEmpty};
 use tf_provider::{Diagnostics, DynamicDataSource, DynamicResource, Provider};
 
 use crate::audit::{Actor, Client};
-use crate::backend::{BackendKind, BackendSet};
+use crate::backend::BackendSet;
 use crate::data_sources::cidr_allocation::CidrAllocationDataSource;
-use crate::diagnostics::{self, Message};
+use crate::diagnostics;
 use crate::registry::file::FileStore;
 use crate::registry::{declared, External, Origin, Registry, SystemClock};
 use crate::resources::federation::FederationResource;
 use crate::resources::instance::InstanceResource;
 use crate::resources::names::NameBook;
 use crate::schema::{attributes, number, optional, string, Number};
-use crate::settings::{self, RawSettings, Settings};
+use crate::settings::{self, BackendChoices, RawChoices, RawSettings, Settings};
 
 /// The provider block as Terraform sends it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -113,6 +113,16 @@ impl ProviderConfig {
         }
     }
 
+    fn backend_choices(&self) -> Result<BackendChoices, Vec<settings::SettingError>> {
+        settings::backend_choices(&RawChoices {
+            default_backend: known(&self.default_backend),
+            netns_host: known(&self.netns_host),
+            vagrant_bin: known(&self.vagrant_bin),
+            hypervisor: known(&self.hypervisor),
+            libvirt_driver: known(&self.libvirt_driver),
+        })
+    }
+
     fn any_unknown(&self) -> bool {
         [
             &self.home,
@@ -127,100 +137,6 @@ impl ProviderConfig {
             || [&self.host_prefix, &self.pod_prefix, &self.service_prefix, &self.mgmt_prefix]
                 .iter()
                 .any(|v| v.is_unknown())
-    }
-}
-
-/// Backend choices of the provider block, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendChoices {
-    /// Backend of instances that do not set one.
-    pub default_backend: BackendKind,
-    /// netns lab host namespace.
-    pub netns_host: String,
-    /// Vagrant executable.
-    pub vagrant_bin: String,
-    /// `virtualbox` or `libvirt`.
-    pub hypervisor: String,
-    /// `kvm` or `qemu`.
-    pub libvirt_driver: String,
-}
-
-fn check_choice(
-    errors: &mut Vec<Message>,
-    attribute: &'static str,
-    value: Option<String>,
-    default: &str,
-    allowed: &[&str],
-) -> String {
-    let v = value.unwrap_or_else(|| default.to_string());
-    if !allowed.contains(&v.as_str()) {
-        errors.push(Message {
-            summary: format!("Invalid provider setting `{attribute}`"),
-            detail: format!("{v:?} is not one of: {}", allowed.join(", ")),
-            attribute: Some(attribute),
-        });
-    }
-    v
-}
-
-impl BackendChoices {
-    fn from_config(cfg: &ProviderConfig) -> Result<BackendChoices, Vec<Message>> {
-        let mut errors = Vec::new();
-        let default_backend = check_choice(
-            &mut errors,
-            "default_backend",
-            known(&cfg.default_backend),
-            "vagrant",
-            &["netns", "vagrant"],
-        );
-        let hypervisor = check_choice(
-            &mut errors,
-            "hypervisor",
-            known(&cfg.hypervisor),
-            "virtualbox",
-            &["virtualbox", "libvirt"],
-        );
-        let libvirt_driver = check_choice(
-            &mut errors,
-            "libvirt_driver",
-            known(&cfg.libvirt_driver),
-            "kvm",
-            &["kvm", "qemu"],
-        );
-        let netns_host = known(&cfg.netns_host).unwrap_or_else(|| settings::DEFAULT_NETNS_HOST.into());
-        // Node namespaces are named `<netns_host>-<node>`: without '-' in the host name, two lab
-        // hosts can never produce the same node namespace name.
-        let host_ok = !netns_host.is_empty()
-            && netns_host.len() <= 24
-            && netns_host.starts_with(|c: char| c.is_ascii_lowercase())
-            && netns_host.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-        if !host_ok {
-            errors.push(Message {
-                summary: "Invalid provider setting `netns_host`".into(),
-                detail: format!(
-                    "{netns_host:?} cannot name the lab host namespace: use 1 to 24 lowercase letters and digits, starting with a letter (no '-': node namespaces are named `<netns_host>-<node>`)"
-                ),
-                attribute: Some("netns_host"),
-            });
-        }
-        let vagrant_bin = known(&cfg.vagrant_bin).unwrap_or_else(|| "vagrant".into());
-        if vagrant_bin.is_empty() {
-            errors.push(Message {
-                summary: "Invalid provider setting `vagrant_bin`".into(),
-                detail: "must not be empty".into(),
-                attribute: Some("vagrant_bin"),
-            });
-        }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        Ok(BackendChoices {
-            default_backend: BackendKind::parse(&default_backend).expect("checked"),
-            netns_host,
-            vagrant_bin,
-            hypervisor,
-            libvirt_driver,
-        })
     }
 }
 
@@ -543,10 +459,8 @@ impl Provider for HomelabProvider {
                 Err(errors) => settings_errors(diags, errors),
             }
         }
-        if let Err(errors) = BackendChoices::from_config(&config) {
-            for e in errors {
-                diagnostics::error(diags, "", &e);
-            }
+        if let Err(errors) = config.backend_choices() {
+            settings_errors(diags, errors);
         }
         Some(())
     }
@@ -575,12 +489,10 @@ impl Provider for HomelabProvider {
             settings_errors(diags, vec![e]);
             return Some(());
         }
-        let choices = match BackendChoices::from_config(&config) {
+        let choices = match config.backend_choices() {
             Ok(c) => c,
             Err(errors) => {
-                for e in errors {
-                    diagnostics::error(diags, "", &e);
-                }
+                settings_errors(diags, errors);
                 return Some(());
             }
         };

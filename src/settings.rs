@@ -1,5 +1,6 @@
-//! Validated provider settings: the four address pools, reservation TTL, the default backend
-//! and where the registry lives. The provider layer hands raw strings in; what comes out is
+//! Validated provider settings: the four address pools, reservation TTL, the backend choices
+//! (default backend, lab host, Vagrant binary, hypervisor, libvirt driver) and where the
+//! registry lives. The provider layer hands raw strings in; what comes out is
 //! either settings every other module can trust, or errors that name the attribute at fault.
 
 use std::net::Ipv4Addr;
@@ -8,6 +9,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::backend::vagrant::{Hypervisor, LibvirtDriver};
+use crate::backend::BackendKind;
 use crate::net::{self, Ipv4Net, Pool};
 use crate::registry::{Kind, Pools};
 
@@ -83,6 +86,91 @@ pub struct Settings {
     pub pools: Pools,
     /// How long a plan-time reservation holds its networks.
     pub reservation_ttl: Duration,
+}
+
+/// The provider block's backend choices, as given (None = not set).
+#[derive(Debug, Clone, Default)]
+pub struct RawChoices {
+    /// `default_backend`
+    pub default_backend: Option<String>,
+    /// `netns_host`
+    pub netns_host: Option<String>,
+    /// `vagrant_bin`
+    pub vagrant_bin: Option<String>,
+    /// `hypervisor`
+    pub hypervisor: Option<String>,
+    /// `libvirt_driver`
+    pub libvirt_driver: Option<String>,
+}
+
+/// The backend choices, checked once here and typed, so nothing below parses them again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendChoices {
+    /// Backend of instances that do not set one.
+    pub default_backend: BackendKind,
+    /// netns lab host namespace.
+    pub netns_host: String,
+    /// Vagrant executable.
+    pub vagrant_bin: String,
+    /// Hypervisor of the vagrant backend.
+    pub hypervisor: Hypervisor,
+    /// libvirt domain type.
+    pub libvirt_driver: LibvirtDriver,
+}
+
+fn choice<T>(
+    errors: &mut Vec<SettingError>,
+    attribute: &'static str,
+    value: &Option<String>,
+    default: T,
+    parse: fn(&str) -> Option<T>,
+    allowed: &str,
+) -> Option<T> {
+    match value {
+        None => Some(default),
+        Some(v) => {
+            let parsed = parse(v);
+            if parsed.is_none() {
+                errors.push(SettingError::new(attribute, format!("{v:?} is not one of: {allowed}")));
+            }
+            parsed
+        }
+    }
+}
+
+/// Check the backend choices: every problem, each naming its attribute.
+pub fn backend_choices(raw: &RawChoices) -> Result<BackendChoices, Vec<SettingError>> {
+    let mut errors = Vec::new();
+    let default_backend = choice(&mut errors, "default_backend", &raw.default_backend, BackendKind::Vagrant, BackendKind::parse, "netns, vagrant");
+    let hypervisor = choice(&mut errors, "hypervisor", &raw.hypervisor, Hypervisor::VirtualBox, Hypervisor::parse, "virtualbox, libvirt");
+    let libvirt_driver = choice(&mut errors, "libvirt_driver", &raw.libvirt_driver, LibvirtDriver::Kvm, LibvirtDriver::parse, "kvm, qemu");
+    let netns_host = raw.netns_host.clone().unwrap_or_else(|| DEFAULT_NETNS_HOST.into());
+    // Node namespaces are named `<netns_host>-<node>`: without '-' in the host name, two lab
+    // hosts can never produce the same node namespace name.
+    let host_ok = !netns_host.is_empty()
+        && netns_host.len() <= 24
+        && netns_host.starts_with(|c: char| c.is_ascii_lowercase())
+        && netns_host.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !host_ok {
+        errors.push(SettingError::new(
+            "netns_host",
+            format!("{netns_host:?} cannot name the lab host namespace: use 1 to 24 lowercase letters and digits, starting with a letter (no '-': node namespaces are named `<netns_host>-<node>`)"),
+        ));
+    }
+    let vagrant_bin = raw.vagrant_bin.clone().unwrap_or_else(|| "vagrant".into());
+    if vagrant_bin.is_empty() {
+        errors.push(SettingError::new("vagrant_bin", "must not be empty"));
+    }
+    match (default_backend, hypervisor, libvirt_driver) {
+        (Some(default_backend), Some(hypervisor), Some(libvirt_driver)) if errors.is_empty() => Ok(BackendChoices {
+            default_backend,
+            netns_host,
+            vagrant_bin,
+            hypervisor,
+            libvirt_driver,
+        }),
+        _ => Err(errors),
+    }
 }
 
 /// The registry folder when `home` is not set: `$HOMELAB_HOME`, else `~/.homelab`.
@@ -329,6 +417,34 @@ pub fn cidr_setting(attribute: &'static str, text: &str) -> Result<Ipv4Net, Sett
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn backend_choices_are_typed_once_and_every_problem_is_named() {
+        let c = backend_choices(&RawChoices::default()).unwrap();
+        assert_eq!((c.default_backend, c.hypervisor, c.libvirt_driver), (BackendKind::Vagrant, Hypervisor::VirtualBox, LibvirtDriver::Kvm));
+        assert_eq!((c.netns_host.as_str(), c.vagrant_bin.as_str()), (DEFAULT_NETNS_HOST, "vagrant"));
+        let c = backend_choices(&RawChoices {
+            default_backend: Some("netns".into()),
+            hypervisor: Some("libvirt".into()),
+            libvirt_driver: Some("qemu".into()),
+            netns_host: Some("lab2".into()),
+            vagrant_bin: Some("/opt/vagrant".into()),
+        })
+        .unwrap();
+        assert_eq!((c.default_backend, c.hypervisor, c.libvirt_driver), (BackendKind::Netns, Hypervisor::Libvirt, LibvirtDriver::Qemu));
+        let errors = backend_choices(&RawChoices {
+            default_backend: Some("docker".into()),
+            hypervisor: Some("VirtualBox".into()),
+            libvirt_driver: Some("xen".into()),
+            netns_host: Some("lab-2".into()),
+            vagrant_bin: Some(String::new()),
+        })
+        .unwrap_err();
+        let attrs: Vec<&str> = errors.iter().map(|e| e.attribute).collect();
+        assert_eq!(attrs, ["default_backend", "hypervisor", "libvirt_driver", "netns_host", "vagrant_bin"]);
+        assert!(errors[1].message.contains("\"VirtualBox\" is not one of: virtualbox, libvirt"), "{}", errors[1].message);
+    }
+
     use super::*;
 
     #[test]

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use super::netns::NetnsBackend;
 use super::vagrant::{Hypervisor, LibvirtDriver, VagrantBackend, VagrantConfig};
 use super::{Backend, BackendKind, BackendSet};
-use crate::provider::BackendChoices;
-use crate::settings::Settings;
+use crate::settings::{BackendChoices, Settings};
 
 /// Backends of this host.
 #[derive(Debug, Clone)]
@@ -35,36 +34,42 @@ impl BackendSet for HostBackends {
                 m.insert("netns_host".into(), self.choices.netns_host.clone());
             }
             BackendKind::Vagrant => {
-                m.insert("hypervisor".into(), self.choices.hypervisor.clone());
-                m.insert("libvirt_driver".into(), self.choices.libvirt_driver.clone());
+                m.insert("hypervisor".into(), self.choices.hypervisor.as_str().into());
+                m.insert("libvirt_driver".into(), self.choices.libvirt_driver.as_str().into());
             }
         }
         m
     }
 
     fn backend(&self, kind: BackendKind, settings: &BTreeMap<String, String>) -> Arc<dyn Backend> {
-        let get = |k: &str, default: &str| settings.get(k).cloned().unwrap_or_else(|| default.to_string());
         match kind {
-            BackendKind::Netns => Arc::new(NetnsBackend::new(get("netns_host", &self.choices.netns_host))),
+            BackendKind::Netns => {
+                let host = settings.get("netns_host").cloned().unwrap_or_else(|| self.choices.netns_host.clone());
+                Arc::new(NetnsBackend::new(host))
+            }
             BackendKind::Vagrant => {
-                let hypervisor = match get("hypervisor", &self.choices.hypervisor).as_str() {
-                    "libvirt" => Hypervisor::Libvirt,
-                    _ => Hypervisor::VirtualBox,
-                };
-                let libvirt_driver = match get("libvirt_driver", &self.choices.libvirt_driver).as_str() {
-                    "qemu" => LibvirtDriver::Qemu,
-                    _ => LibvirtDriver::Kvm,
-                };
                 let mut config = VagrantConfig::new(self.home.clone());
                 config.vagrant_bin = self.choices.vagrant_bin.clone().into();
-                config.hypervisor = hypervisor;
-                config.libvirt_driver = libvirt_driver;
+                config.hypervisor = recorded(settings, "hypervisor", Hypervisor::parse, self.choices.hypervisor);
+                config.libvirt_driver = recorded(settings, "libvirt_driver", LibvirtDriver::parse, self.choices.libvirt_driver);
                 Arc::new(VagrantBackend::new(config))
             }
         }
     }
 
     fn needs_mgmt_network(&self, kind: BackendKind) -> bool {
-        kind == BackendKind::Vagrant && self.choices.hypervisor == "libvirt"
+        kind == BackendKind::Vagrant && self.choices.hypervisor == Hypervisor::Libvirt
+    }
+}
+
+/// What a lab recorded for `key` (the choice it was built with), else the provider's choice.
+/// A value this build does not know (an edited registry) is said in the log, not guessed.
+fn recorded<T: Copy>(settings: &BTreeMap<String, String>, key: &str, parse: fn(&str) -> Option<T>, choice: T) -> T {
+    match settings.get(key) {
+        None => choice,
+        Some(v) => parse(v).unwrap_or_else(|| {
+            tracing::warn!(setting = key, value = %v, "the lab records an unknown value; using the provider's choice");
+            choice
+        }),
     }
 }

@@ -14,6 +14,7 @@ use tf_provider::schema::{Attribute, Block, Description, NestedBlock, Schema};
 use tf_provider::value::{self, Value, ValueEmpty};
 use tf_provider::{AttributePath, Diagnostics, Resource};
 
+use crate::backend::vagrant::Hypervisor;
 use crate::backend::{
     self, Backend, BackendKind, LabSpec, LabStatus, OpControl, VagrantOptions, MAX_CONTROL_PLANES,
     MAX_WORKERS,
@@ -633,12 +634,12 @@ fn describe(status: &LabStatus) -> String {
 }
 
 /// The hypervisor a new vagrant lab would be built with.
-fn entry_hypervisor(ctx: &Configured, d: &Desired) -> String {
+fn entry_hypervisor(ctx: &Configured, d: &Desired) -> Hypervisor {
     ctx.backends
         .lab_settings(d.kind)
         .get("hypervisor")
-        .cloned()
-        .unwrap_or_else(|| ctx.choices.hypervisor.clone())
+        .and_then(|h| Hypervisor::parse(h))
+        .unwrap_or(ctx.choices.hypervisor)
 }
 
 impl InstanceResource {
@@ -738,7 +739,7 @@ impl InstanceResource {
         let w = wants(ctx, diags, &config_state, d.kind)?;
         // Checks on the networks themselves come before the reservation: a refused plan writes
         // nothing.
-        if d.kind == BackendKind::Vagrant && entry_hypervisor(&ctx, &d) == "virtualbox" {
+        if d.kind == BackendKind::Vagrant && entry_hypervisor(&ctx, &d) == Hypervisor::VirtualBox {
             let subnet = match w.subnet {
                 Want::Pinned(n) => Some(n),
                 Want::Auto => ctx.registry.preview(&d.name, &w, &host).ok().map(|p| p.allocation.subnet),
