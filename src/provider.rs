@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -247,8 +247,9 @@ impl Configured {
 /// sees, and what configure fills in.
 pub struct Shared {
     configured: RwLock<Option<Arc<Configured>>>,
-    /// This process: its workspace and run.
-    pub origin: Origin,
+    /// This process: its workspace and run (found on first use: nothing but the plugin
+    /// handshake runs before Terraform hears from the provider).
+    origin: OnceLock<Origin>,
     /// The configuration's pins, as validation sees them (see `registry::declared`).
     pub declared: declared::Recorder,
 }
@@ -257,13 +258,18 @@ impl Default for Shared {
     fn default() -> Self {
         Shared {
             configured: RwLock::new(None),
-            origin: Origin::current(),
+            origin: OnceLock::new(),
             declared: declared::Recorder::new(),
         }
     }
 }
 
 impl Shared {
+    /// This process: its workspace and run.
+    pub fn origin(&self) -> &Origin {
+        self.origin.get_or_init(Origin::current)
+    }
+
     /// A context that is already configured (tests).
     pub fn with(configured: Configured) -> Arc<Shared> {
         Arc::new(Shared {
@@ -453,8 +459,8 @@ impl Provider for HomelabProvider {
         if !config.any_unknown() {
             match config.settings() {
                 Ok(s) => {
-                    warn_interrupted(diags, &s, &self.shared.origin);
-                    self.shared.declared.set_home(s.home, &self.shared.origin);
+                    warn_interrupted(diags, &s, self.shared.origin());
+                    self.shared.declared.set_home(s.home, self.shared.origin());
                 }
                 Err(errors) => settings_errors(diags, errors),
             }
@@ -496,7 +502,7 @@ impl Provider for HomelabProvider {
                 return Some(());
             }
         };
-        let origin = self.shared.origin.clone();
+        let origin = self.shared.origin().clone();
         let registry = open_registry(&settings, Client::provider(terraform_version), origin.clone())
             .with_declared(declared::load(&settings.home, &origin.workspace));
         let backends = (self.factory)(&settings, &choices);

@@ -1014,7 +1014,7 @@ impl Resource for InstanceResource {
             .into_iter()
             .filter_map(|(kind, v)| known(v).and_then(|t| net::parse_lab_network(&t).ok()).map(|c| (kind, c)))
             .collect();
-            self.shared.declared.record(name, pins, &self.shared.origin);
+            self.shared.declared.record(name, pins, self.shared.origin());
         }
         Some(())
     }

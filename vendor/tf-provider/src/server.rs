@@ -61,7 +61,14 @@ pub(crate) struct Server {
     pub(crate) provider: Box<dyn DynamicProvider>,
     pub(crate) io: GrpcIo,
     pub(crate) cancellation_token: CancellationToken,
+    // homelab patch: the schemas are built on first use, after the handshake line (patch 8).
+    provider_name: String,
+    catalog: std::sync::OnceLock<Catalog>,
+}
 
+/// homelab patch: the provider's schemas and its resources, data sources, ephemeral resources
+/// and functions, built once, on the first RPC that needs them.
+pub(crate) struct Catalog {
     pub(crate) init_diags: Diagnostics,
     pub(crate) schema: Option<Schema>,
     pub(crate) meta_schema: Option<Schema>,
@@ -74,6 +81,23 @@ pub(crate) struct Server {
 
 impl Server {
     pub fn new(provider_name: String, provider: Box<dyn DynamicProvider>) -> Self {
+        Self {
+            provider,
+            io: Default::default(),
+            cancellation_token: Default::default(),
+            provider_name,
+            catalog: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// homelab patch: the catalog, built on first use.
+    pub(crate) fn catalog(&self) -> &Catalog {
+        self.catalog.get_or_init(|| Catalog::build(&self.provider_name, self.provider.as_ref()))
+    }
+}
+
+impl Catalog {
+    fn build(provider_name: &str, provider: &dyn DynamicProvider) -> Self {
         let mut diags = Default::default();
         let mut has_errors = false;
         let mut set_error = || {
@@ -127,9 +151,6 @@ impl Server {
         }
 
         Self {
-            provider,
-            io: Default::default(),
-            cancellation_token: Default::default(),
             init_diags: diags,
             schema,
             meta_schema,

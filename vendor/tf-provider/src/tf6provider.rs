@@ -35,6 +35,7 @@ impl tf::provider_server::Provider for Arc<Server> {
         // homelab patch: a panic becomes an error Terraform shows, not "Request cancelled"
         guard("get_metadata", async move {
         let resources = self
+            .catalog()
             .resources
             .keys()
             .map(|name| tf::get_metadata::ResourceMetadata {
@@ -42,6 +43,7 @@ impl tf::provider_server::Provider for Arc<Server> {
             })
             .collect();
         let data_sources = self
+            .catalog()
             .data_sources
             .keys()
             .map(|name| tf::get_metadata::DataSourceMetadata {
@@ -49,6 +51,7 @@ impl tf::provider_server::Provider for Arc<Server> {
             })
             .collect();
         let functions = self
+            .catalog()
             .functions
             .keys()
             .map(|name| tf::get_metadata::FunctionMetadata { name: name.clone() })
@@ -59,11 +62,12 @@ impl tf::provider_server::Provider for Arc<Server> {
                 get_provider_schema_optional: false,
                 move_resource_state: false,
             }),
-            diagnostics: self.init_diags.clone().into(),
+            diagnostics: self.catalog().init_diags.clone().into(),
             data_sources,
             resources,
             functions,
             ephemeral_resources: self
+                .catalog()
                 .ephemeral_resources
                 .keys()
                 .map(|name| tf::get_metadata::EphemeralResourceMetadata { type_name: name.clone() })
@@ -78,19 +82,22 @@ impl tf::provider_server::Provider for Arc<Server> {
     ) -> Result<tonic::Response<tf::get_provider_schema::Response>, tonic::Status> {
         // homelab patch: a panic becomes an error Terraform shows, not "Request cancelled"
         guard("get_provider_schema", async move {
-        let schema = self.schema.as_ref().map(Into::into);
-        let meta_schema = self.meta_schema.as_ref().map(Into::into);
+        let schema = self.catalog().schema.as_ref().map(Into::into);
+        let meta_schema = self.catalog().meta_schema.as_ref().map(Into::into);
         let resources = self
+            .catalog()
             .resources
             .iter()
             .map(|(name, (_, schema))| (name.clone(), schema.into()))
             .collect();
         let data_sources = self
+            .catalog()
             .data_sources
             .iter()
             .map(|(name, (_, schema))| (name.clone(), schema.into()))
             .collect();
         let functions = self
+            .catalog()
             .functions
             .iter()
             .map(|(name, (_, schema))| (name.clone(), schema.into()))
@@ -100,7 +107,7 @@ impl tf::provider_server::Provider for Arc<Server> {
             provider: schema,
             resource_schemas: resources,
             data_source_schemas: data_sources,
-            diagnostics: self.init_diags.clone().into(),
+            diagnostics: self.catalog().init_diags.clone().into(),
             provider_meta: meta_schema,
             server_capabilities: Some(tf::ServerCapabilities {
                 plan_destroy: true,
@@ -109,6 +116,7 @@ impl tf::provider_server::Provider for Arc<Server> {
             }),
             functions,
             ephemeral_resource_schemas: self
+                .catalog()
                 .ephemeral_resources
                 .iter()
                 .map(|(name, (_, schema))| (name.clone(), schema.into()))
@@ -151,7 +159,7 @@ impl tf::provider_server::Provider for Arc<Server> {
         let mut diags = Diagnostics::default();
 
         _ = if let (Some(resource), Some(config)) = (
-            self.get_resource(&mut diags, &request.type_name),
+            self.catalog().get_resource(&mut diags, &request.type_name),
             request.config,
         ) {
             resource.validate(&mut diags, config.into()).await
@@ -178,7 +186,7 @@ impl tf::provider_server::Provider for Arc<Server> {
         let mut diags = Diagnostics::default();
 
         _ = if let (Some(data_source), Some(config)) = (
-            self.get_data_source(&mut diags, &request.type_name),
+            self.catalog().get_data_source(&mut diags, &request.type_name),
             request.config,
         ) {
             data_source.validate(&mut diags, config.into()).await
@@ -205,7 +213,7 @@ impl tf::provider_server::Provider for Arc<Server> {
         let mut diags = Diagnostics::default();
 
         let upgraded_state = if let (Some((resource, schema)), Some(raw_state)) =
-            (self.resources.get(&request.type_name), request.raw_state)
+            (self.catalog().resources.get(&request.type_name), request.raw_state)
         {
             if raw_state.json.is_empty() {
                 diags.root_error_short("Upgrading from a legacy state is not supported");
@@ -269,7 +277,7 @@ impl tf::provider_server::Provider for Arc<Server> {
 
         let (state, private_state) =
             if let (Some(resource), Some(state), Some(provider_meta_state)) = (
-                self.get_resource(&mut diags, &request.type_name),
+                self.catalog().get_resource(&mut diags, &request.type_name),
                 request.current_state,
                 request.provider_meta,
             ) {
@@ -310,7 +318,7 @@ impl tf::provider_server::Provider for Arc<Server> {
             Some(config_state),
             Some(provider_meta_state),
         ) = (
-            self.get_resource(&mut diags, &request.type_name),
+            self.catalog().get_resource(&mut diags, &request.type_name),
             request.prior_state,
             request.proposed_new_state,
             request.config,
@@ -413,7 +421,7 @@ impl tf::provider_server::Provider for Arc<Server> {
             Some(config_state),
             Some(provider_meta_state),
         ) = (
-            self.get_resource(&mut diags, &request.type_name),
+            self.catalog().get_resource(&mut diags, &request.type_name),
             request.prior_state,
             request.planned_state,
             request.config,
@@ -491,7 +499,7 @@ impl tf::provider_server::Provider for Arc<Server> {
         let request = request.into_inner();
         let mut diags = Diagnostics::default();
 
-        let imported = if let Some(resource) = self.get_resource(&mut diags, &request.type_name) {
+        let imported = if let Some(resource) = self.catalog().get_resource(&mut diags, &request.type_name) {
             resource.import(&mut diags, request.id).await
         } else {
             None
@@ -540,7 +548,7 @@ impl tf::provider_server::Provider for Arc<Server> {
         let mut diags = Diagnostics::default();
 
         let state = if let (Some(data_source), Some(config), Some(provider_meta_state)) = (
-            self.get_data_source(&mut diags, &request.type_name),
+            self.catalog().get_data_source(&mut diags, &request.type_name),
             request.config,
             request.provider_meta,
         ) {
@@ -568,7 +576,7 @@ impl tf::provider_server::Provider for Arc<Server> {
         guard("validate_ephemeral_resource_config", async move {
             let request = request.into_inner();
             let mut diags = Diagnostics::default();
-            if let (Some(ephemeral), Some(config)) = (self.get_ephemeral_resource(&mut diags, &request.type_name), request.config) {
+            if let (Some(ephemeral), Some(config)) = (self.catalog().get_ephemeral_resource(&mut diags, &request.type_name), request.config) {
                 ephemeral.validate(&mut diags, config.into()).await;
             }
             Ok(tonic::Response::new(tf::validate_ephemeral_resource_config::Response { diagnostics: diags.into() }))
@@ -582,7 +590,7 @@ impl tf::provider_server::Provider for Arc<Server> {
         guard("open_ephemeral_resource", async move {
             let request = request.into_inner();
             let mut diags = Diagnostics::default();
-            let result = if let (Some(ephemeral), Some(config)) = (self.get_ephemeral_resource(&mut diags, &request.type_name), request.config) {
+            let result = if let (Some(ephemeral), Some(config)) = (self.catalog().get_ephemeral_resource(&mut diags, &request.type_name), request.config) {
                 ephemeral.open(&mut diags, config.into()).await
             } else {
                 None
@@ -615,12 +623,13 @@ impl tf::provider_server::Provider for Arc<Server> {
         // homelab patch: a panic becomes an error Terraform shows, not "Request cancelled"
         guard("get_functions", async move {
         let functions = self
+            .catalog()
             .functions
             .iter()
             .map(|(name, (_, schema))| (name.clone(), schema.into()))
             .collect();
         Ok(tonic::Response::new(tf::get_functions::Response {
-            diagnostics: self.init_diags.clone().into(),
+            diagnostics: self.catalog().init_diags.clone().into(),
             functions,
         }))
             })
@@ -635,7 +644,7 @@ impl tf::provider_server::Provider for Arc<Server> {
         let request = request.into_inner();
         let mut diags = Diagnostics::default();
 
-        let result = if let Some(function) = self.get_function(&mut diags, &request.name) {
+        let result = if let Some(function) = self.catalog().get_function(&mut diags, &request.name) {
             function
                 .call(
                     &mut diags,
