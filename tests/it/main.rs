@@ -21,3 +21,4 @@ mod acceptance_vagrant;
 mod acceptance_vagrant_fake;
 mod acceptance_federation;
 mod acceptance_repair;
+mod acceptance_release;
