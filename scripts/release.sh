@@ -9,8 +9,8 @@
 # filesystem mirror in the packed layout. <version> is Cargo.toml's; CHANGELOG.md must have a
 # section for it. Two runs on one commit give the same zip bytes.
 #
-# The signing key: $HOMELAB_RELEASE_GPG_KEY (a key id, fingerprint or e-mail) in gpg's keyring
-# ($GNUPGHOME, else ~/.gnupg), else gpg's default key. A key with a passphrase: unlock it in
+# The signing key (RSA or DSA, as the registries require): $HOMELAB_RELEASE_GPG_KEY (a key id,
+# fingerprint or e-mail) in gpg's keyring ($GNUPGHOME, else ~/.gnupg), else gpg's default key. A key with a passphrase: unlock it in
 # gpg-agent first, or give $HOMELAB_RELEASE_GPG_PASSPHRASE_FILE.
 source "$(dirname "$0")/lib.sh"
 
@@ -52,5 +52,13 @@ gpg --batch --verify "$sums.sig" "$sums" 2>/dev/null || {
   echo "release: gpg made a signature of $sums that it does not verify itself" >&2
   exit 1
 }
+# An RSA (or DSA) key: Terraform 1.0.3's OpenPGP library reads no other ("openpgp: unsupported
+# feature: public key type: 22" for an ed25519 key; 1.11.4 reads it).
+algo="$(gpg --batch --list-packets "$sums.sig" | sed -n 's/^:signature packet: algo \([0-9]*\),.*/\1/p' | head -n1)"
+if [ "$algo" != 1 ] && [ "$algo" != 17 ]; then
+  rm -f "$sums.sig"
+  echo "release: the signing key is not RSA or DSA (OpenPGP algorithm $algo): Terraform 1.0 cannot check its signature; make an RSA key (gpg --quick-generate-key 'NAME <MAIL>' rsa4096 sign) and set HOMELAB_RELEASE_GPG_KEY" >&2
+  exit 1
+fi
 say "release $PROVIDER_VERSION in $out:"
 (cd "$out" && ls -1 terraform-provider-homelab_"${PROVIDER_VERSION}"_* && echo "mirror/ (serve it as a network_mirror, or use it as a filesystem_mirror)") >&2

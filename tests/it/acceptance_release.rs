@@ -15,7 +15,7 @@ use std::path::Path;
 use crate::acceptance;
 use crate::util::lab::Lab;
 use crate::util::release::{
-    h1, network_mirror_cli_config, run_ok, sha256_hex, zip_name, Gpg, HttpsServer, Release, Tls,
+    h1, network_mirror_cli_config, registry_tree, run_ok, sha256_hex, zip_name, Gpg, HttpsServer, Release, Tls,
 };
 use crate::util::terraform::{repo_root, Run, Workdir, VERSION};
 
@@ -235,6 +235,60 @@ fn release_mirror_over_https_installs_locks_and_refuses_tampered_zips(tf: Tf) {
 }
 }
 
+acceptance! {
+/// The release, served the way a registry serves it (provider registry protocol, over HTTPS on
+/// loopback), installs with Terraform checking SHA256SUMS's signature against the release key
+/// itself; the lock records the zip's zh: hash and the h1: hash; a changed SHA256SUMS is refused.
+fn release_installs_from_a_registry_that_checks_its_signature(tf: Tf) {
+    let gpg = Gpg::new();
+    let rel = Release::cut(&gpg);
+    let zip = std::fs::read(rel.file("linux_amd64.zip")).unwrap();
+    let root = tempfile::Builder::new().prefix("homelab-registry-").tempdir().unwrap();
+    registry_tree(&rel, &gpg, &root.path().join("good"), None);
+    let mut sums = std::fs::read(rel.file("SHA256SUMS")).unwrap();
+    let last = sums.len() - 2; // a hex digit of the manifest's line
+    sums[last] = if sums[last] == b'0' { b'1' } else { b'0' };
+    registry_tree(&rel, &gpg, &root.path().join("changed"), Some(&sums));
+    let tls = Tls::new();
+    // The registry's host is the source address's: one server per tree, each at its root.
+    let good = HttpsServer::start(&root.path().join("good"), &tls);
+    let changed = HttpsServer::start(&root.path().join("changed"), &tls);
+    let rcs = tempfile::tempdir().unwrap();
+    let rc = rcs.path().join("terraformrc");
+    std::fs::write(&rc, "provider_installation {\n  direct {}\n}\n").unwrap();
+    let at = |server: &HttpsServer| {
+        let w = Workdir::new(tf, "");
+        let host = format!("127.0.0.1:{}", server.port);
+        std::fs::write(
+            w.path().join("main.tf"),
+            format!("terraform {{\n  required_providers {{\n    homelab = {{\n      source  = \"{host}/homelab/homelab\"\n      version = \"{VERSION}\"\n    }}\n  }}\n}}\n"),
+        )
+        .unwrap();
+        let mut w = w;
+        w.env.push(("TF_CLI_CONFIG_FILE".into(), rc.display().to_string()));
+        w.env.push(("SSL_CERT_FILE".into(), tls.ca().display().to_string()));
+        (w, host)
+    };
+
+    // Step 1: init installs it, naming the key that signed it.
+    let (w, host) = at(&good);
+    let r = w.init();
+    assert!(r.flat().contains(&format!("Installed {host}/homelab/homelab v{VERSION}")), "{}", r.all());
+    assert!(r.flat().contains(&format!("key ID {}", gpg.key_id())), "{}", r.all());
+    let served = good.requests();
+    assert!(served.contains(&format!("GET /v1/providers/homelab/homelab/{VERSION}/download/linux/terraform-provider-homelab_{VERSION}_SHA256SUMS.sig 200")), "{served}");
+    // Step 2: the lock holds the zip's zh: hash (from the signed SHA256SUMS) and the h1: hash.
+    let lock = lock_file(&w);
+    let hashes = locked_hashes(&lock);
+    assert!(hashes.contains(&format!("zh:{}", sha256_hex(&zip))), "{lock}");
+    assert!(hashes.contains(&h1(&[(&entry_name(), &release_binary())])), "{lock}");
+    // Step 3: a SHA256SUMS changed after signing is refused.
+    let (w, _) = at(&changed);
+    let r = w.tf(&["init"]).failed();
+    assert!(r.flat().contains("error checking signature"), "expected Terraform's signature error:\n{}", r.all());
+}
+}
+
 /// What `unzip` says of the zip's entries: (name, mode, date, data).
 fn zip_entries(zip: &Path) -> Vec<(String, u32, String, Vec<u8>)> {
     let dir = tempfile::tempdir().unwrap();
@@ -384,6 +438,19 @@ fn release_without_a_signing_key_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no GPG secret key") && err.contains("HOMELAB_RELEASE_GPG_KEY"), "{err}");
     assert!(!out_dir.path().join("out").exists(), "release.sh wrote into OUTDIR before failing");
+}
+
+/// An ed25519 key is refused (Terraform 1.0.3 cannot check its signatures), and no signature
+/// of it is left in OUTDIR.
+#[test]
+fn release_with_an_ed25519_key_is_refused() {
+    let gpg = Gpg::with_algorithm("ed25519");
+    let out = tempfile::tempdir().unwrap();
+    let r = crate::util::release::release_sh(&gpg, out.path());
+    assert_eq!(r.status.code(), Some(1), "{r:?}");
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("not RSA or DSA") && err.contains("rsa4096"), "{err}");
+    assert!(!out.path().join(format!("terraform-provider-homelab_{VERSION}_SHA256SUMS.sig")).exists());
 }
 
 /// The version is Cargo.toml's everywhere a user reads it: the binary, CHANGELOG.md's newest

@@ -41,7 +41,7 @@ pub fn h1(files: &[(&str, &[u8])]) -> String {
     format!("h1:{}", base64::engine::general_purpose::STANDARD.encode(Sha256::digest(summary.as_bytes())))
 }
 
-/// A GnuPG home with one throw-away signing key (no passphrase). Dropping it stops the
+/// A GnuPG home with one throw-away RSA signing key (no passphrase; the registries take RSA). Dropping it stops the
 /// gpg-agent that gpg started for this home (by its PID) and deletes the home.
 pub struct Gpg {
     /// The GNUPGHOME.
@@ -51,8 +51,13 @@ pub struct Gpg {
 }
 
 impl Gpg {
-    /// A new home and key.
+    /// A new home and RSA key.
     pub fn new() -> Gpg {
+        Gpg::with_algorithm("rsa3072")
+    }
+
+    /// A new home and a key of `algorithm` (gpg's names: `rsa3072`, `ed25519`).
+    pub fn with_algorithm(algorithm: &str) -> Gpg {
         // Short path: gpg-agent's socket lives in the home when /run/user/<uid> is missing.
         let home = tempfile::Builder::new().prefix("hlgpg").tempdir_in("/tmp").unwrap();
         std::fs::set_permissions(home.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
@@ -68,7 +73,7 @@ impl Gpg {
             "",
             "--quick-generate-key",
             "homelab release test <release-test@homelab.invalid>",
-            "ed25519",
+            algorithm,
             "sign",
             "1d",
         ]));
@@ -78,6 +83,11 @@ impl Gpg {
             .find_map(|l| l.strip_prefix("fpr:").map(|r| r.trim_matches(':').to_string()))
             .expect("the new key's fingerprint");
         gpg
+    }
+
+    /// The long key id (the fingerprint's last 16 hex digits).
+    pub fn key_id(&self) -> String {
+        self.fingerprint[self.fingerprint.len() - 16..].to_string()
     }
 
     /// A command with this home as GNUPGHOME.
@@ -291,4 +301,44 @@ pub fn network_mirror_cli_config(dir: &Path, url: &str) -> PathBuf {
     )
     .unwrap();
     p
+}
+
+/// The files of a provider registry (Terraform's provider registry protocol: service discovery,
+/// `versions`, and the linux_amd64 `download` document naming the release's zip, SHA256SUMS,
+/// its signature and `gpg`'s public key) for `rel`, under `root`, to be served at its base URL.
+/// `sums` replaces the SHA256SUMS served, when given.
+pub fn registry_tree(rel: &Release, gpg: &Gpg, root: &Path, sums: Option<&[u8]>) {
+    let provider = root.join("v1/providers/homelab/homelab");
+    let download = provider.join(format!("{VERSION}/download/linux"));
+    std::fs::create_dir_all(root.join(".well-known")).unwrap();
+    std::fs::create_dir_all(&download).unwrap();
+    std::fs::write(root.join(".well-known/terraform.json"), r#"{"providers.v1":"/v1/providers/"}"#).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(rel.file("manifest.json")).unwrap()).unwrap();
+    let protocols = manifest["metadata"]["protocol_versions"].clone();
+    let versions = serde_json::json!({"versions": [{"version": VERSION, "protocols": protocols, "platforms": [{"os": "linux", "arch": "amd64"}]}]});
+    std::fs::write(provider.join("versions"), versions.to_string()).unwrap();
+    for f in ["linux_amd64.zip", "SHA256SUMS", "SHA256SUMS.sig"] {
+        let name = format!("terraform-provider-homelab_{VERSION}_{f}");
+        std::fs::copy(rel.file(f), download.join(&name)).unwrap();
+    }
+    if let Some(sums) = sums {
+        std::fs::write(download.join(format!("terraform-provider-homelab_{VERSION}_SHA256SUMS")), sums).unwrap();
+    }
+    let armor = run_ok(gpg.cmd("gpg").args(["--batch", "--armor", "--export", &gpg.fingerprint]));
+    let zip = std::fs::read(rel.file("linux_amd64.zip")).unwrap();
+    let doc = serde_json::json!({
+        "protocols": protocols,
+        "os": "linux",
+        "arch": "amd64",
+        "filename": zip_name(),
+        "download_url": zip_name(),
+        "shasums_url": format!("terraform-provider-homelab_{VERSION}_SHA256SUMS"),
+        "shasums_signature_url": format!("terraform-provider-homelab_{VERSION}_SHA256SUMS.sig"),
+        "shasum": sha256_hex(&zip),
+        "signing_keys": {"gpg_public_keys": [{
+            "key_id": gpg.key_id(),
+            "ascii_armor": String::from_utf8_lossy(&armor.stdout),
+        }]},
+    });
+    std::fs::write(download.join("amd64"), doc.to_string()).unwrap();
 }
