@@ -164,8 +164,9 @@ fn release_mirror_over_https_installs_locks_and_refuses_tampered_zips(tf: Tf) {
     assert!(lock.contains(&format!("provider \"{PROVIDER}\"")) && lock.contains(&format!("version = \"{VERSION}\"")), "{lock}");
     assert_eq!(locked_hashes(&lock), vec![expected_h1.clone()], "{lock}");
 
-    // Step 4: a lock file holding the release's published hashes (h1: and zh:, as
-    // <version>.json lists them) is verified by init in a fresh folder and kept whole.
+    // Step 4: the lock file scripts/quickstart.sh writes (lib.sh's write_release_lock: the
+    // release's published h1: and zh: hashes, from <version>.json) is verified by init in a
+    // fresh folder and kept whole.
     let published: serde_json::Value =
         serde_json::from_slice(&std::fs::read(rel.mirror_provider_dir().join(format!("{VERSION}.json"))).unwrap()).unwrap();
     let mut hashes: Vec<String> = published["archives"]["linux_amd64"]["hashes"]
@@ -178,12 +179,16 @@ fn release_mirror_over_https_installs_locks_and_refuses_tampered_zips(tf: Tf) {
     let mut both = vec![expected_h1.clone(), expected_zh.clone()];
     both.sort();
     assert_eq!(hashes, both);
-    let full_lock = format!(
-        "provider \"{PROVIDER}\" {{\n  version = \"{VERSION}\"\n  hashes = [\n{}  ]\n}}\n",
-        hashes.iter().map(|h| format!("    \"{h}\",\n")).collect::<String>()
-    );
     let w3 = workdir(&lab, &rc_dir("w3"), &good, &tls);
-    std::fs::write(w3.path().join(".terraform.lock.hcl"), &full_lock).unwrap();
+    run_ok(
+        std::process::Command::new("bash")
+            .args(["-c", "source \"$1/scripts/lib.sh\" && RELEASE=\"$2\" && write_release_lock \"$3\"", "-"])
+            .arg(repo_root())
+            .arg(rel.dir.path())
+            .arg(w3.path()),
+    );
+    let full_lock = lock_file(&w3);
+    assert_eq!(locked_hashes(&full_lock), both, "{full_lock}");
     w3.init();
     assert_eq!(locked_hashes(&lock_file(&w3)), both, "{}", lock_file(&w3));
     // The same from the mirror folder used as a filesystem mirror (packed layout), as
