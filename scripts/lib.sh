@@ -67,9 +67,9 @@ pack_release() {
     --epoch "$(release_epoch)" --out "$1" >/dev/null
 }
 
-# Pack the provider as a release in .tools/release and take homelab/homelab from its mirror
-# (packed: Terraform checks and records the zip's hashes as it would a downloaded release), with
-# a project-local CLI config (never the user's ~/.terraformrc).
+# Pack the provider as a release in .tools/release and take homelab/homelab from its mirror (the
+# zip, as a user downloads it; write_release_lock pins its hashes), with a project-local CLI
+# config (never the user's ~/.terraformrc).
 ensure_provider() {
   pack_release "$RELEASE"
   rm -rf "$TOOLS/mirror"   # the unpacked mirror of earlier versions of this script

@@ -32,7 +32,8 @@ sign=(gpg --batch --yes)
 if [ -n "${HOMELAB_RELEASE_GPG_PASSPHRASE_FILE:-}" ]; then
   sign+=(--pinentry-mode loopback --passphrase-file "$HOMELAB_RELEASE_GPG_PASSPHRASE_FILE")
 fi
-if ! gpg --batch --with-colons --list-secret-keys ${HOMELAB_RELEASE_GPG_KEY:+"$HOMELAB_RELEASE_GPG_KEY"} 2>/dev/null | grep -q '^sec:'; then
+secret_keys="$(gpg --batch --with-colons --list-secret-keys ${HOMELAB_RELEASE_GPG_KEY:+"$HOMELAB_RELEASE_GPG_KEY"} 2>/dev/null || true)"
+if ! grep -q '^sec:' <<<"$secret_keys"; then
   echo "release: no GPG secret key ${HOMELAB_RELEASE_GPG_KEY:+\"$HOMELAB_RELEASE_GPG_KEY\" }in ${GNUPGHOME:-~/.gnupg} to sign with: import the release key (gpg --import) or set HOMELAB_RELEASE_GPG_KEY / GNUPGHOME" >&2
   exit 1
 fi
