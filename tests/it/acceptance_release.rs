@@ -8,14 +8,15 @@
 //! bad on a changed SHA256SUMS), two runs giving the same bytes, and the version everywhere.
 //!
 //! Nothing leaves the machine: the server listens on 127.0.0.1 only and is stopped by PID, and
-//! the CLI configs offer Terraform no installation method but that mirror.
+//! the CLI configs (the README's) take homelab/homelab from that mirror only, and the
+//! configurations need no other provider.
 
 use std::path::Path;
 
 use crate::acceptance;
 use crate::util::lab::Lab;
 use crate::util::release::{
-    h1, network_mirror_cli_config, registry_tree, run_ok, sha256_hex, zip_name, Gpg, HttpsServer, Release, Tls,
+    filesystem_mirror_cli_config, h1, network_mirror_cli_config, registry_tree, run_ok, sha256_hex, zip_name, Gpg, HttpsServer, Release, Tls,
 };
 use crate::util::terraform::{repo_root, Run, Workdir, VERSION};
 
@@ -194,12 +195,7 @@ fn release_mirror_over_https_installs_locks_and_refuses_tampered_zips(tf: Tf) {
     // The same from the mirror folder used as a filesystem mirror (packed layout), as
     // scripts/quickstart.sh installs it.
     let mut fs = Workdir::new(tf, &quickstart_with(&lab));
-    let fs_rc = rc_dir("fs").join("terraformrc");
-    std::fs::write(
-        &fs_rc,
-        format!("provider_installation {{\n  filesystem_mirror {{\n    path = \"{}\"\n  }}\n}}\n", rel.mirror().display()),
-    )
-    .unwrap();
+    let fs_rc = filesystem_mirror_cli_config(&rc_dir("fs"), &rel.mirror());
     fs.env.push(("TF_CLI_CONFIG_FILE".into(), fs_rc.display().to_string()));
     std::fs::write(fs.path().join(".terraform.lock.hcl"), &full_lock).unwrap();
     let r = fs.init();
@@ -371,10 +367,10 @@ fn release_artifacts_are_complete_signed_and_reproducible() {
     // Zip times have a resolution of two seconds.
     assert_eq!(date[..17], commit_time[..17], "zip entry dated {date}, commit {commit_time}");
     let unpacked = tempfile::tempdir().unwrap();
-    let bin = unpacked.path().join(&entry_name());
+    let bin = unpacked.path().join(entry_name());
     std::fs::write(&bin, data).unwrap();
     std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let v = run_ok(&mut std::process::Command::new(&bin).arg("--version"));
+    let v = run_ok(std::process::Command::new(&bin).arg("--version"));
     assert_eq!(String::from_utf8_lossy(&v.stdout).trim(), format!("terraform-provider-homelab {VERSION}"));
 
     // The manifest is terraform-registry-manifest.json; SHA256SUMS lists the zip and it.
@@ -462,7 +458,7 @@ fn release_with_an_ed25519_key_is_refused() {
 /// release, and the README's install example.
 #[test]
 fn version_is_cargo_toml_s_everywhere() {
-    let v = run_ok(&mut std::process::Command::new(env!("CARGO_BIN_EXE_terraform-provider-homelab")).arg("--version"));
+    let v = run_ok(std::process::Command::new(env!("CARGO_BIN_EXE_terraform-provider-homelab")).arg("--version"));
     assert_eq!(String::from_utf8_lossy(&v.stdout).trim(), format!("terraform-provider-homelab {VERSION}"));
     let changelog = std::fs::read_to_string(repo_root().join("CHANGELOG.md")).unwrap();
     let newest = changelog

@@ -292,12 +292,24 @@ impl Drop for HttpsServer {
     }
 }
 
-/// A CLI config whose only installation method is the network mirror at `url`.
+/// A CLI config in the README's form: homelab/homelab from the network mirror at `url` only.
 pub fn network_mirror_cli_config(dir: &Path, url: &str) -> PathBuf {
+    mirror_cli_config(dir, &format!("network_mirror {{\n    url     = \"{url}\""))
+}
+
+/// A CLI config in the README's form: homelab/homelab from the filesystem mirror `path` only.
+pub fn filesystem_mirror_cli_config(dir: &Path, path: &Path) -> PathBuf {
+    mirror_cli_config(dir, &format!("filesystem_mirror {{\n    path    = \"{}\"", path.display()))
+}
+
+fn mirror_cli_config(dir: &Path, opening: &str) -> PathBuf {
     let p = dir.join("terraformrc");
+    let provider = "registry.terraform.io/homelab/homelab";
     std::fs::write(
         &p,
-        format!("provider_installation {{\n  network_mirror {{\n    url = \"{url}\"\n  }}\n}}\n"),
+        format!(
+            "provider_installation {{\n  {opening}\n    include = [\"{provider}\"]\n  }}\n  direct {{\n    exclude = [\"{provider}\"]\n  }}\n}}\n"
+        ),
     )
     .unwrap();
     p
