@@ -455,7 +455,7 @@ fn release_with_an_ed25519_key_is_refused() {
 }
 
 /// The version is Cargo.toml's everywhere a user reads it: the binary, CHANGELOG.md's newest
-/// release, and the README's install example.
+/// release, the README's install example, and the provider example of the docs.
 #[test]
 fn version_is_cargo_toml_s_everywhere() {
     let v = run_ok(std::process::Command::new(env!("CARGO_BIN_EXE_terraform-provider-homelab")).arg("--version"));
@@ -469,6 +469,9 @@ fn version_is_cargo_toml_s_everywhere() {
     let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
     assert!(readme.contains(&format!("version = \"{VERSION}\"")), "the README's install example does not pin {VERSION}");
     assert!(readme.contains(&format!("terraform-provider-homelab_{VERSION}_linux_amd64.zip")), "the README does not name this version's zip");
+    // docs/index.md shows this example (the docs test keeps them equal).
+    let example = std::fs::read_to_string(repo_root().join("examples/provider/provider.tf")).unwrap();
+    assert!(example.contains(&format!("version = \"{VERSION}\"")), "examples/provider/provider.tf does not pin {VERSION}");
 }
 
 /// A second release into the same OUTDIR keeps the versions its mirror already lists.
