@@ -164,6 +164,12 @@ fn release_mirror_over_https_installs_locks_and_refuses_tampered_zips(tf: Tf) {
     let lock = lock_file(&w2);
     assert!(lock.contains(&format!("provider \"{PROVIDER}\"")) && lock.contains(&format!("version = \"{VERSION}\"")), "{lock}");
     assert_eq!(locked_hashes(&lock), vec![expected_h1.clone()], "{lock}");
+    // A second init, in a fresh folder holding that lock file, verifies the package against it.
+    let w2b = workdir(&lab, &rc_dir("w2b"), &good, &tls);
+    std::fs::write(w2b.path().join(".terraform.lock.hcl"), &lock).unwrap();
+    let r = w2b.init();
+    assert!(r.flat().contains("Reusing previous version of homelab/homelab from the dependency lock file"), "{}", r.all());
+    assert_eq!(locked_hashes(&lock_file(&w2b)), vec![expected_h1.clone()]);
 
     // Step 4: the lock file scripts/quickstart.sh writes (lib.sh's write_release_lock: the
     // release's published h1: and zh: hashes, from <version>.json) is verified by init in a
