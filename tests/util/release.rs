@@ -1,7 +1,8 @@
 //! What the release tests need around `scripts/release.sh`: a throw-away GPG key in a temporary
 //! GNUPGHOME (its gpg-agent stopped by PID when dropped), a release cut into a temporary folder,
-//! a CA and a server certificate for 127.0.0.1 made with `openssl`, and a static HTTPS server on
-//! loopback (tests/fixtures/https_mirror.py) stopped by PID when dropped.
+//! a CA and a server certificate for 127.0.0.1 made with `openssl`, a static HTTPS server on
+//! loopback (tests/fixtures/https_mirror.py) stopped by PID when dropped, the files of a provider
+//! registry serving a release, and the CLI configs of the README's install section.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
