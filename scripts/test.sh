@@ -6,7 +6,7 @@
 # The last lines printed are the test runner's summary.
 source "$(dirname "$0")/lib.sh"
 ensure_base
-apt_install util-linux iptables
+apt_install util-linux iptables gnupg openssl
 bash "$ROOT/scripts/vm/install.sh"
 if ! cargo nextest --version >/dev/null 2>&1; then
   say "installing cargo-nextest from crates.io"
@@ -20,6 +20,9 @@ box_pid=$!
 cd "$ROOT"
 say "building the tests"
 cargo build --quiet --tests --bins --example test-echo-provider
+# The release tests pack the release binary (scripts/release.sh): build it once, here.
+say "building the release binary"
+cargo build --quiet --release --locked --bin terraform-provider-homelab
 if ! wait "$box_pid"; then
   cat "$box_log" >&2
   say "building the test box failed (log above)"

@@ -1,3 +1,12 @@
+terraform {
+  required_providers {
+    homelab = {
+      source  = "homelab/homelab"
+      version = "0.1.0"
+    }
+  }
+}
+
 provider "homelab" {
   # Registry folder (default: $HOMELAB_HOME, else ~/.homelab).
   home = "/var/lib/homelab"

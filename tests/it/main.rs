@@ -23,3 +23,4 @@ mod acceptance_vagrant_fake;
 mod acceptance_federation;
 mod acceptance_federation_fake_k8s;
 mod acceptance_repair;
+mod acceptance_release;

@@ -3,6 +3,7 @@
 pub mod lab;
 pub mod terraform;
 pub mod netns;
+pub mod release;
 pub mod vagrant;
 pub mod vm;
 pub mod worker;
