@@ -10,6 +10,7 @@
 //!
 //! Terraform plumbing (maps state to calls, nothing else):
 //! - [`provider`]: provider schema, configuration, and the map of resources and data sources.
+//! - [`context`]: what configure fills in and every resource reads (`Shared`, `Configured`).
 //! - [`resources`]: `homelab_instance` and `homelab_federation`, lifecycle methods in order.
 //! - [`data_sources`]: `homelab_cidr_allocation`.
 //! - [`ephemeral_resources`]: `homelab_kubeconfig` (never in state or plan files).
@@ -37,6 +38,7 @@
 pub mod audit;
 pub mod backend;
 pub mod cli;
+pub mod context;
 pub mod data_sources;
 pub mod diagnostics;
 pub mod docs;

@@ -1,9 +1,11 @@
 //! Building blocks for Terraform schemas: every attribute is built through these so that none
-//! can be declared without a description (the docs generator and a test check that too).
+//! can be declared without a description (the docs generator and a test check that too). Also
+//! the two value helpers every resource uses: [`known`] and [`val`].
 
 use std::collections::HashMap;
 
 use tf_provider::schema::{Attribute, AttributeConstraint, AttributeType, Description};
+use tf_provider::value::Value;
 
 /// A string type.
 pub fn string() -> AttributeType {
@@ -189,4 +191,17 @@ mod tests {
         let mp = rmp_serde::to_vec_named(&Value::Value(Number::Whole(7))).unwrap();
         assert_eq!(mp, rmp_serde::to_vec_named(&7i64).unwrap());
     }
+}
+
+/// The known value of an attribute, if any (neither null nor unknown).
+pub fn known<T: Clone>(v: &Value<T>) -> Option<T> {
+    match v {
+        Value::Value(x) => Some(x.clone()),
+        _ => None,
+    }
+}
+
+/// A known value.
+pub fn val<T>(v: T) -> Value<T> {
+    Value::Value(v)
 }

@@ -11,7 +11,7 @@ use tf_provider::{DataSource, Diagnostics};
 
 use crate::diagnostics;
 use crate::net;
-use crate::provider::Shared;
+use crate::context::Shared;
 use crate::registry::{PoolUsage, Wants};
 use crate::schema::{attributes, computed, number, object, required, string, string_list};
 

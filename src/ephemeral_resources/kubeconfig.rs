@@ -12,7 +12,7 @@ use tf_provider::{Diagnostics, EphemeralResource};
 
 use crate::diagnostics::{self, Message};
 use crate::federation::Side;
-use crate::provider::Shared;
+use crate::context::Shared;
 use crate::registry::Status;
 use crate::schema::{attributes, computed, required, sensitive, string};
 

@@ -18,9 +18,9 @@ use tf_provider::{AttributePath, Diagnostics, Resource};
 use crate::backend::{BackendKind, OpControl};
 use crate::diagnostics::{self, attribute_error, Message, Report};
 use crate::federation::{pair_id, FederationError, Opened, Pair, Side};
-use crate::provider::{Configured, Shared};
+use crate::context::{Configured, Shared};
 use crate::registry::{Entry, FederationRecord, RegistryError, Status};
-use crate::resources::{known, val};
+use crate::schema::{known, val};
 use crate::schema::{attributes, computed, optional, optional_computed, required, string, string_list};
 
 /// `homelab_federation` state.

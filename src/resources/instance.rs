@@ -21,10 +21,10 @@ use crate::backend::{
 };
 use crate::diagnostics::{self, attribute_error, Message};
 use crate::net;
-use crate::provider::{Configured, Shared};
+use crate::context::{Configured, Shared};
 use crate::registry::{Allocation, Entry, Kind, LabRecord, Planned, Status, Want, Wants};
 use crate::resources::names::Clash;
-use crate::resources::{known, val};
+use crate::schema::{known, val};
 use crate::schema::{
     attributes, boolean, computed, number, object, optional, optional_computed, required,
     deprecated, sensitive, string, string_list, Number,

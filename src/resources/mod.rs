@@ -6,18 +6,3 @@ mod config_scan;
 pub mod federation;
 pub mod instance;
 pub mod names;
-
-use tf_provider::value::Value;
-
-/// The known value, if any.
-pub(crate) fn known<T: Clone>(v: &Value<T>) -> Option<T> {
-    match v {
-        Value::Value(x) => Some(x.clone()),
-        _ => None,
-    }
-}
-
-/// A known value.
-pub(crate) fn val<T>(v: T) -> Value<T> {
-    Value::Value(v)
-}
