@@ -5,6 +5,7 @@
 use tf_provider::{AttributePath, Diagnostic, Diagnostics};
 
 use crate::backend::BackendError;
+use crate::federation::FederationError;
 use crate::hostnet::HostNetError;
 use crate::registry::{AllocError, RegistryError};
 use crate::settings::SettingError;
@@ -34,6 +35,26 @@ pub fn error(diags: &mut Diagnostics, context: &str, err: &dyn Report) {
         err.detail(),
         err.attribute().unwrap_or_default(),
     ));
+}
+
+/// A result the lifecycle methods report: `Ok` becomes `Some`; an `Err` is added as an error
+/// diagnostic (see [`error`]) and becomes `None`, so a method stops with
+/// `let x = step().or_report(diags, &context)?;`.
+pub trait OrReport<T> {
+    /// See the trait.
+    fn or_report(self, diags: &mut Diagnostics, context: &str) -> Option<T>;
+}
+
+impl<T, E: Report> OrReport<T> for Result<T, E> {
+    fn or_report(self, diags: &mut Diagnostics, context: &str) -> Option<T> {
+        match self {
+            Ok(v) => Some(v),
+            Err(e) => {
+                error(diags, context, &e);
+                None
+            }
+        }
+    }
 }
 
 /// Add an error about one attribute.
@@ -188,5 +209,38 @@ impl Report for Message {
     }
     fn attribute(&self) -> Option<AttributePath> {
         self.attribute.map(AttributePath::new)
+    }
+}
+
+impl Report for FederationError {
+    fn summary(&self) -> String {
+        match self {
+            FederationError::Registry(e) => e.summary(),
+            FederationError::Invalid(_) => "Cannot federate these instances".into(),
+            FederationError::Backend { .. } => "A guest or backend step failed".into(),
+            FederationError::HostNet { .. } => "A host forwarding step failed".into(),
+            FederationError::K8s { .. } => "A Kubernetes step failed".into(),
+        }
+    }
+    fn detail(&self) -> String {
+        match self {
+            FederationError::K8s { source, .. } => {
+                let hint = match source.status_code() {
+                    Some(401) | Some(403) => "\n\nCheck that the kubeconfig's user may manage networkpolicies (RBAC).",
+                    None => "\n\nIs the cluster running (`vagrant status` in the instance folder)?",
+                    _ => "",
+                };
+                format!("{self}{hint}")
+            }
+            _ => self.to_string(),
+        }
+    }
+    fn attribute(&self) -> Option<AttributePath> {
+        match self {
+            FederationError::Registry(RegistryError::AlreadyFederated { .. })
+            | FederationError::Registry(RegistryError::NotFound { .. })
+            | FederationError::Invalid(_) => Some(AttributePath::new("instances")),
+            _ => None,
+        }
     }
 }

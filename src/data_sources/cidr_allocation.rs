@@ -9,7 +9,7 @@ use tf_provider::schema::{Block, Description, Schema};
 use tf_provider::value::{Value, ValueEmpty};
 use tf_provider::{DataSource, Diagnostics};
 
-use crate::diagnostics;
+use crate::diagnostics::{self, OrReport};
 use crate::net;
 use crate::context::Shared;
 use crate::registry::{PoolUsage, Wants};
@@ -164,28 +164,10 @@ impl DataSource for CidrAllocationDataSource {
             diags.root_error_short("`name` must be known to read homelab_cidr_allocation");
             return None;
         };
-        let host = match ctx.host_networks().await {
-            Ok(h) => h,
-            Err(e) => {
-                diagnostics::error(diags, "reading the host's networks", &e);
-                return None;
-            }
-        };
+        let host = ctx.host_networks().await.or_report(diags, "reading the host's networks")?;
         let registry = &ctx.registry;
-        let preview = match registry.preview(&name, &Wants::auto(false), &host) {
-            Ok(p) => p,
-            Err(e) => {
-                diagnostics::error(diags, &format!("homelab_cidr_allocation {name:?}"), &e);
-                return None;
-            }
-        };
-        let doc = match registry.snapshot() {
-            Ok(d) => d,
-            Err(e) => {
-                diagnostics::error(diags, "", &e);
-                return None;
-            }
-        };
+        let preview = registry.preview(&name, &Wants::auto(false), &host).or_report(diags, &format!("homelab_cidr_allocation {name:?}"))?;
+        let doc = registry.snapshot().or_report(diags, "")?;
         let usage = registry.usage(&doc);
         let a = preview.allocation;
         let entry = preview.entry.as_ref();

@@ -16,12 +16,11 @@ use tf_provider::value::{Value, ValueEmpty};
 use tf_provider::{AttributePath, Diagnostics, Resource};
 
 use crate::backend::{BackendKind, OpControl};
-use crate::diagnostics::{self, attribute_error, Message, Report};
-use crate::federation::{pair_id, FederationError, Opened, Pair, Side};
 use crate::context::{Configured, Shared};
+use crate::diagnostics::{self, attribute_error, Message, OrReport, Report};
+use crate::federation::{pair_id, FederationError, Opened, Pair, Side};
 use crate::registry::{Entry, FederationRecord, RegistryError, Status};
-use crate::schema::{known, val};
-use crate::schema::{attributes, computed, optional, optional_computed, required, string, string_list};
+use crate::schema::{attributes, computed, known, optional, optional_computed, required, string, string_list, val};
 
 /// `homelab_federation` state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -126,39 +125,6 @@ fn ctx_name(id: &str) -> String {
     format!("homelab_federation {id:?}")
 }
 
-impl Report for FederationError {
-    fn summary(&self) -> String {
-        match self {
-            FederationError::Registry(e) => e.summary(),
-            FederationError::Invalid(_) => "Cannot federate these instances".into(),
-            FederationError::Backend { .. } => "A guest or backend step failed".into(),
-            FederationError::HostNet { .. } => "A host forwarding step failed".into(),
-            FederationError::K8s { .. } => "A Kubernetes step failed".into(),
-        }
-    }
-    fn detail(&self) -> String {
-        match self {
-            FederationError::K8s { source, .. } => {
-                let hint = match source.status_code() {
-                    Some(401) | Some(403) => "\n\nCheck that the kubeconfig's user may manage networkpolicies (RBAC).",
-                    None => "\n\nIs the cluster running (`vagrant status` in the instance folder)?",
-                    _ => "",
-                };
-                format!("{self}{hint}")
-            }
-            _ => self.to_string(),
-        }
-    }
-    fn attribute(&self) -> Option<AttributePath> {
-        match self {
-            FederationError::Registry(RegistryError::AlreadyFederated { .. })
-            | FederationError::Registry(RegistryError::NotFound { .. })
-            | FederationError::Invalid(_) => Some(AttributePath::new("instances")),
-            _ => None,
-        }
-    }
-}
-
 /// Put what opening the pair did into state. On failure, what is in place is recorded too:
 /// Terraform keeps it (tainted after a create) and destroy takes it away.
 fn record_opened(
@@ -181,6 +147,19 @@ fn record_opened(
 }
 
 impl FederationResource {
+    /// What create and update start from: the context, the pair's two names, its id and the
+    /// diagnostics' context.
+    fn apply_preamble(&self, diags: &mut Diagnostics, config_state: &FederationState) -> Option<(Arc<Configured>, String, String, String, String)> {
+        let ctx = self.shared.get(diags)?;
+        let Some((a, b)) = names(config_state) else {
+            attribute_error(diags, "instances", "A federation joins exactly two instances".into(), "`instances` must hold two distinct names.".into());
+            return None;
+        };
+        let id = pair_id(&a, &b);
+        let context = ctx_name(&id);
+        Some((ctx, a, b, id, context))
+    }
+
     fn entries(ctx: &Configured, a: &str, b: &str) -> Result<(Option<Entry>, Option<Entry>), RegistryError> {
         let doc = ctx.registry.snapshot()?;
         Ok((doc.instances.get(a).cloned(), doc.instances.get(b).cloned()))
@@ -258,13 +237,7 @@ impl FederationResource {
         let id = pair_id(&a, &b);
         planned.id = val(id.clone());
         let context = ctx_name(&id);
-        let (ea, eb) = match Self::entries(&ctx, &a, &b) {
-            Ok(x) => x,
-            Err(e) => {
-                diagnostics::error(diags, &context, &e);
-                return None;
-            }
-        };
+        let (ea, eb) = Self::entries(&ctx, &a, &b).or_report(diags, &context)?;
         let now = ctx.registry.now();
         let mut present = Vec::new();
         for (n, e) in [(&a, &ea), (&b, &eb)] {
@@ -296,10 +269,7 @@ impl FederationResource {
         // Touching the host needs privileges: fail at plan, before anything changes.
         let kind = BackendKind::parse(&present[0].backend).unwrap_or(ctx.choices.default_backend);
         let settings = present[0].lab.as_ref().map(|l| l.settings.clone()).unwrap_or_else(|| ctx.backends.lab_settings(kind));
-        if let Err(e) = ctx.backends.backend(kind, &settings).forwarding().preflight().await {
-            diagnostics::error(diags, &context, &e);
-            return None;
-        }
+        ctx.backends.backend(kind, &settings).forwarding().preflight().await.or_report(diags, &context)?;
         let (pa, pb) = (&present[0], &present[1]);
         let namespaces = known(&planned.namespaces).unwrap_or_default();
         // Exactly what apply will put in place, read (never written) from the labs when they
@@ -495,20 +465,8 @@ impl Resource for FederationResource {
         planned_private_state: Self::PrivateState<'a>,
         _meta: Self::ProviderMetaState<'a>,
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        let ctx = self.shared.get(diags)?;
-        let Some((a, b)) = names(&config_state) else {
-            attribute_error(diags, "instances", "A federation joins exactly two instances".into(), "`instances` must hold two distinct names.".into());
-            return None;
-        };
-        let id = pair_id(&a, &b);
-        let context = ctx_name(&id);
-        let pair = match Self::allocated_pair(&ctx, &a, &b) {
-            Ok(p) => p,
-            Err(e) => {
-                diagnostics::error(diags, &context, &e);
-                return None;
-            }
-        };
+        let (ctx, a, b, id, context) = self.apply_preamble(diags, &config_state)?;
+        let pair = Self::allocated_pair(&ctx, &a, &b).or_report(diags, &context)?;
         let nss = namespaces(&planned_state);
         let opened: Vec<String> = pair.reachability();
         // The registry tag first: it claims the pair atomically, so a second configuration
@@ -530,10 +488,7 @@ impl Resource for FederationResource {
             creating: None,
         };
         let created_at = record.created_at;
-        if let Err(e) = ctx.registry.federate(&a, &b, record, details) {
-            diagnostics::error(diags, &context, &e);
-            return None;
-        }
+        ctx.registry.federate(&a, &b, record, details).or_report(diags, &context)?;
         tracing::warn!(federation = %id, "federation created: {}", opened.join("; "));
         let mut state = planned_state;
         state.id = val(id.clone());
@@ -559,17 +514,8 @@ impl Resource for FederationResource {
         planned_private_state: Self::PrivateState<'a>,
         _meta: Self::ProviderMetaState<'a>,
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        let ctx = self.shared.get(diags)?;
-        let (a, b) = names(&config_state)?;
-        let id = pair_id(&a, &b);
-        let context = ctx_name(&id);
-        let pair = match Self::allocated_pair(&ctx, &a, &b) {
-            Ok(p) => p,
-            Err(e) => {
-                diagnostics::error(diags, &context, &e);
-                return None;
-            }
-        };
+        let (ctx, a, b, id, context) = self.apply_preamble(diags, &config_state)?;
+        let pair = Self::allocated_pair(&ctx, &a, &b).or_report(diags, &context)?;
         match ctx.registry.retag(&a, &b) {
             Ok(true) => tracing::warn!(federation = %id, "registry tags restored"),
             Ok(false) => {}
@@ -587,10 +533,7 @@ impl Resource for FederationResource {
             if nss != namespaces(&prior_state) {
                 details.insert("namespaces".into(), json!({"before": namespaces(&prior_state), "after": nss}));
             }
-            if let Err(e) = ctx.registry.update_federation(&a, &b, known(&config_state.reason), nss.clone(), details.into()) {
-                diagnostics::error(diags, &context, &e);
-                return None;
-            }
+            ctx.registry.update_federation(&a, &b, known(&config_state.reason), nss.clone(), details.into()).or_report(diags, &context)?;
         }
         let ctl = OpControl { timeout: OP_TIMEOUT, cancel: tf_provider::stop_token() };
         let dropped: Vec<String> = namespaces(&prior_state).into_iter().filter(|n| !nss.contains(n)).collect();
@@ -635,30 +578,18 @@ impl Resource for FederationResource {
         ctx.names.torn_down(&book_key(&id));
         ctx.remove_interrupted(diags).await;
         let ctl = OpControl { timeout: OP_TIMEOUT, cancel: tf_provider::stop_token() };
-        let (ea, eb) = match Self::entries(&ctx, &a, &b) {
-            Ok(x) => x,
-            Err(e) => {
-                diagnostics::error(diags, &context, &e);
-                return None;
-            }
-        };
+        let (ea, eb) = Self::entries(&ctx, &a, &b).or_report(diags, &context)?;
         let mut closed = Vec::new();
         if let (Some(ea), Some(eb)) = (ea, eb) {
             match Self::pair(&ctx, ea, eb) {
                 Ok(pair) => {
                     closed = pair.reachability();
-                    if let Err(e) = pair.close(&namespaces(&prior_state), &ctl).await {
-                        diagnostics::error(diags, &context, &e);
-                        return None;
-                    }
+                    pair.close(&namespaces(&prior_state), &ctl).await.or_report(diags, &context)?;
                 }
                 Err(e) => tracing::warn!(federation = %id, error = %e, "instances no longer form a pair; removing the registry tags only"),
             }
         }
-        if let Err(e) = ctx.registry.unfederate(&a, &b, json!({"closed": closed, "reason": known(&prior_state.reason)})) {
-            diagnostics::error(diags, &context, &e);
-            return None;
-        }
+        ctx.registry.unfederate(&a, &b, json!({"closed": closed, "reason": known(&prior_state.reason)})).or_report(diags, &context)?;
         Some(())
     }
 
@@ -694,13 +625,7 @@ impl Resource for FederationResource {
         };
         // What it was declared with: the registry's record, else (registries from before
         // records were kept) the audit log.
-        let record = match Self::declaration(&ctx, &id) {
-            Ok(r) => r,
-            Err(e) => {
-                diagnostics::error(diags, &ctx_name(&id), &e);
-                return None;
-            }
-        };
+        let record = Self::declaration(&ctx, &id).or_report(diags, &ctx_name(&id))?;
         let nss = record.as_ref().map(|r| r.namespaces.clone()).filter(|n| !n.is_empty()).unwrap_or_else(|| vec!["default".to_string()]);
         let mut state = FederationState {
             id: val(id.clone()),

@@ -19,15 +19,14 @@ use crate::backend::{
     self, Backend, BackendKind, LabSpec, LabStatus, OpControl, VagrantOptions, MAX_CONTROL_PLANES,
     MAX_WORKERS,
 };
-use crate::diagnostics::{self, attribute_error, Message};
-use crate::net;
 use crate::context::{Configured, Shared};
+use crate::diagnostics::{self, attribute_error, Message, OrReport};
+use crate::net;
 use crate::registry::{Allocation, Entry, Kind, LabRecord, Planned, Status, Want, Wants};
 use crate::resources::names::Clash;
-use crate::schema::{known, val};
 use crate::schema::{
-    attributes, boolean, computed, number, object, optional, optional_computed, required,
-    deprecated, sensitive, string, string_list, Number,
+    attributes, boolean, computed, deprecated, known, number, object, optional, optional_computed, required,
+    sensitive, string, string_list, val, Number,
 };
 use crate::settings;
 
@@ -643,6 +642,24 @@ fn entry_hypervisor(ctx: &Configured, d: &Desired) -> Hypervisor {
 }
 
 impl InstanceResource {
+    /// What create and update start from: the context, the desired lab, the diagnostics'
+    /// context, and the networks the plan holds.
+    fn apply_preamble(
+        &self,
+        diags: &mut Diagnostics,
+        config_state: &InstanceState,
+        planned_state: &InstanceState,
+    ) -> Option<(Arc<Configured>, Desired, String, Allocation)> {
+        let ctx = self.shared.get(diags)?;
+        let d = desired(&ctx, diags, config_state)?;
+        let context = ctx_name(&d.name);
+        let Some(allocation) = allocation_of(planned_state) else {
+            diags.root_error(format!("{context}: no networks planned"), "The plan holds no networks for this instance; run `terraform plan` again.");
+            return None;
+        };
+        Some((ctx, d, context, allocation))
+    }
+
     fn backend_for(&self, ctx: &Configured, d: &Desired, entry: Option<&Entry>) -> Arc<dyn Backend> {
         let settings = entry
             .and_then(|e| e.lab.as_ref())
@@ -725,17 +742,8 @@ impl InstanceResource {
             }
         }
         let backend = self.backend_for(ctx, &d, None);
-        if let Err(e) = backend.preflight().await {
-            diagnostics::error(diags, &context, &e);
-            return None;
-        }
-        let host = match ctx.host_networks().await {
-            Ok(h) => h,
-            Err(e) => {
-                diagnostics::error(diags, &format!("{context}: reading the host's networks"), &e);
-                return None;
-            }
-        };
+        backend.preflight().await.or_report(diags, &context)?;
+        let host = ctx.host_networks().await.or_report(diags, &format!("{context}: reading the host's networks"))?;
         let w = wants(ctx, diags, &config_state, d.kind)?;
         // Checks on the networks themselves come before the reservation: a refused plan writes
         // nothing.
@@ -1150,20 +1158,8 @@ impl Resource for InstanceResource {
         planned_private_state: Self::PrivateState<'a>,
         _meta: Self::ProviderMetaState<'a>,
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        let ctx = self.shared.get(diags)?;
-        let d = desired(&ctx, diags, &config_state)?;
-        let context = ctx_name(&d.name);
-        let Some(allocation) = allocation_of(&planned_state) else {
-            diags.root_error(format!("{context}: no networks planned"), "The plan holds no networks for this instance; run `terraform plan` again.");
-            return None;
-        };
-        let host = match ctx.host_networks().await {
-            Ok(h) => h,
-            Err(e) => {
-                diagnostics::error(diags, &format!("{context}: reading the host's networks"), &e);
-                return None;
-            }
-        };
+        let (ctx, d, context, allocation) = self.apply_preamble(diags, &config_state, &planned_state)?;
+        let host = ctx.host_networks().await.or_report(diags, &format!("{context}: reading the host's networks"))?;
         let record = lab_record(&ctx, &d, None);
         // A destroy of this run removing an interrupted creation of this name goes first: the
         // networks it frees are the ones planned here (see registry::interrupted).
@@ -1172,19 +1168,10 @@ impl Resource for InstanceResource {
         while matches!(ctx.registry.being_removed_by_this_run(&d.name), Ok(true)) && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let entry = match ctx.registry.claim(&d.name, &allocation, d.kind.as_str(), record.clone(), &host) {
-            Ok(e) => e,
-            Err(e) => {
-                diagnostics::error(diags, &context, &e);
-                return None;
-            }
-        };
+        let entry = ctx.registry.claim(&d.name, &allocation, d.kind.as_str(), record.clone(), &host).or_report(diags, &context)?;
         // A re-created lab (its registry entry survived) takes the shape now asked for.
         if entry.lab.as_ref() != Some(&record) {
-            if let Err(e) = ctx.registry.update_lab(&d.name, record) {
-                diagnostics::error(diags, &context, &e);
-                return None;
-            }
+            ctx.registry.update_lab(&d.name, record).or_report(diags, &context)?;
         }
         let backend = self.backend_for(&ctx, &d, Some(&entry));
         let spec = lab_spec(&d, &allocation)?;
@@ -1237,10 +1224,7 @@ impl Resource for InstanceResource {
         planned_private_state: Self::PrivateState<'a>,
         _meta: Self::ProviderMetaState<'a>,
     ) -> Option<(Self::State<'a>, Self::PrivateState<'a>)> {
-        let ctx = self.shared.get(diags)?;
-        let d = desired(&ctx, diags, &config_state)?;
-        let context = ctx_name(&d.name);
-        let allocation = allocation_of(&planned_state)?;
+        let (ctx, d, context, allocation) = self.apply_preamble(diags, &config_state, &planned_state)?;
         let entry = match ctx.registry.get(&d.name) {
             Ok(Some(e)) => e,
             Ok(None) => {
@@ -1291,13 +1275,7 @@ impl Resource for InstanceResource {
         let context = ctx_name(&name);
         ctx.names.torn_down(&name);
         ctx.remove_interrupted(diags).await;
-        let entry = match ctx.registry.get(&name) {
-            Ok(e) => e,
-            Err(e) => {
-                diagnostics::error(diags, &context, &e);
-                return None;
-            }
-        };
+        let entry = ctx.registry.get(&name).or_report(diags, &context)?;
         if let Some(e) = entry.as_ref().filter(|e| !e.federated.is_empty()) {
             let err = crate::registry::RegistryError::Federated {
                 name: name.clone(),
@@ -1317,20 +1295,11 @@ impl Resource for InstanceResource {
             d.kind = k;
         }
         let backend = self.backend_for(&ctx, &d, entry.as_ref());
-        if let Err(e) = ctx.registry.begin_destroy(&name) {
-            diagnostics::error(diags, &context, &e);
-            return None;
-        }
+        ctx.registry.begin_destroy(&name).or_report(diags, &context)?;
         if let Some(spec) = allocation_of(&prior_state).and_then(|a| lab_spec(&d, &a)) {
-            if let Err(e) = backend.teardown(&spec, &op_control(&prior_state, d.kind, "delete")).await {
-                diagnostics::error(diags, &format!("{context}: tearing the lab down"), &e);
-                return None;
-            }
+            backend.teardown(&spec, &op_control(&prior_state, d.kind, "delete")).await.or_report(diags, &format!("{context}: tearing the lab down"))?;
         }
-        if let Err(e) = ctx.registry.release(&name) {
-            diagnostics::error(diags, &context, &e);
-            return None;
-        }
+        ctx.registry.release(&name).or_report(diags, &context)?;
         Some(())
     }
 
