@@ -164,6 +164,10 @@ impl Report for BackendError {
             BackendError::Cancelled { .. } => "Interrupted".into(),
             BackendError::ToolFailed { .. } => "Vagrant failed".into(),
             BackendError::Io { .. } => "Lab files could not be written".into(),
+            BackendError::Render(_) => "The lab cannot be rendered".into(),
+            BackendError::Option(e) => format!("Invalid {}", e.attribute),
+            BackendError::HostNet(e) => e.summary(),
+            BackendError::Task { .. } => "A step of the backend did not finish".into(),
             BackendError::Other(_) => "Backend error".into(),
             BackendError::WithConsoles { source, .. } => source.summary(),
         }
@@ -171,8 +175,17 @@ impl Report for BackendError {
     fn detail(&self) -> String {
         match self {
             BackendError::Unavailable { what, fix } => format!("{what}\n\n{fix}"),
+            BackendError::Option(e) => e.message.clone(),
+            BackendError::HostNet(e) => e.detail(),
             BackendError::WithConsoles { source, consoles } => format!("{}\n\n{consoles}", source.detail()),
             other => other.to_string(),
+        }
+    }
+    fn attribute(&self) -> Option<AttributePath> {
+        match self {
+            BackendError::Option(e) => Some(AttributePath::new(e.attribute)),
+            BackendError::WithConsoles { source, .. } => source.attribute(),
+            _ => None,
         }
     }
 }
@@ -242,5 +255,26 @@ impl Report for FederationError {
             | FederationError::Invalid(_) => Some(AttributePath::new("instances")),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::vagrant::{check_options, default_options, RenderError};
+
+    #[test]
+    fn backend_errors_keep_the_attribute_and_the_words_of_their_cause() {
+        let mut o = default_options();
+        o.mirrors.images = Some("registry.lab".into());
+        let e: BackendError = check_options(&o).unwrap_err().into();
+        assert_eq!(e.summary(), "Invalid image_registry_mirror");
+        assert_eq!(e.attribute(), Some(AttributePath::new("image_registry_mirror")));
+        assert!(e.detail().contains("not an http:// or https:// URL"), "{}", e.detail());
+        // Transparent: the message is the cause's own, said once.
+        let r: BackendError = RenderError::NoNodes("acme".into()).into();
+        assert_eq!(r.to_string(), "instance `acme` has no node");
+        assert_eq!(r.summary(), "The lab cannot be rendered");
+        assert_eq!(r.attribute(), None);
     }
 }

@@ -291,6 +291,24 @@ pub enum BackendError {
         #[source]
         source: std::io::Error,
     },
+    /// The lab cannot be rendered from its plan (a name outside the naming plan, options
+    /// missing).
+    #[error(transparent)]
+    Render(#[from] vagrant::RenderError),
+    /// A Vagrant option cannot be used (it names the attribute at fault).
+    #[error(transparent)]
+    Option(#[from] vagrant::OptionError),
+    /// A host network step failed (the lab host's interfaces, forwarding, nftables).
+    #[error(transparent)]
+    HostNet(crate::hostnet::HostNetError),
+    /// A concurrent step of the backend did not finish (it panicked or was cancelled).
+    #[error("{what} did not finish: {source}")]
+    Task {
+        /// The step.
+        what: String,
+        /// Why.
+        source: tokio::task::JoinError,
+    },
     /// Anything else the backend found wrong, in its own words.
     #[error("{0}")]
     Other(String),

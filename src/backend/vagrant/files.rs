@@ -41,9 +41,8 @@ pub(super) fn write_private(path: &Path, content: &str) -> Result<(), BackendErr
 
 impl VagrantBackend {
     pub(super) fn write_instance_files(&self, spec: &LabSpec, dir: &Path) -> Result<(), BackendError> {
-        let vf = render_vagrantfile(spec, self.target())
-            .map_err(|e| BackendError::Other(e.to_string()))?;
-        let scripts = render_scripts(spec).map_err(|e| BackendError::Other(e.to_string()))?;
+        let vf = render_vagrantfile(spec, self.target())?;
+        let scripts = render_scripts(spec)?;
         if !scripts.is_empty() {
             let sdir = dir.join(render::SCRIPTS_DIR);
             std::fs::create_dir_all(&sdir).map_err(|e| io_err(&sdir, e))?;

@@ -188,9 +188,7 @@ impl VagrantBackend {
     /// `<home>/instances/<name>/` (an error when `name` is not a DNS label).
     pub fn instance_dir(&self, instance: &str) -> Result<PathBuf, BackendError> {
         if !render::is_dns_label(instance) {
-            return Err(BackendError::Other(
-                RenderError::BadName(instance.to_string()).to_string(),
-            ));
+            return Err(RenderError::BadName(instance.to_string()).into());
         }
         Ok(self.cfg.home.join("instances").join(instance))
     }
@@ -324,7 +322,7 @@ impl VagrantBackend {
         let mut first_err = None;
         while let Some(joined) = set.join_next().await {
             let (i, name, f) =
-                joined.map_err(|e| BackendError::Other(format!("vagrant ssh task failed: {e}")))?;
+                joined.map_err(|source| BackendError::Task { what: "a `vagrant ssh` of this operation".into(), source })?;
             match f {
                 Ok(f) => out[i] = Some((name, f)),
                 Err(e) => {
@@ -434,9 +432,9 @@ impl Backend for VagrantBackend {
     async fn converge(&self, spec: &LabSpec, ctl: &OpControl) -> Result<LabStatus, BackendError> {
         let limits = Limits::start(ctl);
         let opts = spec.vagrant.as_ref().ok_or_else(|| {
-            BackendError::Other(RenderError::NoOptions(spec.instance.clone()).to_string())
+            BackendError::from(RenderError::NoOptions(spec.instance.clone()))
         })?;
-        check_options(opts).map_err(|e| BackendError::Other(e.to_string()))?;
+        check_options(opts)?;
         let dir = self.instance_dir(&spec.instance)?;
         std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
 
