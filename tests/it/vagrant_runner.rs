@@ -775,3 +775,34 @@ async fn stand_in_vagrant_join_secrets_never_reach_the_log_or_the_error() {
         assert!(!err.contains(secret), "the {what} is in the error: {err}");
     }
 }
+
+/// `vagrant status` costs seconds of Vagrant's start-up each time: a fresh lab is brought up
+/// without asking it (no machine has a record yet), and a converge asks it once, before `up`,
+/// not again after.
+#[tokio::test]
+async fn stand_in_vagrant_converge_asks_status_only_when_machines_have_records() {
+    let fake = Fake::new();
+    let backend = fake.backend(&[]);
+    let ctl = OpControl::with_timeout(Duration::from_secs(60));
+    let s = spec(1);
+    let status = backend.converge(&s, &ctl).await.unwrap();
+    assert!(status.exists && status.nodes.iter().all(|n| n.healthy && n.state == "running"), "{status:?}");
+    let calls = fake.invocations();
+    assert!(calls.iter().any(|c| c.starts_with("up ")), "{calls:?}");
+    assert!(!calls.iter().any(|c| c.starts_with("status")), "a fresh lab asked `vagrant status`: {calls:?}");
+    // What the converge reported is what Vagrant says.
+    assert_eq!(backend.observe(&s).await.unwrap(), status);
+
+    // Again, one node halted: one status (before up), then up of that node only.
+    std::fs::write(fake.log.as_path(), "").unwrap();
+    let dir = fake.instance_dir("acme");
+    let states = std::fs::read_to_string(dir.join(".fake-states")).unwrap().replace("acme-worker-1 running", "acme-worker-1 shutoff");
+    std::fs::write(dir.join(".fake-states"), states).unwrap();
+    let status = backend.converge(&s, &ctl).await.unwrap();
+    assert!(status.nodes.iter().all(|n| n.healthy), "{status:?}");
+    let calls = fake.invocations();
+    assert_eq!(calls.iter().filter(|c| c.starts_with("status")).count(), 1, "{calls:?}");
+    assert!(calls.iter().any(|c| c.starts_with("up ") && c.ends_with("acme-worker-1")), "{calls:?}");
+    assert!(!calls.iter().any(|c| c.starts_with("up ") && c.contains("acme-cp-1")), "{calls:?}");
+    assert_eq!(backend.observe(&s).await.unwrap(), status);
+}

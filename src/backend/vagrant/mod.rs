@@ -480,12 +480,20 @@ impl Backend for VagrantBackend {
             }
         }
 
-        // 5. Bring up what is not running (created, halted or missing); leave the rest.
-        let report = self.machine_status(&dir, &limits).await?;
+        // 5. Bring up what is not running (created, halted or missing); leave the rest. A
+        //    machine Vagrant keeps no record of (no `.vagrant/machines/<m>/<provider>/id`) is
+        //    not created: `vagrant status` (seconds of Vagrant's start-up) is asked only when
+        //    a machine of the spec has a record.
+        let recorded = self.recorded_machines(&dir);
+        let report = if spec.nodes.iter().any(|n| recorded.contains(&n.name)) {
+            Some(self.machine_status(&dir, &limits).await?)
+        } else {
+            None
+        };
         let down: Vec<&str> = spec
             .nodes
             .iter()
-            .filter(|n| !report.get(&n.name).is_some_and(MachineState::running))
+            .filter(|n| !report.as_ref().is_some_and(|r| r.get(&n.name).is_some_and(MachineState::running)))
             .map(|n| n.name.as_str())
             .collect();
         if !down.is_empty() {
@@ -529,7 +537,23 @@ impl Backend for VagrantBackend {
         if opts.provision {
             self.run_join(spec, &dir, &limits).await?;
         }
-        self.observe_with(spec, &limits).await
+        // Every node of the spec runs now (it did, or its `vagrant up` succeeded), and the
+        // nodes it no longer lists were destroyed in step 1: no second `vagrant status`.
+        let problems = if self.cfg.hypervisor == Hypervisor::Libvirt {
+            self.network_problems(&spec.instance).await?
+        } else {
+            Vec::new()
+        };
+        Ok(LabStatus {
+            exists: true,
+            nodes: spec
+                .nodes
+                .iter()
+                .map(|n| NodeStatus { name: n.name.clone(), state: "running".into(), healthy: true })
+                .collect(),
+            extra_nodes: Vec::new(),
+            problems,
+        })
     }
 
     async fn observe(&self, spec: &LabSpec) -> Result<LabStatus, BackendError> {
