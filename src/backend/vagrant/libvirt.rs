@@ -199,7 +199,13 @@ impl VagrantBackend {
 
     /// Remove what Vagrant left of the instance in libvirt: domains, disks, networks.
     pub(super) async fn cleanup_libvirt(&self, instance: &str) -> Result<(), BackendError> {
-        let domains = self.virsh(&["list", "--all", "--name"]).await?.ok()?;
+        // The three listings at once: each `virsh` is a connection to libvirtd of its own.
+        let (domains, vols, nets) = tokio::join!(
+            self.virsh(&["list", "--all", "--name"]),
+            self.virsh(&["vol-list", "default"]),
+            self.existing_networks(instance),
+        );
+        let domains = domains?.ok()?;
         for dom in libvirt::parse_names(&domains.stdout)
             .into_iter()
             .filter(|d| libvirt::is_domain_of(instance, d))
@@ -210,7 +216,7 @@ impl VagrantBackend {
                 .await?
                 .ok()?;
         }
-        if let Ok(vols) = self.virsh(&["vol-list", "default"]).await?.ok() {
+        if let Ok(vols) = vols?.ok() {
             for vol in libvirt::parse_vol_list(&vols.stdout)
                 .into_iter()
                 .filter(|v| libvirt::is_volume_of(instance, v))
@@ -221,13 +227,25 @@ impl VagrantBackend {
                     .ok()?;
             }
         }
-        for net in self.existing_networks(instance).await? {
+        // The instance's networks (host-only and management: at most two) at once.
+        let remove = |net: String| async move {
             tracing::info!(network = %net, "removing the instance's libvirt network");
             let _ = self.virsh(&["net-destroy", &net]).await?;
-            self.virsh(&["net-undefine", &net]).await?.ok()?;
+            self.virsh(&["net-undefine", &net]).await?.ok().map(|_| ())
+        };
+        let mut nets = nets?.into_iter();
+        match (nets.next(), nets.next()) {
+            (Some(a), Some(b)) => {
+                let (x, y) = tokio::join!(remove(a), remove(b));
+                x?;
+                y?;
+            }
+            (Some(a), None) => remove(a).await?,
+            _ => {}
         }
         Ok(())
     }
+
 }
 
 #[cfg(test)]
