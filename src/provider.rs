@@ -159,7 +159,7 @@ fn warn_interrupted(diags: &mut Diagnostics, settings: &Settings, origin: &Origi
         return;
     }
     let registry = open_registry(settings, Client::provider(String::new()), origin.clone());
-    let never_answered = |c: Option<&crate::registry::interrupted::Creating>| c.filter(|c| c.word() == "interrupted").map(|c| c.since);
+    let never_answered = |c: Option<&crate::registry::Creating>| c.filter(|c| c.word() == "interrupted").map(|c| c.since);
     let mut left: Vec<String> = match registry.interrupted() {
         Ok(list) => list
             .iter()

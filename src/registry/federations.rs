@@ -3,14 +3,6 @@
 
 use super::*;
 
-pub(super) fn names_pair(a: &str, b: &str) -> (String, String) {
-    if a <= b {
-        (a.to_string(), b.to_string())
-    } else {
-        (b.to_string(), a.to_string())
-    }
-}
-
 fn tag(doc: &mut Document, a: &str, b: &str, on: bool) {
     for (me, peer) in [(a, b), (b, a)] {
         if let Some(e) = doc.instances.get_mut(me) {

@@ -27,8 +27,8 @@ use crate::audit::{self, Actor, Client, Draft, Event, Head, Verified};
 
 use super::generations;
 use super::{
-    check_version, journal, journal_head, validate_name, Allocation, Change, Document, RegistryError,
-    Store, FORMAT_VERSION,
+    journal, journal_head, parse_document, Change, Document, RegistryError,
+    Store,
 };
 
 /// How a document and the log it should follow on from disagree.
@@ -115,65 +115,6 @@ pub fn lacking(doc: &Document, base: &Document) -> Vec<String> {
 
 /// Name prefix of the temp file a writer fills before renaming it over `instances.json`.
 const TEMP_PREFIX: &str = ".instances.json.tmp-";
-
-/// What a hand edit (or another program) may have broken that serde does not check: each entry
-/// filed under its own name, names that follow the naming rule (they become folder and
-/// interface names), and CIDRs without host bits.
-fn check_document(doc: &Document) -> Result<(), String> {
-    for (key, e) in &doc.instances {
-        if key != &e.name {
-            return Err(format!("entry `{key}` has name `{}`", e.name));
-        }
-        validate_name(key).map_err(|err| format!("entry {key:?}: {err}"))?;
-        check_canonical(key, &e.allocation)?;
-    }
-    for (key, r) in &doc.released {
-        check_canonical(key, &r.allocation).map_err(|why| format!("released {why}"))?;
-    }
-    Ok(())
-}
-
-fn check_canonical(name: &str, a: &Allocation) -> Result<(), String> {
-    for (kind, cidr) in a.iter() {
-        if cidr.trunc() != cidr {
-            return Err(format!(
-                "entry `{name}`: {} {cidr} has host bits set: the network is {}",
-                kind.attribute(),
-                cidr.trunc()
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The document in `bytes` (the content of `path`), checked as every reader checks it: JSON of
-/// this build's format version, entries filed under their own valid names, canonical CIDRs.
-pub fn parse_document(bytes: &[u8], path: &Path) -> Result<Document, RegistryError> {
-    // One parse in the common case; the version is looked at first only when the document
-    // does not fit this build's format, so that a newer format is reported as such.
-    let doc: Document = match serde_json::from_slice(bytes) {
-        Ok(doc) => doc,
-        Err(e) => {
-            let raw: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| RegistryError::Corrupt {
-                path: path.into(),
-                why: e.to_string(),
-            })?;
-            check_version(&raw, path)?;
-            return Err(RegistryError::Corrupt {
-                path: path.into(),
-                why: e.to_string(),
-            });
-        }
-    };
-    if doc.version != FORMAT_VERSION {
-        return Err(RegistryError::UnknownVersion {
-            path: path.into(),
-            found: doc.version.to_string(),
-        });
-    }
-    check_document(&doc).map_err(|why| RegistryError::Corrupt { path: path.into(), why })?;
-    Ok(doc)
-}
 
 /// The registry as files in a folder.
 #[derive(Debug, Clone)]
@@ -390,7 +331,6 @@ impl FileStore {
         audit::append(&self.events_path(), &events)?;
         Ok(events)
     }
-
 
     /// Remove temp files left by writers that died before their rename. Only called under the
     /// exclusive lock: a writer writes its temp file only while holding it.

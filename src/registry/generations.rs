@@ -15,7 +15,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::file::parse_document;
+use super::format::parse_document;
 use super::{Document, RegistryError};
 
 /// How many generations are kept.

@@ -30,32 +30,10 @@
 //! on the second right after a kill that lost the first one's answer, would adopt the lab; such
 //! a configuration is refused by any full plan.
 
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use time::OffsetDateTime;
 
-use super::{Draft, Entry, FederationRecord, Origin, Registry, RegistryError, Status};
-
-/// A creation not yet seen in its workspace's state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Creating {
-    /// When it began.
-    #[serde(with = "time::serde::rfc3339")]
-    pub since: OffsetDateTime,
-    /// The run that began it (or last adopted it).
-    pub run: String,
-    /// A run of its workspace is removing it (its lab is being torn down).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub removing: bool,
-    /// That run's provider process (`<boot id>/<pid>/<start time>`, on the workspace's host):
-    /// `registry list` and `registry check` tell a creation still running from an interrupted
-    /// one by it, and a create does not adopt one whose process still runs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub process: Option<String>,
-    /// When that run's create answered Terraform (it may hold it in its state already).
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
-    pub answered: Option<OffsetDateTime>,
-}
+use super::{Creating, Draft, Entry, FederationRecord, Origin, Registry, RegistryError, Status};
 
 impl Creating {
     /// Begun now by the run `origin`.
@@ -99,11 +77,6 @@ impl Creating {
     pub fn pid(&self) -> Option<u32> {
         self.process.as_deref()?.split('/').nth(1)?.parse().ok()
     }
-}
-
-/// This process's identity (see [`crate::process::identity`]).
-pub(crate) fn this_process() -> Option<String> {
-    crate::process::identity(std::process::id())
 }
 
 impl Entry {

@@ -4,7 +4,13 @@
 //! - `model`: the data model and its file form ([`Document`], [`Entry`], [`Allocation`], …).
 //! - `error`: [`RegistryError`] and the advice damaged registries get.
 //! - `clock`: [`Clock`], the system clock and the manual one tests move.
-//! - `store`: the [`Store`] trait every store implements.
+//! - `store`: the [`Store`] trait every store implements, and how a change's events are chained
+//!   into the document's journal.
+//! - `format`: what a valid document is ([`parse_document`], [`validate_name`]).
+//!
+//! They are layered without loops: `model` at the bottom (with `clock` and [`owner`] beside
+//! it), `error` and `format` on it, `store` on those, the stores and [`alloc`] above, and the
+//! operations (this file, `reserve`, `federations`, [`interrupted`]) on top.
 //! - [`alloc`]: the pure allocation rule (first free slot, conflicts, exhaustion).
 //! - [`file`]: the file store (sidecar `fs2` lock, write to a temp file + fsync + rename, events
 //!   written under the same lock).
@@ -26,6 +32,7 @@ pub mod declared;
 mod error;
 mod federations;
 pub mod file;
+mod format;
 pub mod generations;
 pub mod interrupted;
 pub mod memory;
@@ -44,11 +51,10 @@ use std::time::Duration;
 use serde_json::json;
 use time::OffsetDateTime;
 
-use crate::audit::{self, Actor, Client, Draft, Event, Head, Verified};
+use crate::audit::{Actor, Client, Draft, Verified};
 use crate::net::{Ipv4Net, Pool};
 
 pub use alloc::{AllocError, Holder, Occupied};
-pub use interrupted::Creating;
 pub use owner::{Origin, Workspace};
 
 pub use clock::*;
@@ -56,8 +62,7 @@ pub use error::*;
 pub use model::*;
 pub use store::*;
 
-use federations::names_pair;
-use reserve::occupied_by_others;
+pub use format::{parse_document, validate_name};
 
 /// The registry operations, on any store.
 pub struct Registry {
@@ -78,6 +83,77 @@ impl fmt::Debug for Registry {
             .field("pools", &self.pools)
             .field("ttl", &self.ttl)
             .finish()
+    }
+}
+
+/// [`occupied_by_others`], leaving out the networks `yields` says may be taken over.
+fn occupied_except(
+    doc: &Document,
+    name: &str,
+    now: OffsetDateTime,
+    host: &[External],
+    yields: impl Fn(&Entry, Kind, &Ipv4Net) -> bool,
+) -> Vec<Occupied> {
+    let mut out = Vec::new();
+    for e in doc.instances.values() {
+        if e.name == name || !e.holds(now) {
+            continue;
+        }
+        let status = e.describe_status(now);
+        for (kind, cidr) in e.allocation.iter() {
+            if yields(e, kind, &cidr) {
+                continue;
+            }
+            out.push(Occupied {
+                cidr,
+                holder: Holder::Instance {
+                    name: e.name.clone(),
+                    kind,
+                    status: status.clone(),
+                },
+            });
+        }
+    }
+    // A host network that is exactly a network of this name or of an entry that holds it is
+    // that lab's own interface (a bridge, a vboxnet): the registry check above covers it. The
+    // networks of an expired reservation are nobody's: a host network there stays in the way.
+    let lab_nets: Vec<Ipv4Net> = if host.is_empty() {
+        Vec::new()
+    } else {
+        doc.instances
+            .values()
+            .filter(|e| e.name == name || e.holds(now))
+            .flat_map(|e| e.allocation.iter().map(|(_, n)| n))
+            .collect()
+    };
+    for h in host {
+        if lab_nets.contains(&h.cidr) {
+            continue;
+        }
+        out.push(Occupied {
+            cidr: h.cidr,
+            holder: Holder::Host {
+                source: h.source.clone(),
+            },
+        });
+    }
+    out
+}
+
+fn occupied_by_others(
+    doc: &Document,
+    name: &str,
+    now: OffsetDateTime,
+    host: &[External],
+) -> Vec<Occupied> {
+    occupied_except(doc, name, now, host, |_, _, _| false)
+}
+
+fn names_pair(a: &str, b: &str) -> (String, String) {
+    if a <= b {
+        (a.to_string(), b.to_string())
+    } else {
+        (b.to_string(), a.to_string())
     }
 }
 
@@ -493,13 +569,6 @@ fn slots_covered(pool: &Pool, nets: &[Ipv4Net]) -> u64 {
     used + open.map_or(0, |(a, b)| b - a + 1)
 }
 
-/// The head the document records (for verification against the log).
-pub fn journal_head(doc: &Document) -> Option<Head> {
-    (doc.journal.seq > 0).then(|| Head {
-        seq: doc.journal.seq,
-        hash: doc.journal.hash.clone(),
-    })
-}
 
 /// Refuse to adopt a creation whose provider process still runs.
 fn still_running(name: &str, c: Option<&Creating>) -> Result<(), RegistryError> {
@@ -513,28 +582,3 @@ fn still_running(name: &str, c: Option<&Creating>) -> Result<(), RegistryError> 
     }
 }
 
-pub(crate) fn check_version(raw: &serde_json::Value, path: &std::path::Path) -> Result<(), RegistryError> {
-    match raw.get("version") {
-        Some(v) if v.as_u64() == Some(u64::from(FORMAT_VERSION)) => Ok(()),
-        Some(v) => Err(RegistryError::UnknownVersion {
-            path: path.into(),
-            found: v.to_string(),
-        }),
-        None => Err(RegistryError::Corrupt {
-            path: path.into(),
-            why: "no `version` field".into(),
-        }),
-    }
-}
-
-/// Chain `drafts` after `head` and record them as the document's journal.
-pub(crate) fn journal(doc: &mut Document, head: &Head, drafts: &[Draft], now: OffsetDateTime, actor: &Actor, client: &Client) -> Vec<Event> {
-    let events = audit::chain(head, drafts, now, actor, client);
-    let last = events.last().expect("at least one draft");
-    doc.journal = Journal {
-        seq: last.seq,
-        hash: audit::line_hash(&audit::encode(last)),
-        events: events.clone(),
-    };
-    events
-}

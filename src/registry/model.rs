@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use crate::audit::{Actor, Event};
 use crate::net::{Ipv4Net, Pool};
 
-use super::{rfc3339, Creating, RegistryError, Workspace};
+use super::{rfc3339, Workspace};
 
 /// Version of the `instances.json` format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -607,21 +607,23 @@ pub enum Planned {
 /// The rule for instance names.
 pub const NAME_RULE: &str = "a lowercase DNS label of 1 to 32 characters (a-z, 0-9 and '-'), starting with a letter and not ending with '-'";
 
-/// Check an instance name (names become hostnames, folder names and interface names).
-pub fn validate_name(name: &str) -> Result<(), RegistryError> {
-    let ok = !name.is_empty()
-        && name.len() <= 32
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && !name.ends_with('-')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(RegistryError::InvalidName {
-            name: name.to_string(),
-        })
-    }
+/// A creation not yet seen in its workspace's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Creating {
+    /// When it began.
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
+    /// The run that began it (or last adopted it).
+    pub run: String,
+    /// A run of its workspace is removing it (its lab is being torn down).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removing: bool,
+    /// That run's provider process (`<boot id>/<pid>/<start time>`, on the workspace's host):
+    /// `registry list` and `registry check` tell a creation still running from an interrupted
+    /// one by it, and a create does not adopt one whose process still runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+    /// When that run's create answered Terraform (it may hold it in its state already).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    pub answered: Option<OffsetDateTime>,
 }
-

@@ -82,7 +82,7 @@ impl Origin {
             workspace: Workspace::current(),
             run: new_run_id(),
             started: now.replace_nanosecond(0).unwrap_or(now),
-            process: super::interrupted::this_process(),
+            process: this_process(),
         }
     }
 }
@@ -121,4 +121,9 @@ mod tests {
         assert_ne!(new_run_id(), new_run_id());
         assert_eq!(new_run_id().len(), 16);
     }
+}
+
+/// This process's identity (see [`crate::process::identity`]).
+pub(crate) fn this_process() -> Option<String> {
+    crate::process::identity(std::process::id())
 }

@@ -4,69 +4,6 @@
 
 use super::*;
 
-pub(super) fn occupied_by_others(
-    doc: &Document,
-    name: &str,
-    now: OffsetDateTime,
-    host: &[External],
-) -> Vec<Occupied> {
-    occupied_except(doc, name, now, host, |_, _, _| false)
-}
-
-/// [`occupied_by_others`], leaving out the networks `yields` says may be taken over.
-fn occupied_except(
-    doc: &Document,
-    name: &str,
-    now: OffsetDateTime,
-    host: &[External],
-    yields: impl Fn(&Entry, Kind, &Ipv4Net) -> bool,
-) -> Vec<Occupied> {
-    let mut out = Vec::new();
-    for e in doc.instances.values() {
-        if e.name == name || !e.holds(now) {
-            continue;
-        }
-        let status = e.describe_status(now);
-        for (kind, cidr) in e.allocation.iter() {
-            if yields(e, kind, &cidr) {
-                continue;
-            }
-            out.push(Occupied {
-                cidr,
-                holder: Holder::Instance {
-                    name: e.name.clone(),
-                    kind,
-                    status: status.clone(),
-                },
-            });
-        }
-    }
-    // A host network that is exactly a network of this name or of an entry that holds it is
-    // that lab's own interface (a bridge, a vboxnet): the registry check above covers it. The
-    // networks of an expired reservation are nobody's: a host network there stays in the way.
-    let lab_nets: Vec<Ipv4Net> = if host.is_empty() {
-        Vec::new()
-    } else {
-        doc.instances
-            .values()
-            .filter(|e| e.name == name || e.holds(now))
-            .flat_map(|e| e.allocation.iter().map(|(_, n)| n))
-            .collect()
-    };
-    for h in host {
-        if lab_nets.contains(&h.cidr) {
-            continue;
-        }
-        out.push(Occupied {
-            cidr: h.cidr,
-            holder: Holder::Host {
-                source: h.source.clone(),
-            },
-        });
-    }
-    out
-}
-
 /// Whether a network another entry holds may be taken over by a plan of `origin` that pins
 /// `pins`: only reservations ever yield (allocations never), and only those that
 /// - an older plan of the same workspace made (its newer plans may take them over), or

@@ -4,9 +4,9 @@
 
 use time::OffsetDateTime;
 
-use crate::audit::{Actor, Client, Draft, Event, Verified};
+use crate::audit::{self, Actor, Client, Draft, Event, Head, Verified};
 
-use super::{Document, RegistryError};
+use super::{Document, Journal, RegistryError};
 
 /// A change to the document: returns the events describing it (none: nothing to write).
 pub type Change<'a> = dyn FnMut(&mut Document) -> Result<Vec<Draft>, RegistryError> + 'a;
@@ -34,3 +34,22 @@ pub trait Store: Send + Sync {
     fn verify_events(&self) -> Result<Verified, RegistryError>;
 }
 
+/// The head the document records (for verification against the log).
+pub fn journal_head(doc: &Document) -> Option<Head> {
+    (doc.journal.seq > 0).then(|| Head {
+        seq: doc.journal.seq,
+        hash: doc.journal.hash.clone(),
+    })
+}
+
+/// Chain `drafts` after `head` and record them as the document's journal.
+pub(crate) fn journal(doc: &mut Document, head: &Head, drafts: &[Draft], now: OffsetDateTime, actor: &Actor, client: &Client) -> Vec<Event> {
+    let events = audit::chain(head, drafts, now, actor, client);
+    let last = events.last().expect("at least one draft");
+    doc.journal = Journal {
+        seq: last.seq,
+        hash: audit::line_hash(&audit::encode(last)),
+        events: events.clone(),
+    };
+    events
+}

@@ -9,7 +9,8 @@ use serde::Serialize;
 
 use crate::audit::{self, Event, Head};
 
-use crate::registry::file::{missing_events, parse_document, FileStore, Mismatch};
+use crate::registry::file::{missing_events, FileStore, Mismatch};
+use crate::registry::parse_document;
 use crate::registry::generations::{self, Generation};
 use crate::registry::{Document, RegistryError};
 

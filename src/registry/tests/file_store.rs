@@ -511,7 +511,7 @@ fn a_document_with_huge_numbers_survives_a_write_and_a_read() {
         "action": "instance.allocate", "subject": "acme",
         "details": {"n": 1377777777777777777777777777777777777777777777777777777777777, "f": 0.1, "g": 1e300},
         "prev": "y"}]}}"#;
-    let doc = super::super::file::parse_document(text.as_bytes(), path).unwrap();
+    let doc = super::super::parse_document(text.as_bytes(), path).unwrap();
     let written = serde_json::to_vec(&doc).unwrap();
-    assert_eq!(super::super::file::parse_document(&written, path).unwrap(), doc);
+    assert_eq!(super::super::parse_document(&written, path).unwrap(), doc);
 }

@@ -232,7 +232,7 @@ fn an_interrupted_creation_is_adopted_by_the_next_run_of_its_workspace_only() {
 fn a_creation_whose_process_still_runs_is_neither_adopted_nor_removed() {
     let mut lab = Lab::memory();
     // Run 1 is this very test process: it still runs.
-    lab.new_run_in(1, interrupted::this_process());
+    lab.new_run_in(1, super::super::owner::this_process());
     let acme = lab.create("acme");
     let c = acme.creating.clone().unwrap();
     assert_eq!((c.running(), c.word(), c.pid()), (Some(true), "creating", Some(std::process::id())));
