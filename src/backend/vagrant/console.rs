@@ -1,7 +1,13 @@
 //! Serial console tails: the last lines of each machine's console log under `console/`
 //! (libvirt), shown with the error when a boot fails.
 
-use super::*;
+use std::path::Path;
+
+use crate::backend::BackendError;
+
+use super::config::VagrantBackend;
+use super::hypervisor::Hypervisor;
+use super::{render, runner};
 
 /// How many lines of a serial console an error shows.
 pub(super) const CONSOLE_LINES: usize = 12;
@@ -50,6 +56,8 @@ impl VagrantBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::vagrant::VagrantConfig;
+    use std::time::Duration;
 
     #[test]
     fn a_failed_boot_shows_the_consoles_of_the_machines_it_was_starting() {

@@ -1,7 +1,13 @@
 //! Writing an instance's files: the Vagrantfile and the provisioning scripts (rewritten only
 //! when they change), atomically, and the kubeconfig private (mode 0600).
 
-use super::*;
+use std::io::Write as _;
+use std::path::Path;
+
+use crate::backend::{BackendError, LabSpec};
+
+use super::config::VagrantBackend;
+use super::render::{self, render_scripts, render_vagrantfile};
 
 pub(super) fn io_err(path: &Path, source: std::io::Error) -> BackendError {
     BackendError::Io {

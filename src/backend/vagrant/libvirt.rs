@@ -4,10 +4,16 @@
 //! isolated networks, reading what is wrong with them, and removing what Vagrant left in
 //! libvirt on teardown (through `virsh`, as methods of [`super::VagrantBackend`]).
 
-use super::render::{hostonly_network_name, mgmt_network_name, DOMAIN_PREFIX};
+use std::path::Path;
+use std::time::Duration;
+
+use crate::backend::{BackendError, LabSpec};
 use crate::net::Ipv4Net;
 
-use super::*;
+use super::config::{VagrantBackend, QUICK};
+use super::files::io_err;
+use super::render::{self, hostonly_network_name, mgmt_network_name, DOMAIN_PREFIX};
+use super::runner::{self, Finished, Limits, ToolCommand};
 
 /// Bridge name of an instance's host-only network: `hlb` + the subnet's network address in hex
 /// (as the netns backend names its bridges). Deterministic, at most 15 characters, and
@@ -137,12 +143,12 @@ impl VagrantBackend {
     pub(super) async fn ensure_networks(&self, spec: &LabSpec, dir: &Path) -> Result<(), BackendError> {
         let mut nets = vec![(
             render::hostonly_network_name(&spec.instance),
-            libvirt::hostonly_bridge(&spec.subnet),
+            self::hostonly_bridge(&spec.subnet),
             spec.subnet,
             false,
         )];
         if let Some(m) = spec.mgmt_cidr {
-            nets.push((render::mgmt_network_name(&spec.instance), libvirt::mgmt_bridge(&m), m, true));
+            nets.push((render::mgmt_network_name(&spec.instance), self::mgmt_bridge(&m), m, true));
         }
         let _lock = crate::hostnet::host::HostLock::acquire("libvirt-networks", Duration::from_secs(120))
             .await
@@ -151,7 +157,7 @@ impl VagrantBackend {
             let info = self.virsh(&["net-info", &name]).await?;
             if !info.status.success() {
                 let file = dir.join(format!("{name}.net.xml"));
-                std::fs::write(&file, libvirt::network_xml(&name, &bridge, &subnet, dhcp))
+                std::fs::write(&file, self::network_xml(&name, &bridge, &subnet, dhcp))
                     .map_err(|e| io_err(&file, e))?;
                 tracing::info!(network = %name, bridge = %bridge, %subnet, "defining isolated libvirt network");
                 let path = file.display().to_string();
@@ -172,8 +178,8 @@ impl VagrantBackend {
     /// libvirt networks of the instance that exist (`virsh net-list --all --name`).
     pub(super) async fn existing_networks(&self, instance: &str) -> Result<Vec<String>, BackendError> {
         let out = self.virsh(&["net-list", "--all", "--name"]).await?.ok()?;
-        let all = libvirt::parse_names(&out.stdout);
-        Ok(libvirt::instance_networks(instance)
+        let all = self::parse_names(&out.stdout);
+        Ok(self::instance_networks(instance)
             .into_iter()
             .filter(|n| all.contains(n))
             .collect())
@@ -182,13 +188,13 @@ impl VagrantBackend {
     pub(super) async fn network_problems(&self, instance: &str) -> Result<Vec<String>, BackendError> {
         let mut problems = Vec::new();
         let existing = self.existing_networks(instance).await?;
-        for net in libvirt::instance_networks(instance) {
+        for net in self::instance_networks(instance) {
             if !existing.contains(&net) {
                 problems.push(format!("libvirt network {net} is missing"));
                 continue;
             }
             let xml = self.virsh(&["net-dumpxml", &net]).await?.ok()?;
-            if !libvirt::is_isolated(&xml.stdout) {
+            if !self::is_isolated(&xml.stdout) {
                 problems.push(format!(
                     "libvirt network {net} forwards traffic (it has a <forward> element): it must be isolated"
                 ));
@@ -206,9 +212,9 @@ impl VagrantBackend {
             self.existing_networks(instance),
         );
         let domains = domains?.ok()?;
-        for dom in libvirt::parse_names(&domains.stdout)
+        for dom in self::parse_names(&domains.stdout)
             .into_iter()
-            .filter(|d| libvirt::is_domain_of(instance, d))
+            .filter(|d| self::is_domain_of(instance, d))
         {
             tracing::info!(domain = %dom, "removing a domain Vagrant left behind");
             let _ = self.virsh(&["destroy", &dom]).await?;
@@ -217,9 +223,9 @@ impl VagrantBackend {
                 .ok()?;
         }
         if let Ok(vols) = vols?.ok() {
-            for vol in libvirt::parse_vol_list(&vols.stdout)
+            for vol in self::parse_vol_list(&vols.stdout)
                 .into_iter()
-                .filter(|v| libvirt::is_volume_of(instance, v))
+                .filter(|v| self::is_volume_of(instance, v))
             {
                 tracing::info!(volume = %vol, "removing a disk Vagrant left behind");
                 self.virsh(&["vol-delete", &vol, "--pool", "default"])

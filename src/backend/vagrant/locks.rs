@@ -3,7 +3,14 @@
 //! another Vagrant process holds a machine (`Vagrant::Errors::MachineLocked`). Beside the
 //! [`super::runner`], which runs each command.
 
-use super::*;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::BackendError;
+
+use super::config::{Secrecy, VagrantBackend, RUNNING_FILE};
+use super::runner::{self, Finished, Limits};
 
 /// First wait before retrying a command that met a locked machine, and the longest wait.
 pub(super) const LOCKED_RETRY_FIRST: Duration = Duration::from_millis(250);

@@ -2,7 +2,17 @@
 //! Vagrant has records of (also those the configuration no longer names), and the lab's status
 //! as the backend reports it.
 
-use super::*;
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use crate::backend::{BackendError, LabSpec, LabStatus, NodeSpec, NodeStatus, Role, CONTROL_PLANE_OFFSET, WORKER_OFFSET};
+use crate::net::{self, Ipv4Net};
+
+use super::config::VagrantBackend;
+use super::hypervisor::Hypervisor;
+use super::runner::Limits;
+use super::status::{parse_status, StatusReport};
+use super::{failed_up, libvirt, render};
 
 /// Rebuild a node of `instance` from its name (`acme-worker-3` → worker at .22).
 pub(super) fn node_from_name(instance: &str, name: &str, subnet: &Ipv4Net) -> Option<NodeSpec> {

@@ -7,9 +7,14 @@
 
 use std::net::Ipv4Addr;
 
-use crate::backend::{NodeSpec, Role};
+use std::path::Path;
 
-use super::*;
+use crate::backend::{BackendError, LabSpec, NodeSpec, Role};
+
+use super::config::VagrantBackend;
+use super::files::write_private;
+use super::render;
+use super::runner::Limits;
 
 /// What a node needs to join the cluster (from `kubeadm token create --print-join-command`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +119,11 @@ pub fn api_endpoint(first_control_plane: Ipv4Addr) -> String {
 // ---------------------------------------------------------------------------------------------
 
 impl VagrantBackend {
+    /// `https://<cp-1 ip>:6443`, or with several control planes their virtual IP's.
+    pub fn api_endpoint(spec: &LabSpec) -> Option<String> {
+        crate::backend::api_address(&spec.subnet, &spec.nodes).map(api_endpoint)
+    }
+
     pub(super) async fn run_join(
         &self,
         spec: &LabSpec,
@@ -152,7 +162,7 @@ impl VagrantBackend {
                 )
                 .await?
                 .ok()?;
-            let params = provision::parse_join_command(&out.stdout).ok_or_else(|| {
+            let params = self::parse_join_command(&out.stdout).ok_or_else(|| {
                 BackendError::Other(format!(
                     "{}: could not read the join command from `kubeadm token create --print-join-command` ({} lines of output, not shown: they may hold the bootstrap token)",
                     cp1.name,
@@ -172,7 +182,7 @@ impl VagrantBackend {
                     .await?
                     .ok()?;
                 Some(
-                    provision::parse_certificate_key(&out.stdout).ok_or_else(|| {
+                    self::parse_certificate_key(&out.stdout).ok_or_else(|| {
                         BackendError::Other(format!(
                         "{}: no certificate key in the output of `kubeadm init phase upload-certs`",
                         cp1.name
@@ -182,7 +192,7 @@ impl VagrantBackend {
             } else {
                 None
             };
-            let join = provision::join_command(node, &params, key.as_deref());
+            let join = self::join_command(node, &params, key.as_deref());
             tracing::info!(node = %node.name, "joining the cluster");
             let mut secrets = vec![params.token.as_str()];
             secrets.extend(key.as_deref());

@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use crate::backend::{LabSpec, NodeSpec, Role, VagrantOptions};
 use crate::net::Ipv4Net;
 
-use super::{Hypervisor, LibvirtDriver};
+use super::hypervisor::{Hypervisor, LibvirtDriver};
 
 /// Name of the generated file that lists the nodes, kept next to the Vagrantfile.
 pub const VAGRANTFILE: &str = "Vagrantfile";

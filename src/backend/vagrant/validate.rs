@@ -11,7 +11,7 @@ use thiserror::Error;
 use crate::backend::{Mirrors, VagrantOptions};
 use crate::net::{self, Ipv4Net};
 
-use super::Hypervisor;
+use super::hypervisor::Hypervisor;
 
 /// Default box: a current Ubuntu LTS.
 pub const DEFAULT_BOX: &str = "bento/ubuntu-24.04";
