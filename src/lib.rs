@@ -23,7 +23,8 @@
 //! - [`registry`]: the instance registry (`<home>/instances.json`): allocation, reservations,
 //!   the file store (lock, atomic write) and its in-memory twin.
 //! - [`audit`]: the append-only, hash-chained event log (`<home>/events.jsonl`).
-//! - [`backend`]: the `Backend` trait; `netns` and `vagrant` implementations.
+//! - [`backend`]: the `Backend` trait; `netns` (nodes and pods as namespaces) and `vagrant`
+//!   implementations; `backend::pods`, the pod address plan (each node's slice of the pod CIDR).
 //! - [`hostnet`]: the host's own networks, and forwarding rules for federated pairs.
 //! - [`federation`]: opening, checking and closing a federated pair (host, guests, clusters).
 //! - [`k8s`]: NetworkPolicies for federation, through `kube` on an injected client.

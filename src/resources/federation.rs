@@ -70,7 +70,10 @@ impl FederationResource {
                      only (never IPv4 forwarding alone: an nftables table of the provider on `netns`, rules ahead of \
                      libvirt's on libvirt), a route to the peer's subnet in every node, a NetworkPolicy \
                      `homelab-federation-<peer>` in each cluster, a registry tag and an audit event. Isolation is the default; \
-                     this is the one audited exception. The two host-only subnets reach each other (nodes, and pods \
+                     this is the one audited exception. On `netns` the pair's subnets and pod CIDRs reach each other: the lab \
+                     host forwards between them (every network of one side to every network of the other), routes each \
+                     node's pod slice via that node, and every node and pod routes the peer's subnet and pod CIDR; \
+                     service CIDRs stay unrouted. On `vagrant` the two host-only subnets reach each other (nodes, and pods \
                      through their node's address); pod CIDRs are not routed between instances. Every plan that creates \
                      one warns exactly what it puts in place. Federation is not transitive.\n\n\
                      The NetworkPolicy selects every pod of each listed namespace and admits the peer's subnet and pod \
@@ -301,6 +304,8 @@ impl FederationResource {
             return None;
         }
         let (pa, pb) = (&present[0], &present[1]);
+        // The netns lab host routes pods, so a netns pair opens them too (see `federation`).
+        let opens_pods = kind == BackendKind::Netns;
         let namespaces = known(&planned.namespaces).unwrap_or_default();
         // Exactly what apply will put in place, read (never written) from the labs when they
         // exist already; in words when they are planned in the same run.
@@ -317,17 +322,29 @@ impl FederationResource {
                 }
                 format!("Exactly this is put in place:\n{}", lines.join("\n"))
             }
+            None if opens_pods => "Put in place: forwarding on the lab host for this pair only (both directions, each subnet and pod CIDR to the other side's), on the lab host a route to every node's pod slice via its node, and in every node and pod a route to the peer's subnet and pod CIDR.".to_string(),
             None => format!(
                 "Put in place: forwarding on the lab host for this pair only (both directions), a route to the peer's subnet in every node, and in each cluster a NetworkPolicy admitting the peer's subnet and pod CIDR into {namespaces:?} (keeping the cluster's own pods and nodes admitted)."
             ),
+        };
+        let (sa, sb) = (pa.allocation, pb.allocation);
+        let reach = if opens_pods {
+            format!(
+                "these networks reach each other, in both directions: {} subnet {} and pod CIDR {} <-> {} subnet {} and pod CIDR {} (nodes and pods of both). Service CIDRs {} and {} stay unrouted.",
+                pa.name, sa.subnet, sa.pod_cidr, pb.name, sb.subnet, sb.pod_cidr, sa.service_cidr, sb.service_cidr
+            )
+        } else {
+            format!(
+                "these subnets reach each other, in both directions: {} {} <-> {} {} (their nodes, and pods through their node's address). Pod CIDRs are not routed between the instances: {} and {} stay unreachable from the other side.",
+                pa.name, sa.subnet, pb.name, sb.subnet, sa.pod_cidr, sb.pod_cidr
+            )
         };
         diagnostics::warning(
             diags,
             format!("Federation {id} opens a path between two isolated instances"),
             format!(
-                "Once applied, these subnets reach each other, in both directions: {} {} <-> {} {} (their nodes, and pods through their node's address). Pod CIDRs are not routed between the instances: {} and {} stay unreachable from the other side.\n{what}\n\
+                "Once applied, {reach}\n{what}\n\
                  Other instances stay unreachable and federation is not transitive. The change is recorded in the audit log{}.",
-                pa.name, pa.allocation.subnet, pb.name, pb.allocation.subnet, pa.allocation.pod_cidr, pb.allocation.pod_cidr,
                 known(&config_state.reason).map(|r| format!(" with the reason {r:?}")).unwrap_or_default(),
             ),
         );
@@ -627,6 +644,7 @@ impl Resource for FederationResource {
             }
         };
         let mut closed = Vec::new();
+        let mut open_pair = None;
         if let (Some(ea), Some(eb)) = (ea, eb) {
             match Self::pair(&ctx, ea, eb) {
                 Ok(pair) => {
@@ -635,6 +653,7 @@ impl Resource for FederationResource {
                         diagnostics::error(diags, &context, &e);
                         return None;
                     }
+                    open_pair = Some(pair);
                 }
                 Err(e) => tracing::warn!(federation = %id, error = %e, "instances no longer form a pair; removing the registry tags only"),
             }
@@ -642,6 +661,21 @@ impl Resource for FederationResource {
         if let Err(e) = ctx.registry.unfederate(&a, &b, json!({"closed": closed, "reason": known(&prior_state.reason)})) {
             diagnostics::error(diags, &context, &e);
             return None;
+        }
+        if let Some(pair) = open_pair {
+            // Read after the tags went: see `Pair::release_pods`.
+            let doc = match ctx.registry.snapshot() {
+                Ok(d) => d,
+                Err(e) => {
+                    diagnostics::error(diags, &context, &e);
+                    return None;
+                }
+            };
+            let still = |n: &str| doc.instances.get(n).is_some_and(|e| !e.federated.is_empty());
+            if let Err(e) = pair.release_pods(&still, &ctl).await {
+                diagnostics::error(diags, &context, &e);
+                return None;
+            }
         }
         Some(())
     }

@@ -7,6 +7,7 @@ mod util;
 mod hostnet;
 mod k8s_fake_api;
 mod netns_backend;
+mod netns_pods;
 mod registry_processes;
 mod vagrant_render;
 mod vagrant_runner;
