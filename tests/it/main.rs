@@ -21,4 +21,5 @@ mod acceptance_interrupted;
 mod acceptance_vagrant;
 mod acceptance_vagrant_fake;
 mod acceptance_federation;
+mod acceptance_audit;
 mod acceptance_repair;
