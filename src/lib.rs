@@ -11,7 +11,7 @@
 //! Terraform plumbing (maps state to calls, nothing else):
 //! - [`provider`]: provider schema, configuration, and the map of resources and data sources.
 //! - [`resources`]: `homelab_instance` and `homelab_federation`, lifecycle methods in order.
-//! - [`data_sources`]: `homelab_cidr_allocation`.
+//! - [`data_sources`]: `homelab_cidr_allocation`, `homelab_reachability`.
 //! - [`ephemeral_resources`]: `homelab_kubeconfig` (never in state or plan files).
 //! - [`diagnostics`]: the one place where domain errors become Terraform diagnostics.
 //! - [`logging`]: `tracing` output in the hclog JSON form Terraform shows under `TF_LOG`.
@@ -27,6 +27,7 @@
 //!   implementations; `backend::pods`, the pod address plan (each node's slice of the pod CIDR).
 //! - [`hostnet`]: the host's own networks, and forwarding rules for federated pairs.
 //! - [`federation`]: opening, checking and closing a federated pair (host, guests, clusters).
+//! - [`reachability`]: the isolation proof at read time: ICMP probes from every guest, a matrix.
 //! - [`k8s`]: NetworkPolicies for federation, through `kube` on an injected client.
 //! - [`process`]: running host commands with errors that name the command and its stderr.
 //! - [`parent`]: watching the Terraform process that started the provider.
@@ -49,6 +50,7 @@ pub mod net;
 pub mod parent;
 pub mod process;
 pub mod provider;
+pub mod reachability;
 pub mod recovery;
 pub mod registry;
 pub mod resources;

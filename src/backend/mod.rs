@@ -111,6 +111,39 @@ pub fn plan_nodes(
     Some(nodes)
 }
 
+/// What one ICMP probe from a guest found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProbeOutcome {
+    /// An echo reply came back.
+    Answered,
+    /// The guest itself has no route: sending failed at once (`Network is unreachable`).
+    NoRoute(String),
+    /// A router on the way answered with an ICMP error (net or host unreachable, prohibited).
+    Unreachable(String),
+    /// Nothing came back before the timeout (what a firewall that drops looks like).
+    NoAnswer,
+    /// The probe could not be made (the guest is missing, a tool failed).
+    Failed(String),
+}
+
+impl ProbeOutcome {
+    /// Whether the target answered.
+    pub fn reachable(&self) -> bool {
+        matches!(self, ProbeOutcome::Answered)
+    }
+
+    /// The outcome in words, for the `reason` column.
+    pub fn reason(&self, timeout: Duration) -> String {
+        match self {
+            ProbeOutcome::Answered => "answered".into(),
+            ProbeOutcome::NoRoute(why) => format!("no route ({why})"),
+            ProbeOutcome::Unreachable(why) => format!("unreachable ({why})"),
+            ProbeOutcome::NoAnswer => format!("no answer within {} ms", timeout.as_millis()),
+            ProbeOutcome::Failed(why) => format!("probe failed: {why}"),
+        }
+    }
+}
+
 /// A route the lab's host needs to reach pods: a node's pod slice via that node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodRoute {
@@ -354,6 +387,23 @@ pub trait Backend: Send + Sync {
     /// The lines of [`Backend::describe_host_pod_routes`] whose route is missing on the host.
     async fn missing_host_pod_routes(&self, _spec: &LabSpec) -> Result<Vec<String>, BackendError> {
         Ok(Vec::new())
+    }
+
+    /// The guests ICMP probes can start from, with their addresses: every node (and on `netns`
+    /// every pod).
+    fn probe_sources(&self, spec: &LabSpec) -> Vec<(String, Ipv4Addr)> {
+        spec.nodes.iter().map(|n| (n.name.clone(), n.ip)).collect()
+    }
+
+    /// Send one ICMP echo from guest `from` (one of [`Backend::probe_sources`]) to each of
+    /// `targets` at once, and say what came back within `timeout`, in target order. Probes run
+    /// only inside the lab's own guests.
+    async fn probe(&self, spec: &LabSpec, from: &str, targets: &[Ipv4Addr], timeout: Duration) -> Result<Vec<ProbeOutcome>, BackendError> {
+        let _ = (spec, from, targets, timeout);
+        Err(BackendError::Unavailable {
+            what: format!("the {} backend cannot probe reachability", self.name()),
+            fix: "use the netns or vagrant backend".into(),
+        })
     }
 
     /// Add (`present = true`) or remove a route to `dest` in every one of

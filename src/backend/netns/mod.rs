@@ -35,7 +35,8 @@ use tokio::time::Instant;
 
 use super::pods::{self as pods_plan, NodePods};
 use super::{
-    Backend, BackendError, LabSpec, LabStatus, NodeStatus, OpControl, PodRoute, CONTROL_PLANE_OFFSET,
+    Backend, BackendError, LabSpec, LabStatus, NodeStatus, OpControl, PodRoute, ProbeOutcome,
+    CONTROL_PLANE_OFFSET,
     WORKER_OFFSET,
 };
 use crate::hostnet::host::{find_program, has_cap_net_admin, HostLock};
@@ -45,6 +46,7 @@ use crate::net::{self, Ipv4Net};
 use crate::process::{self, Cmd, CommandError, Output};
 
 mod pods;
+mod probe;
 pub use pods::{pod_netns, POD_IFACE_PREFIX};
 
 /// Where `ip netns` keeps named namespaces.
@@ -1154,6 +1156,32 @@ impl Backend for NetnsBackend {
             }
         }
         Ok(())
+    }
+
+    fn probe_sources(&self, spec: &LabSpec) -> Vec<(String, Ipv4Addr)> {
+        let plan = Self::pod_plan(spec).unwrap_or_default();
+        let mut out = Vec::new();
+        for (i, node) in spec.nodes.iter().enumerate() {
+            out.push((node.name.clone(), node.ip));
+            if let Some(np) = plan.get(i) {
+                for (k, ip) in np.pods.iter().enumerate() {
+                    out.push((pods_plan::pod_name(&node.name, k + 1), *ip));
+                }
+            }
+        }
+        out
+    }
+
+    async fn probe(&self, _spec: &LabSpec, from: &str, targets: &[Ipv4Addr], timeout: std::time::Duration) -> Result<Vec<ProbeOutcome>, BackendError> {
+        // Nodes and pods are both `<host>-<name>`.
+        let ns = self.node_netns(from);
+        let list = targets.to_vec();
+        let what = ns.clone();
+        let found = tokio::task::spawn_blocking(move || probe::probe_from(&what, &list, timeout))
+            .await
+            .map_err(|e| BackendError::Other(format!("probe from {ns} failed: {e}")))?
+            .map_err(|source| BackendError::Io { path: format!("ICMP probe from network namespace {ns}"), source })?;
+        Ok(found.unwrap_or_else(|| vec![ProbeOutcome::Failed(format!("network namespace {ns} does not exist")); targets.len()]))
     }
 
     fn pod_routes(&self, spec: &LabSpec) -> Vec<PodRoute> {

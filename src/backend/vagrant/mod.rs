@@ -15,6 +15,7 @@
 //! as `nsenter --net=… --mount=… --`: that is how the tests keep libvirt in a namespace.
 
 pub mod box_import;
+pub mod probe;
 pub mod failed_up;
 pub mod libvirt;
 pub mod provision;
@@ -1090,6 +1091,15 @@ impl Backend for VagrantBackend {
             }
         }
         Ok(routes)
+    }
+
+    async fn probe(&self, spec: &LabSpec, from: &str, targets: &[std::net::Ipv4Addr], timeout: Duration) -> Result<Vec<super::ProbeOutcome>, BackendError> {
+        // One `vagrant ssh` per source guest: Vagrant's own start-up dominates (seconds).
+        let dir = self.instance_dir(&spec.instance)?;
+        let limits = Limits::timeout(timeout + Duration::from_secs(60));
+        let command = probe::command(targets, timeout);
+        let f = self.vagrant(&dir, &["ssh", from, "--no-tty", "-c", &command], &limits, false).await?;
+        Ok(probe::parse(&f.stdout, targets))
     }
 
     async fn set_guest_route(
