@@ -29,6 +29,8 @@ const TIMEOUT_MS: (i64, i64) = (50, 5000);
 pub struct RowState {
     /// Source guest.
     pub from: Value<String>,
+    /// Source instance.
+    pub from_instance: Value<String>,
     /// Target instance.
     pub to: Value<String>,
     /// Target address.
@@ -72,6 +74,7 @@ impl ReachabilityDataSource {
     pub fn data_source_schema() -> Schema {
         let row = object(&[
             ("from", string()),
+            ("from_instance", string()),
             ("to", string()),
             ("target", string()),
             ("target_name", string()),
@@ -100,7 +103,7 @@ impl ReachabilityDataSource {
                     ("instance", optional(string(), "Probe only from the nodes and pods of this instance (default: from every instance with a lab in the registry). Targets are always every instance.")),
                     ("timeout_ms", optional(number(), "How long each guest waits for answers, in milliseconds, from 50 to 5000 (default 500). A probe that gets no route fails at once; only silence waits this long.")),
                     ("matrix", computed(AttributeType::List(Box::new(row)),
-                        "Every probe: `from` (the source node or pod, `acme-cp-1-pod-1`), `to` (the target's instance), `target` (the address), `target_name` (`globex-cp-1`, `globex-cp-1-pod-1`, `gateway`, `service`: the first address of the service CIDR), `reachable`, and `reason`: `answered`, `no route (Network is unreachable)` (the source has no route: isolation by absence of routes), `unreachable (ICMP … from <router>)`, `no answer within <timeout> ms` (silence, as a dropping firewall gives), or `probe failed: …`. A source's own instance is probed on its other nodes and pods only.")),
+                        "Every probe: `from` (the source node or pod, `acme-cp-1-pod-1`), `from_instance` (its instance), `to` (the target's instance), `target` (the address), `target_name` (`globex-cp-1`, `globex-cp-1-pod-1`, `gateway`, `service`: the first address of the service CIDR), `reachable`, and `reason`: `answered`, `no route (Network is unreachable)` (the source has no route: isolation by absence of routes), `unreachable (ICMP … from <router>)`, `no answer within <timeout> ms` (silence, as a dropping firewall gives), or `probe failed: …`. A source's own instance is probed on its other nodes and pods only.")),
                     ("foreign_reachable", computed(string_list(), "Answers from instances not federated with the source, as `<address> (<target_name> of <instance>) from <source>`: isolation is broken when this is not empty.")),
                     ("federated_reachable", computed(string_list(), "Answers across a federation (`homelab_federation`), in the same words: what the federations opened.")),
                 ]),
@@ -182,6 +185,7 @@ impl DataSource for ReachabilityDataSource {
             .into_iter()
             .map(|r| RowState {
                 from: Value::Value(r.from),
+                from_instance: Value::Value(r.from_instance),
                 to: Value::Value(r.to),
                 target: Value::Value(r.target.to_string()),
                 target_name: Value::Value(r.target_name),

@@ -24,4 +24,5 @@ mod acceptance_vagrant_fake;
 mod acceptance_federation;
 mod acceptance_audit;
 mod acceptance_reachability;
+mod acceptance_quickstart;
 mod acceptance_repair;
