@@ -1,6 +1,7 @@
 //! The host's side of the network: reading the host's own networks (addresses and routes) for
 //! the plan-time isolation check, and the forwarding rules that federation opens between
-//! exactly one pair of instance subnets, read back for drift.
+//! exactly one pair of instances (their subnets, and their pod CIDRs where the host routes
+//! pods), read back for drift.
 //!
 //! Forwarding lives behind [`Forwarding`]: [`nft::NftForwarding`] (an nftables table owned by
 //! the provider inside the netns lab host) and [`iptables::IptablesForwarding`] (rules ahead of

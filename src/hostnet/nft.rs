@@ -1,7 +1,8 @@
 //! Forwarding for the `netns` backend: an nftables table `inet homelab`, owned by the provider,
 //! inside the lab host namespace. Its `forward` chain has policy drop, so nothing crosses
-//! between instance bridges unless a federated pair has its two accept rules; turning IPv4
-//! forwarding on is never the only guard.
+//! between instance bridges unless a federated pair has its accept rules (one per direction and
+//! pair of networks: subnet to subnet, and with pods each of subnet and pod CIDR to each of the
+//! other side's); turning IPv4 forwarding on is never the only guard.
 //!
 //! Each pair's rules carry the comment `homelab:<a>+<b>` (names sorted), which is how they are
 //! found again for drift checks and removal. Changes to the table are serialized between

@@ -27,13 +27,19 @@ impl Lab {
     }
 
     fn config(&self, federations: &[(&str, &str)]) -> String {
+        self.config_with(federations, 1)
+    }
+
+    /// [`Lab::config`] with `acme_workers` workers for acme.
+    fn config_with(&self, federations: &[(&str, &str)], acme_workers: u32) -> String {
         let mut c = format!(
             "provider \"homelab\" {{\n  home = \"{}\"\n  default_backend = \"netns\"\n  netns_host = \"{}\"\n}}\n",
             self.home.path().display(),
             self.host.name
         );
         for n in NAMES {
-            c.push_str(&format!("resource \"homelab_instance\" \"{n}\" {{\n  name = \"{n}\"\n  workers = 1\n}}\n"));
+            let workers = if n == "acme" { acme_workers } else { 1 };
+            c.push_str(&format!("resource \"homelab_instance\" \"{n}\" {{\n  name = \"{n}\"\n  workers = {workers}\n}}\n"));
         }
         for (a, b) in federations {
             c.push_str(&format!(
@@ -303,7 +309,21 @@ fn federation_drift_is_repaired_by_the_next_apply(tf: Tf) {
     assert_eq!(lab.matrix(&w), pairs(&[("acme", "globex")]));
     empty(&w);
 
-    // 4. The registry tag removed.
+    // 4. acme grows a worker while federated: its node and pod get the routes to globex, the
+    // lab host routes its slice, and every node and pod of the pair reaches the other's.
+    w.write(&lab.config_with(&[("acme", "globex")], 2));
+    w.apply().ok();
+    assert!(lab.guests(&w)["acme"].iter().any(|(g, _)| g == "acme-worker-2-pod-1"));
+    assert_eq!(lab.matrix(&w), pairs(&[("acme", "globex")]));
+    w.write(&lab.config(&[("acme", "globex")]));
+    w.apply().ok();
+    assert_eq!(lab.matrix(&w), pairs(&[("acme", "globex")]));
+    let acme_br = homelab::backend::netns::bridge_name(&acme["subnet"].as_str().unwrap().parse().unwrap());
+    let slices: Vec<String> = crate::util::netns::routes(&lab.host.name).into_iter().filter(|r| r.ends_with(&format!("dev {acme_br}")) && r.contains(" via ")).collect();
+    assert_eq!(slices.len(), 2, "the lab host still routes the slice of the removed worker: {slices:?}");
+    empty(&w);
+
+    // 5. The registry tag removed.
     let path = lab.home.path().join("instances.json");
     let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     doc["instances"]["acme"]["federated"] = serde_json::json!([]);

@@ -596,3 +596,23 @@ async fn preflight_child_without_cap_net_admin() {
     let err = b.forwarding().preflight().await.unwrap_err();
     assert!(err.to_string().contains("CAP_NET_ADMIN"), "{err}");
 }
+
+/// A Linux bridge without an address of its own takes its lowest port's: adding a node could
+/// change the gateway's address under the other nodes' ARP caches (traffic through the gateway,
+/// as a federation's, then stalls). The bridge keeps its fixed address through scaling.
+#[tokio::test]
+async fn the_gateway_keeps_its_link_layer_address_when_nodes_are_added() {
+    let guard = LabHostGuard::new();
+    let b = backend(&guard);
+    let mut spec = lab_spec("acme", "192.168.56.0/24", 1, 0);
+    up(b.as_ref(), &spec).await;
+    let br = bridge_name(&spec.subnet);
+    let mac = |host: &str| link(host, &br).unwrap()["address"].as_str().unwrap().to_string();
+    assert_eq!(mac(&guard.name), homelab::backend::netns::bridge_mac(&spec.subnet));
+    for workers in 1..=6 {
+        spec.nodes = homelab::backend::plan_nodes("acme", &spec.subnet, 1, workers).unwrap();
+        up(b.as_ref(), &spec).await;
+        assert_eq!(mac(&guard.name), "02:68:c0:a8:38:00", "after adding worker-{workers}");
+    }
+    b.teardown(&spec, &ctl()).await.unwrap();
+}

@@ -64,6 +64,16 @@ pub fn bridge_name(subnet: &Ipv4Net) -> String {
     format!("{BRIDGE_PREFIX}{:08x}", u32::from(subnet.network()))
 }
 
+/// The fixed link-layer address of the bridge of `subnet`: locally administered `02:68` + the
+/// subnet's network address (`192.168.56.0/24` → `02:68:c0:a8:38:00`). Without one, a Linux
+/// bridge takes the lowest address of its ports, so adding a node could change the gateway's
+/// address under the other nodes' ARP caches (their traffic through the gateway then stalls
+/// until the entries expire).
+pub fn bridge_mac(subnet: &Ipv4Net) -> String {
+    let o = subnet.network().octets();
+    format!("02:68:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+}
+
 /// The lab-host end of the veth of the node at `ip`: `hlv` + 8 hex digits of the subnet's network
 /// + 2 hex digits of the node's offset (`.10` → `hlvc0a838000a`). 13 characters. `None` when
 ///   `ip` is outside the subnet or its offset does not fit in two digits.
@@ -148,6 +158,8 @@ struct IfView {
     master: Option<String>,
     /// IPv4 addresses with their prefix.
     addrs: Vec<(Ipv4Addr, u8)>,
+    /// The link-layer address (`ip` listings only; the in-process reader leaves it out).
+    mac: Option<String>,
 }
 
 impl IfView {
@@ -280,6 +292,7 @@ fn parse_links(text: &str) -> Result<NsView, String> {
             .and_then(Value::as_str)
             .map(String::from);
         let master = link.get("master").and_then(Value::as_str).map(String::from);
+        let mac = link.get("address").and_then(Value::as_str).map(String::from);
         let mut addrs = Vec::new();
         for a in link
             .get("addr_info")
@@ -309,6 +322,7 @@ fn parse_links(text: &str) -> Result<NsView, String> {
                 kind,
                 master,
                 addrs,
+                mac,
             },
         );
     }
@@ -798,7 +812,7 @@ impl NetnsBackend {
         match view.get(&br) {
             None => {
                 tracing::info!(netns = %host, bridge = %br, gateway = %gw, instance = %spec.instance, "creating bridge");
-                lines.push(format!("link add {br} type bridge"));
+                lines.push(format!("link add {br} address {} type bridge", bridge_mac(&spec.subnet)));
                 lines.push(format!("addr add {gw} dev {br}"));
                 lines.push(format!("link set {br} up"));
             }
@@ -810,6 +824,11 @@ impl NetnsBackend {
                 )));
             }
             Some(i) => {
+                let mac = bridge_mac(&spec.subnet);
+                if i.mac.as_deref() != Some(mac.as_str()) {
+                    tracing::info!(bridge = %br, mac = %mac, "fixing the bridge's link-layer address");
+                    lines.push(format!("link set {br} address {mac}"));
+                }
                 if !i.has_addr(spec.gateway, spec.subnet.prefix_len()) {
                     tracing::info!(bridge = %br, gateway = %gw, "repairing gateway address");
                     lines.push(format!("addr replace {gw} dev {br}"));
@@ -1229,8 +1248,19 @@ impl Backend for NetnsBackend {
         }
         let br = bridge_name(&spec.subnet);
         let have = pods::read_routes(&self.host_ns).await?;
+        let wanted = self.pod_routes(spec);
         let mut lines = Vec::new();
-        for r in self.pod_routes(spec) {
+        if present {
+            // Slices of nodes this instance no longer has (a scale-down while federated) go.
+            for h in &have {
+                let ours = spec.pod_cidr.contains(&h.dst) && h.dev.as_deref() == Some(br.as_str());
+                if ours && !wanted.iter().any(|w| w.slice == h.dst) {
+                    tracing::info!(netns = %self.host_ns, slice = %h.dst, "lab host stops routing a slice no node owns");
+                    lines.push(format!("route del {} dev {br}", h.dst));
+                }
+            }
+        }
+        for r in wanted {
             let there = have.iter().find(|h| h.dst == r.slice);
             if present {
                 let right = there.is_some_and(|h| h.via == Some(r.via) && h.dev.as_deref() == Some(br.as_str()));
@@ -1265,6 +1295,12 @@ mod tests {
             Some("hlvc0a838000a")
         );
         assert_eq!(node_netns("homelab", "acme-cp-1"), "homelab-acme-cp-1");
+    }
+
+    #[test]
+    fn bridge_macs_are_locally_administered_and_distinct_per_subnet() {
+        assert_eq!(bridge_mac(&n("192.168.56.0/24")), "02:68:c0:a8:38:00");
+        assert_ne!(bridge_mac(&n("192.168.56.0/24")), bridge_mac(&n("192.168.57.0/24")));
     }
 
     #[test]
