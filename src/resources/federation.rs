@@ -86,7 +86,7 @@ impl FederationResource {
                     ("instances", required(AttributeType::Set(Box::new(AttributeType::String)), "The two distinct instances to federate (use references such as `homelab_instance.acme.name` so Terraform creates them first and destroys the federation first). Changing it replaces the federation.")),
                     ("reason", optional(string(), "Why the two instances are federated; recorded in the audit log (changes are recorded too).")),
                     ("namespaces", optional_computed(string_list(), "Kubernetes namespaces that get the NetworkPolicy in each cluster. Default `[\"default\"]`. Only instances with a cluster (Vagrant with `provision`) get policies.")),
-                    ("routes", computed(string_list(), "One human-readable line per forwarding rule, host setting or guest route put in place.")),
+                    ("routes", computed(string_list(), "One human-readable line per forwarding rule, host setting, lab host route (to a pod slice, on `netns`) or guest route (in a node or pod) put in place.")),
                     ("policies", computed(string_list(), "`<instance>/<namespace>/<name>` of every NetworkPolicy applied; empty when neither instance has a cluster (`netns` instances have none: no policy applies).")),
                     ("created_at", computed(string(), "When the federation was created (RFC 3339).")),
                     ("state", computed(string(), "`complete` when every piece is in place; otherwise what is missing (forwarding rule, guest route, policy, registry tag), and the next plan shows the repair.")),
