@@ -65,6 +65,7 @@ fn spec(nodes: u32) -> LabSpec {
         service_cidr: "10.96.0.0/16".parse().unwrap(),
         mgmt_cidr: None,
         nodes: plan_nodes("bench", &subnet, control_planes, nodes - control_planes).unwrap(),
+        pods_per_node: 1,
         vagrant: None,
     }
 }

@@ -9,6 +9,9 @@
 //! HOMELAB_VM_BENCH=1 HOMELAB_VM_BENCH_NODES=2 HOMELAB_VM_BENCH_ROUNDS=2 cargo bench --bench vagrant
 //! ```
 //!
+//! `HOMELAB_VM_BENCH_LOG=1` prints the provider's log lines (with their times) to stderr, to see
+//! where its seconds go.
+//!
 //! Each round runs, on the same lab: the bare commands (`vagrant up --provider libvirt
 //! --no-parallel` then `vagrant destroy -f`) on the Vagrantfile the provider renders, then
 //! the provider (`Backend::converge` then `Backend::teardown`) on an instance of the same
@@ -45,6 +48,9 @@ fn main() {
     if std::env::var_os("HOMELAB_VM_BENCH").is_none() {
         println!("vagrant bench: skipped (boots real VMs for minutes); run it with HOMELAB_VM_BENCH=1 cargo bench --bench vagrant");
         return;
+    }
+    if std::env::var_os("HOMELAB_VM_BENCH_LOG").is_some() {
+        let _ = tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_writer(std::io::stderr).try_init();
     }
     let nodes = env_u32("HOMELAB_VM_BENCH_NODES", 1).max(1);
     let rounds = env_u32("HOMELAB_VM_BENCH_ROUNDS", 1).max(1);

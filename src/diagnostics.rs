@@ -258,6 +258,31 @@ impl Report for FederationError {
     }
 }
 
+impl Report for crate::reachability::ReachabilityError {
+    fn summary(&self) -> String {
+        match self {
+            crate::reachability::ReachabilityError::UnknownInstance { .. } => "No such instance to probe from".into(),
+            crate::reachability::ReachabilityError::Backend { .. } => "A reachability probe could not be made".into(),
+        }
+    }
+    fn detail(&self) -> String {
+        match self {
+            crate::reachability::ReachabilityError::UnknownInstance { .. } => {
+                format!("{self}. Name an instance that has been applied, or leave `instance` out to probe from all of them.")
+            }
+            crate::reachability::ReachabilityError::Backend { .. } => {
+                format!("{self}\n\nIs the lab running? A refresh of its homelab_instance shows what is missing, and an apply repairs it.")
+            }
+        }
+    }
+    fn attribute(&self) -> Option<AttributePath> {
+        match self {
+            crate::reachability::ReachabilityError::UnknownInstance { .. } => Some(AttributePath::new("instance")),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,11 @@
 //! Federation of exactly two instances, the one audited exception to isolation: forwarding
 //! between their two subnets on the lab's host (for this pair only), a route to the peer's
-//! subnet in every node, and a NetworkPolicy admitting the peer in each cluster. Opening,
-//! checking and closing are idempotent, so a repair is simply opening again.
+//! subnet in every node, and a NetworkPolicy admitting the peer in each cluster. Where the
+//! lab's host routes pods (`netns`), their pods too: the host routes both pod CIDRs' node slices
+//! via their owning nodes, forwards between the pair's subnets and pod CIDRs (every network of
+//! one side to every network of the other), and every node and pod of each side routes the
+//! peer's subnet and pod CIDR. Opening, checking and closing are idempotent, so a repair is
+//! simply opening again.
 //!
 //! The registry tag and the audit events are the resource's job (one registry change each);
 //! this module only touches the host, the guests and the clusters.
@@ -100,6 +104,10 @@ impl Side {
             service_cidr: a.service_cidr,
             mgmt_cidr: a.mgmt_cidr,
             nodes,
+            pods_per_node: match kind {
+                BackendKind::Netns => backend::pods::pods_per_node_of(s),
+                BackendKind::Vagrant => 0,
+            },
             vagrant,
         };
         let backend = backends.backend(kind, &lab.settings);
@@ -130,12 +138,28 @@ pub struct Pair {
     pub b: Side,
 }
 
-/// The route lines of `me`'s nodes towards `peer`.
+/// Whether the lab's host routes `s`'s pods (then federation opens them too).
+fn routes_pods(s: &Side) -> bool {
+    !s.backend.pod_routes(&s.spec).is_empty()
+}
+
+/// The peer's networks that `me`'s guests get a route to: its subnet, and its pod CIDR when
+/// the host routes its pods.
+fn guest_dests(peer: &Side) -> Vec<net::Ipv4Net> {
+    let mut d = vec![peer.spec.subnet];
+    if routes_pods(peer) {
+        d.push(peer.spec.pod_cidr);
+    }
+    d
+}
+
+/// The route lines of `me`'s nodes (and pods) towards `peer`.
 fn guest_route_lines(me: &Side, peer: &Side) -> Vec<String> {
-    me.spec
-        .nodes
-        .iter()
-        .map(|n| format!("{}: route {} via {}", n.name, peer.spec.subnet, me.spec.gateway))
+    let dests = guest_dests(peer);
+    me.backend
+        .guest_route_holders(&me.spec)
+        .into_iter()
+        .flat_map(|(holder, via)| dests.iter().map(move |d| format!("{holder}: route {d} via {via}")).collect::<Vec<_>>())
         .collect()
 }
 
@@ -182,18 +206,58 @@ impl Pair {
         pair_id(self.a.name(), self.b.name())
     }
 
+    /// Whether the pods of both sides are opened too (the host routes pods: `netns`).
+    pub fn opens_pods(&self) -> bool {
+        routes_pods(&self.a) && routes_pods(&self.b)
+    }
+
     /// What becomes reachable, in words, for the plan-time warning and the audit event.
     pub fn reachability(&self) -> Vec<String> {
         let (a, b) = (&self.a.entry, &self.b.entry);
-        // Subnets only: pod CIDRs are not routed between instances.
+        let pods = self.opens_pods();
+        let nets = |e: &Entry| {
+            if pods {
+                format!("subnet {}, pod CIDR {}", e.allocation.subnet, e.allocation.pod_cidr)
+            } else {
+                format!("subnet {}", e.allocation.subnet)
+            }
+        };
         vec![
-            format!("{} (subnet {}) -> {} (subnet {})", a.name, a.allocation.subnet, b.name, b.allocation.subnet),
-            format!("{} (subnet {}) -> {} (subnet {})", b.name, b.allocation.subnet, a.name, a.allocation.subnet),
+            format!("{} ({}) -> {} ({})", a.name, nets(a), b.name, nets(b)),
+            format!("{} ({}) -> {} ({})", b.name, nets(b), a.name, nets(a)),
         ]
     }
 
     async fn links(&self) -> Result<(Link, Link), FederationError> {
-        Ok((link_of(&self.a).await?, link_of(&self.b).await?))
+        Ok((link_of(&self.a, self.pod_cidr_of(&self.a)).await?, link_of(&self.b, self.pod_cidr_of(&self.b)).await?))
+    }
+
+    /// The pod CIDR of a side that this pair forwards (both sides' pods are routed), if any.
+    fn pod_cidr_of(&self, s: &Side) -> Option<net::Ipv4Net> {
+        self.opens_pods().then_some(s.spec.pod_cidr)
+    }
+
+    /// The peer's networks a side's guests route: its subnet, and its pod CIDR when this pair
+    /// opens pods.
+    fn dests_for(&self, peer: &Side) -> Vec<net::Ipv4Net> {
+        if self.opens_pods() {
+            guest_dests(peer)
+        } else {
+            vec![peer.spec.subnet]
+        }
+    }
+
+    /// The route lines of `me`'s guests towards `peer`.
+    fn guest_lines(&self, me: &Side, peer: &Side) -> Vec<String> {
+        if self.opens_pods() {
+            guest_route_lines(me, peer)
+        } else {
+            me.backend
+                .guest_route_holders(&me.spec)
+                .into_iter()
+                .map(|(holder, via)| format!("{holder}: route {} via {via}", peer.spec.subnet))
+                .collect()
+        }
     }
 
     /// Check, without changing anything, that the host side can be written here.
@@ -230,11 +294,23 @@ impl Pair {
                 return Err((done, FederationError::HostNet { what: format!("opening forwarding for {}", self.id()), source }))
             }
         }
-        for (me, peer) in self.sides() {
-            if let Err(source) = me.backend.set_guest_route(&me.spec, peer.spec.subnet, true, ctl).await {
-                return Err((done, FederationError::Backend { what: format!("adding routes in `{}`", me.name()), source }));
+        if self.opens_pods() {
+            for (me, _) in self.sides() {
+                match me.backend.set_host_pod_routes(&me.spec, true, ctl).await {
+                    Ok(lines) => done.routes.extend(lines),
+                    Err(source) => {
+                        return Err((done, FederationError::Backend { what: format!("routing the pods of `{}` on the lab host", me.name()), source }))
+                    }
+                }
             }
-            done.routes.extend(guest_route_lines(me, peer));
+        }
+        for (me, peer) in self.sides() {
+            for dest in self.dests_for(peer) {
+                if let Err(source) = me.backend.set_guest_route(&me.spec, dest, true, ctl).await {
+                    return Err((done, FederationError::Backend { what: format!("adding routes in `{}`", me.name()), source }));
+                }
+            }
+            done.routes.extend(self.guest_lines(me, peer));
         }
         for (me, peer) in self.sides() {
             let policies = match Self::policies_of(me).await {
@@ -269,8 +345,13 @@ impl Pair {
             routes: self.a.backend.forwarding().describe_pair(&la, &lb),
             policies: Vec::new(),
         };
+        if self.opens_pods() {
+            for (me, _) in self.sides() {
+                done.routes.extend(me.backend.describe_host_pod_routes(&me.spec));
+            }
+        }
         for (me, peer) in self.sides() {
-            done.routes.extend(guest_route_lines(me, peer));
+            done.routes.extend(self.guest_lines(me, peer));
         }
         for (me, peer) in self.sides() {
             if me.kubeconfig.is_some() {
@@ -293,14 +374,25 @@ impl Pair {
             }
             Err(e) => missing.push(e.to_string()),
         }
+        if self.opens_pods() {
+            for (me, _) in self.sides() {
+                let m = me.backend.missing_host_pod_routes(&me.spec).await.map_err(|source| FederationError::Backend {
+                    what: format!("reading the lab host's routes to the pods of `{}`", me.name()),
+                    source,
+                })?;
+                missing.extend(m);
+            }
+        }
         for (me, peer) in self.sides() {
             let present = me.backend.guest_routes(&me.spec).await.map_err(|source| FederationError::Backend {
                 what: format!("reading routes of `{}`", me.name()),
                 source,
             })?;
-            for n in &me.spec.nodes {
-                if !present.iter().any(|(node, dest)| node == &n.name && *dest == peer.spec.subnet) {
-                    missing.push(format!("{}: route to {}", n.name, peer.spec.subnet));
+            for (holder, _) in me.backend.guest_route_holders(&me.spec) {
+                for d in self.dests_for(peer) {
+                    if !present.iter().any(|(h, dest)| *h == holder && *dest == d) {
+                        missing.push(format!("{holder}: route to {d}"));
+                    }
                 }
             }
         }
@@ -340,18 +432,39 @@ impl Pair {
         Ok(())
     }
 
-    /// Take every piece away (idempotent; pieces already gone are fine).
-    pub async fn close(&self, namespaces: &[String], ctl: &OpControl) -> Result<(), FederationError> {
-        self.close_policies(namespaces).await?;
-        for (me, peer) in self.sides() {
-            me.backend.set_guest_route(&me.spec, peer.spec.subnet, false, ctl).await.map_err(|source| FederationError::Backend {
-                what: format!("removing routes in `{}`", me.name()),
+    /// After the pair's registry tags are gone: the lab host stops routing the pods of each side
+    /// that `still_federated` (read from the registry after the tags went) says has no other
+    /// federation. Of two federations of one instance closed at once, the later to drop its tags
+    /// sees none left, so the routes never outlive the last federation that needs them.
+    pub async fn release_pods(&self, still_federated: &(dyn Fn(&str) -> bool + Sync), ctl: &OpControl) -> Result<(), FederationError> {
+        for (me, _) in self.sides() {
+            if still_federated(me.name()) {
+                continue;
+            }
+            me.backend.set_host_pod_routes(&me.spec, false, ctl).await.map_err(|source| FederationError::Backend {
+                what: format!("removing the lab host's routes to the pods of `{}`", me.name()),
                 source,
             })?;
         }
+        Ok(())
+    }
+
+    /// Take every piece away but the lab host's routes to the pods, which
+    /// [`Pair::release_pods`] takes once the registry tags are gone (idempotent; pieces
+    /// already gone are fine).
+    pub async fn close(&self, namespaces: &[String], ctl: &OpControl) -> Result<(), FederationError> {
+        self.close_policies(namespaces).await?;
+        for (me, peer) in self.sides() {
+            for dest in self.dests_for(peer) {
+                me.backend.set_guest_route(&me.spec, dest, false, ctl).await.map_err(|source| FederationError::Backend {
+                    what: format!("removing routes in `{}`", me.name()),
+                    source,
+                })?;
+            }
+        }
         // Interfaces may be gone already; deny_pair finds rules by the pair's comment.
-        let la = Link { instance: self.a.name().into(), iface: backend_iface(&self.a).await, subnet: self.a.spec.subnet };
-        let lb = Link { instance: self.b.name().into(), iface: backend_iface(&self.b).await, subnet: self.b.spec.subnet };
+        let la = Link { instance: self.a.name().into(), iface: backend_iface(&self.a).await, subnet: self.a.spec.subnet, pod_cidr: self.pod_cidr_of(&self.a) };
+        let lb = Link { instance: self.b.name().into(), iface: backend_iface(&self.b).await, subnet: self.b.spec.subnet, pod_cidr: self.pod_cidr_of(&self.b) };
         self.a.backend.forwarding().deny_pair(&la, &lb).await.map_err(|source| FederationError::HostNet {
             what: format!("closing forwarding for {}", self.id()),
             source,
@@ -359,7 +472,7 @@ impl Pair {
     }
 }
 
-async fn link_of(s: &Side) -> Result<Link, FederationError> {
+async fn link_of(s: &Side, pod_cidr: Option<net::Ipv4Net>) -> Result<Link, FederationError> {
     let iface = s.backend.host_interface(&s.spec).await.map_err(|source| FederationError::Backend {
         what: format!("finding the host interface of `{}`", s.name()),
         source,
@@ -368,6 +481,7 @@ async fn link_of(s: &Side) -> Result<Link, FederationError> {
         instance: s.name().to_string(),
         iface,
         subnet: s.spec.subnet,
+        pod_cidr,
     })
 }
 

@@ -12,7 +12,7 @@
 //! - [`provider`]: provider schema, configuration, and the map of resources and data sources.
 //! - [`context`]: what configure fills in and every resource reads (`Shared`, `Configured`).
 //! - [`resources`]: `homelab_instance` and `homelab_federation`, lifecycle methods in order.
-//! - [`data_sources`]: `homelab_cidr_allocation`.
+//! - [`data_sources`]: `homelab_cidr_allocation`, `homelab_reachability`.
 //! - [`ephemeral_resources`]: `homelab_kubeconfig` (never in state or plan files).
 //! - [`diagnostics`]: the one place where domain errors become Terraform diagnostics.
 //! - [`logging`]: `tracing` output in the hclog JSON form Terraform shows under `TF_LOG`.
@@ -25,9 +25,11 @@
 //!   `Store` trait, allocation, reservations, federation records, the file store (lock, atomic
 //!   write, generations) and its in-memory twin, and `registry check`/`repair`.
 //! - [`audit`]: the append-only, hash-chained event log (`<home>/events.jsonl`).
-//! - [`backend`]: the `Backend` trait; `netns` and `vagrant` implementations.
+//! - [`backend`]: the `Backend` trait; `netns` (nodes and pods as namespaces) and `vagrant`
+//!   implementations; `backend::pods`, the pod address plan (each node's slice of the pod CIDR).
 //! - [`hostnet`]: the host's own networks, and forwarding rules for federated pairs.
 //! - [`federation`]: opening, checking and closing a federated pair (host, guests, clusters).
+//! - [`reachability`]: the isolation proof at read time: ICMP probes from every guest, a matrix.
 //! - [`k8s`]: NetworkPolicies for federation, through `kube` on an injected client.
 //! - [`process`]: running host commands with errors that name the command and its stderr.
 //! - [`parent`]: watching the Terraform process that started the provider.
@@ -51,6 +53,7 @@ pub mod net;
 pub mod parent;
 pub mod process;
 pub mod provider;
+pub mod reachability;
 pub mod recovery;
 pub mod registry;
 pub mod resources;

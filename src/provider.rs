@@ -15,6 +15,7 @@ use tf_provider::{Diagnostics, DynamicDataSource, DynamicResource, Provider};
 use crate::audit::{Actor, Client};
 use crate::backend::BackendSet;
 use crate::data_sources::cidr_allocation::CidrAllocationDataSource;
+use crate::data_sources::reachability::ReachabilityDataSource;
 use crate::diagnostics;
 use crate::registry::file::FileStore;
 use crate::registry::{declared, Origin, Registry, SystemClock};
@@ -369,6 +370,10 @@ impl Provider for HomelabProvider {
         m.insert(
             "cidr_allocation".into(),
             Box::new(CidrAllocationDataSource::new(self.shared.clone())),
+        );
+        m.insert(
+            "reachability".into(),
+            Box::new(ReachabilityDataSource::new(self.shared.clone())),
         );
         Some(m)
     }

@@ -50,11 +50,18 @@ async fn remove_entry(registry: &Registry, backends: &dyn BackendSet, home: &Pat
 async fn close_federation(registry: &Registry, backends: &dyn BackendSet, home: &Path, id: &str, namespaces: &[String], ctl: &OpControl) -> Result<(), RecoveryError> {
     let doc = registry.snapshot()?;
     let (a, b) = id.split_once('+').unwrap_or((id, ""));
+    let mut pair = None;
     if let (Some(ea), Some(eb)) = (doc.instances.get(a).cloned(), doc.instances.get(b).cloned()) {
-        let pair = Pair::new(Side::from_entry(ea, backends, home)?, Side::from_entry(eb, backends, home)?)?;
-        pair.close(namespaces, ctl).await?;
+        let p = Pair::new(Side::from_entry(ea, backends, home)?, Side::from_entry(eb, backends, home)?)?;
+        p.close(namespaces, ctl).await?;
+        pair = Some(p);
     }
     registry.unfederate(a, b, serde_json::json!({"why": "its creation was interrupted; removed by a destroy of its workspace"}))?;
+    if let Some(p) = pair {
+        let doc = registry.snapshot()?;
+        let still = |n: &str| doc.instances.get(n).is_some_and(|e| !e.federated.is_empty());
+        p.release_pods(&still, ctl).await?;
+    }
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //! create, scale and repair are one idempotent operation that a crashed run can simply repeat.
 
 pub mod netns;
+pub mod pods;
 pub mod set;
 pub mod vagrant;
 
@@ -110,6 +111,50 @@ pub fn plan_nodes(
     Some(nodes)
 }
 
+/// What one ICMP probe from a guest found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProbeOutcome {
+    /// An echo reply came back.
+    Answered,
+    /// The guest itself has no route: sending failed at once (`Network is unreachable`).
+    NoRoute(String),
+    /// A router on the way answered with an ICMP error (net or host unreachable, prohibited).
+    Unreachable(String),
+    /// Nothing came back before the timeout (what a firewall that drops looks like).
+    NoAnswer,
+    /// The probe could not be made (the guest is missing, a tool failed).
+    Failed(String),
+}
+
+impl ProbeOutcome {
+    /// Whether the target answered.
+    pub fn reachable(&self) -> bool {
+        matches!(self, ProbeOutcome::Answered)
+    }
+
+    /// The outcome in words, for the `reason` column.
+    pub fn reason(&self, timeout: Duration) -> String {
+        match self {
+            ProbeOutcome::Answered => "answered".into(),
+            ProbeOutcome::NoRoute(why) => format!("no route ({why})"),
+            ProbeOutcome::Unreachable(why) => format!("unreachable ({why})"),
+            ProbeOutcome::NoAnswer => format!("no answer within {} ms", timeout.as_millis()),
+            ProbeOutcome::Failed(why) => format!("probe failed: {why}"),
+        }
+    }
+}
+
+/// A route the lab's host needs to reach pods: a node's pod slice via that node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodRoute {
+    /// The node's slice of the pod CIDR.
+    pub slice: Ipv4Net,
+    /// The node's address on the instance subnet.
+    pub via: Ipv4Addr,
+    /// The node's name.
+    pub node: String,
+}
+
 /// Options only the Vagrant backend uses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VagrantOptions {
@@ -171,6 +216,9 @@ pub struct LabSpec {
     pub mgmt_cidr: Option<Ipv4Net>,
     /// Nodes, control planes first.
     pub nodes: Vec<NodeSpec>,
+    /// Pods each node carries (netns only: pod namespaces addressed from the node's slice of
+    /// the pod CIDR, see [`pods`]; Vagrant clusters run real pods and ignore it).
+    pub pods_per_node: u32,
     /// Vagrant-only options (`None` for netns).
     pub vagrant: Option<VagrantOptions>,
 }
@@ -356,8 +404,55 @@ pub trait Backend: Send + Sync {
     /// `(node, destination)` pairs. Used to check federation routes for drift.
     async fn guest_routes(&self, spec: &LabSpec) -> Result<Vec<(String, Ipv4Net)>, BackendError>;
 
-    /// Add (`present = true`) or remove a route to `dest` via the instance gateway in every
-    /// node. Idempotent both ways.
+    /// The guests that hold federation routes, each with the address it routes them via: every
+    /// node via the instance gateway (and on `netns` every pod via its node).
+    fn guest_route_holders(&self, spec: &LabSpec) -> Vec<(String, Ipv4Addr)> {
+        spec.nodes.iter().map(|n| (n.name.clone(), spec.gateway)).collect()
+    }
+
+    /// The pod slices the lab's host must route to reach this instance's pods, each via the
+    /// node that owns it. Empty when pods are not routed by the host (Vagrant: a cluster's pods
+    /// are reached through their node's address), and federation then routes subnets only.
+    fn pod_routes(&self, _spec: &LabSpec) -> Vec<PodRoute> {
+        Vec::new()
+    }
+
+    /// Put in place (`present = true`) or remove this instance's [`Backend::pod_routes`] on the
+    /// lab's host (federation). Idempotent both ways; returns the lines of
+    /// [`Backend::describe_host_pod_routes`].
+    async fn set_host_pod_routes(&self, _spec: &LabSpec, _present: bool, _ctl: &OpControl) -> Result<Vec<String>, BackendError> {
+        Ok(Vec::new())
+    }
+
+    /// One line per host route [`Backend::set_host_pod_routes`] puts in place (no I/O).
+    fn describe_host_pod_routes(&self, _spec: &LabSpec) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The lines of [`Backend::describe_host_pod_routes`] whose route is missing on the host.
+    async fn missing_host_pod_routes(&self, _spec: &LabSpec) -> Result<Vec<String>, BackendError> {
+        Ok(Vec::new())
+    }
+
+    /// The guests ICMP probes can start from, with their addresses: every node (and on `netns`
+    /// every pod).
+    fn probe_sources(&self, spec: &LabSpec) -> Vec<(String, Ipv4Addr)> {
+        spec.nodes.iter().map(|n| (n.name.clone(), n.ip)).collect()
+    }
+
+    /// Send one ICMP echo from guest `from` (one of [`Backend::probe_sources`]) to each of
+    /// `targets` at once, and say what came back within `timeout`, in target order. Probes run
+    /// only inside the lab's own guests.
+    async fn probe(&self, spec: &LabSpec, from: &str, targets: &[Ipv4Addr], timeout: Duration) -> Result<Vec<ProbeOutcome>, BackendError> {
+        let _ = (spec, from, targets, timeout);
+        Err(BackendError::Unavailable {
+            what: format!("the {} backend cannot probe reachability", self.name()),
+            fix: "use the netns or vagrant backend".into(),
+        })
+    }
+
+    /// Add (`present = true`) or remove a route to `dest` in every one of
+    /// [`Backend::guest_route_holders`], via its address there. Idempotent both ways.
     async fn set_guest_route(
         &self,
         spec: &LabSpec,

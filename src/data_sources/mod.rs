@@ -1,3 +1,4 @@
-//! Terraform data sources: `homelab_cidr_allocation`.
+//! Terraform data sources: `homelab_cidr_allocation`, `homelab_reachability`.
 
 pub mod cidr_allocation;
+pub mod reachability;

@@ -407,6 +407,7 @@ mod tests {
             instance: instance.into(),
             iface: iface.into(),
             subnet: subnet.parse().unwrap(),
+            pod_cidr: None,
         }
     }
 

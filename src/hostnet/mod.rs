@@ -1,6 +1,7 @@
 //! The host's side of the network: reading the host's own networks (addresses and routes) for
 //! the plan-time isolation check, and the forwarding rules that federation opens between
-//! exactly one pair of instance subnets, read back for drift.
+//! exactly one pair of instances (their subnets, and their pod CIDRs where the host routes
+//! pods), read back for drift.
 //!
 //! Forwarding lives behind [`Forwarding`]: [`nft::NftForwarding`] (an nftables table owned by
 //! the provider inside the netns lab host) and [`iptables::IptablesForwarding`] (rules ahead of
@@ -28,6 +29,16 @@ pub struct Link {
     pub iface: String,
     /// The instance subnet.
     pub subnet: Ipv4Net,
+    /// The instance's pod CIDR, when the host routes its pods (netns); `None` when pods are
+    /// reached through their node's address (Vagrant).
+    pub pod_cidr: Option<Ipv4Net>,
+}
+
+impl Link {
+    /// The networks of this side that a federation forwards: its subnet, then its pod CIDR.
+    pub fn networks(&self) -> Vec<Ipv4Net> {
+        std::iter::once(self.subnet).chain(self.pod_cidr).collect()
+    }
 }
 
 /// Why reading or changing the host network failed.
@@ -57,7 +68,8 @@ pub trait Forwarding: Send + Sync {
     /// Check, without changing anything, that rules can be written here (root, tools).
     async fn preflight(&self) -> Result<(), HostNetError>;
 
-    /// Allow forwarding between `a` and `b` in both directions, and nothing else. Idempotent.
+    /// Allow forwarding between `a` and `b` (their [`Link::networks`]) in both directions, and
+    /// nothing else. Idempotent.
     /// Returns one human-readable line per rule or setting it ensured.
     async fn allow_pair(&self, a: &Link, b: &Link) -> Result<Vec<String>, HostNetError>;
 

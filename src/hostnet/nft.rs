@@ -1,7 +1,8 @@
 //! Forwarding for the `netns` backend: an nftables table `inet homelab`, owned by the provider,
 //! inside the lab host namespace. Its `forward` chain has policy drop, so nothing crosses
-//! between instance bridges unless a federated pair has its two accept rules; turning IPv4
-//! forwarding on is never the only guard.
+//! between instance bridges unless a federated pair has its accept rules (one per direction and
+//! pair of networks: subnet to subnet, and with pods each of subnet and pod CIDR to each of the
+//! other side's); turning IPv4 forwarding on is never the only guard.
 //!
 //! Each pair's rules carry the comment `homelab:<a>+<b>` (names sorted), which is how they are
 //! found again for drift checks and removal. Changes to the table are serialized between
@@ -55,13 +56,36 @@ pub struct ForwardRule {
 }
 
 impl ForwardRule {
-    fn is_direction(&self, from: &Link, to: &Link) -> bool {
+    fn is(&self, r: &PairRule<'_>) -> bool {
         self.accept
-            && self.iif.as_deref() == Some(from.iface.as_str())
-            && self.oif.as_deref() == Some(to.iface.as_str())
-            && self.saddr == Some(from.subnet)
-            && self.daddr == Some(to.subnet)
+            && self.iif.as_deref() == Some(r.from.iface.as_str())
+            && self.oif.as_deref() == Some(r.to.iface.as_str())
+            && self.saddr == Some(r.src)
+            && self.daddr == Some(r.dst)
     }
+}
+
+/// One accept rule a pair needs: from one side's network to one of the other side's.
+#[derive(Debug, Clone, Copy)]
+struct PairRule<'a> {
+    from: &'a Link,
+    to: &'a Link,
+    src: Ipv4Net,
+    dst: Ipv4Net,
+}
+
+/// Every rule of the pair `a`+`b`: each direction, each network of the one side to each of the
+/// other's (subnet to subnet first; with pods, subnet and pod CIDR both ways).
+fn pair_rules<'a>(a: &'a Link, b: &'a Link) -> Vec<PairRule<'a>> {
+    let mut out = Vec::new();
+    for (from, to) in [(a, b), (b, a)] {
+        for src in from.networks() {
+            for dst in to.networks() {
+                out.push(PairRule { from, to, src, dst });
+            }
+        }
+    }
+    out
 }
 
 /// The forward chain as read back: its policy and rules. `None` from [`NftForwarding::read_chain`]
@@ -253,17 +277,17 @@ impl NftForwarding {
         Ok(())
     }
 
-    fn describe(&self, from: &Link, to: &Link) -> String {
+    fn describe(&self, r: &PairRule<'_>) -> String {
         format!(
             "netns {}: nft {TABLE} {CHAIN}: accept {} -> {} {} -> {}",
-            self.netns, from.iface, to.iface, from.subnet, to.subnet
+            self.netns, r.from.iface, r.to.iface, r.src, r.dst
         )
     }
 
-    fn rule_text(from: &Link, to: &Link, comment: &str) -> String {
+    fn rule_text(r: &PairRule<'_>, comment: &str) -> String {
         format!(
             "add rule {TABLE} {CHAIN} iifname \"{}\" oifname \"{}\" ip saddr {} ip daddr {} accept comment \"{comment}\"\n",
-            from.iface, to.iface, from.subnet, to.subnet
+            r.from.iface, r.to.iface, r.src, r.dst
         )
     }
 }
@@ -298,27 +322,27 @@ impl Forwarding for NftForwarding {
             rules: Vec::new(),
         });
         let mut script = String::new();
-        let mut kept = [false, false];
-        let directions = [(a, b), (b, a)];
+        let wanted = pair_rules(a, b);
+        let mut kept = vec![false; wanted.len()];
         for rule in chain
             .rules
             .iter()
             .filter(|r| r.comment.as_deref() == Some(&comment))
         {
-            match directions.iter().position(|(f, t)| rule.is_direction(f, t)) {
+            match wanted.iter().position(|w| rule.is(w)) {
                 Some(i) if !kept[i] => kept[i] = true,
-                // A duplicate or a stale rule of this pair (other interface or subnet): exactly
-                // two rules per pair, no more.
+                // A duplicate or a stale rule of this pair (other interface or network):
+                // exactly the pair's rules, no more.
                 _ => script.push_str(&format!(
                     "delete rule {TABLE} {CHAIN} handle {}\n",
                     rule.handle
                 )),
             }
         }
-        for (i, (from, to)) in directions.iter().enumerate() {
+        for (i, w) in wanted.iter().enumerate() {
             if !kept[i] {
-                script.push_str(&Self::rule_text(from, to, &comment));
-                tracing::info!(netns = %self.netns, rule = %self.describe(from, to), "adding forward rule");
+                script.push_str(&Self::rule_text(w, &comment));
+                tracing::info!(netns = %self.netns, rule = %self.describe(w), "adding forward rule");
             }
         }
         if !script.is_empty() {
@@ -332,11 +356,9 @@ impl Forwarding for NftForwarding {
     }
 
     fn describe_pair(&self, a: &Link, b: &Link) -> Vec<String> {
-        vec![
-            self.describe(a, b),
-            self.describe(b, a),
-            format!("netns {}: net.ipv4.ip_forward=1", self.netns),
-        ]
+        let mut lines: Vec<String> = pair_rules(a, b).iter().map(|r| self.describe(r)).collect();
+        lines.push(format!("netns {}: net.ipv4.ip_forward=1", self.netns));
+        lines
     }
 
     async fn deny_pair(&self, a: &Link, b: &Link) -> Result<(), HostNetError> {
@@ -392,8 +414,8 @@ impl Forwarding for NftForwarding {
                     "netns {}: nft table {TABLE} with chain {CHAIN} (policy drop) is missing",
                     self.netns
                 ));
-                for (from, to) in [(a, b), (b, a)] {
-                    missing.push(self.describe(from, to));
+                for r in pair_rules(a, b) {
+                    missing.push(self.describe(&r));
                 }
             }
             Some(chain) => {
@@ -403,12 +425,13 @@ impl Forwarding for NftForwarding {
                         self.netns, chain.policy
                     ));
                 }
-                for (from, to) in [(a, b), (b, a)] {
-                    let present = chain.rules.iter().any(|r| {
-                        r.comment.as_deref() == Some(&comment) && r.is_direction(from, to)
-                    });
+                for w in pair_rules(a, b) {
+                    let present = chain
+                        .rules
+                        .iter()
+                        .any(|r| r.comment.as_deref() == Some(&comment) && r.is(&w));
                     if !present {
-                        missing.push(self.describe(from, to));
+                        missing.push(self.describe(&w));
                     }
                 }
             }
@@ -450,6 +473,37 @@ mod tests {
                 accept: true,
             }]
         );
+    }
+
+    #[test]
+    fn a_pair_with_pods_gets_every_network_to_every_network_both_ways() {
+        let link = |i: &str, s: &str, p: Option<&str>| Link {
+            instance: i.into(),
+            iface: format!("br-{i}"),
+            subnet: s.parse().unwrap(),
+            pod_cidr: p.map(|p| p.parse().unwrap()),
+        };
+        let a = link("acme", "192.168.56.0/24", Some("10.244.0.0/16"));
+        let b = link("globex", "192.168.57.0/24", Some("10.245.0.0/16"));
+        let lines: Vec<String> = pair_rules(&a, &b)
+            .iter()
+            .map(|r| format!("{} {} {} {}", r.from.iface, r.to.iface, r.src, r.dst))
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                "br-acme br-globex 192.168.56.0/24 192.168.57.0/24",
+                "br-acme br-globex 192.168.56.0/24 10.245.0.0/16",
+                "br-acme br-globex 10.244.0.0/16 192.168.57.0/24",
+                "br-acme br-globex 10.244.0.0/16 10.245.0.0/16",
+                "br-globex br-acme 192.168.57.0/24 192.168.56.0/24",
+                "br-globex br-acme 192.168.57.0/24 10.244.0.0/16",
+                "br-globex br-acme 10.245.0.0/16 192.168.56.0/24",
+                "br-globex br-acme 10.245.0.0/16 10.244.0.0/16",
+            ]
+        );
+        let plain = pair_rules(&link("a", "192.168.56.0/24", None), &link("b", "192.168.57.0/24", None)).len();
+        assert_eq!(plain, 2, "without pods: the two subnet rules of before");
     }
 
     #[test]

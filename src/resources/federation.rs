@@ -69,7 +69,10 @@ impl FederationResource {
                      only (never IPv4 forwarding alone: an nftables table of the provider on `netns`, rules ahead of \
                      libvirt's on libvirt), a route to the peer's subnet in every node, a NetworkPolicy \
                      `homelab-federation-<peer>` in each cluster, a registry tag and an audit event. Isolation is the default; \
-                     this is the one audited exception. The two host-only subnets reach each other (nodes, and pods \
+                     this is the one audited exception. On `netns` the pair's subnets and pod CIDRs reach each other: the lab \
+                     host forwards between them (every network of one side to every network of the other), routes each \
+                     node's pod slice via that node, and every node and pod routes the peer's subnet and pod CIDR; \
+                     service CIDRs stay unrouted. On `vagrant` the two host-only subnets reach each other (nodes, and pods \
                      through their node's address); pod CIDRs are not routed between instances. Every plan that creates \
                      one warns exactly what it puts in place. Federation is not transitive.\n\n\
                      The NetworkPolicy selects every pod of each listed namespace and admits the peer's subnet and pod \
@@ -82,7 +85,7 @@ impl FederationResource {
                     ("instances", required(AttributeType::Set(Box::new(AttributeType::String)), "The two distinct instances to federate (use references such as `homelab_instance.acme.name` so Terraform creates them first and destroys the federation first). Changing it replaces the federation.")),
                     ("reason", optional(string(), "Why the two instances are federated; recorded in the audit log (changes are recorded too).")),
                     ("namespaces", optional_computed(string_list(), "Kubernetes namespaces that get the NetworkPolicy in each cluster. Default `[\"default\"]`. Only instances with a cluster (Vagrant with `provision`) get policies.")),
-                    ("routes", computed(string_list(), "One human-readable line per forwarding rule, host setting or guest route put in place.")),
+                    ("routes", computed(string_list(), "One human-readable line per forwarding rule, host setting, lab host route (to a pod slice, on `netns`) or guest route (in a node or pod) put in place.")),
                     ("policies", computed(string_list(), "`<instance>/<namespace>/<name>` of every NetworkPolicy applied; empty when neither instance has a cluster (`netns` instances have none: no policy applies).")),
                     ("created_at", computed(string(), "When the federation was created (RFC 3339).")),
                     ("state", computed(string(), "`complete` when every piece is in place; otherwise what is missing (forwarding rule, guest route, policy, registry tag), and the next plan shows the repair; its apply records what it restored (`federation.repair` in the audit log).")),
@@ -271,6 +274,8 @@ impl FederationResource {
         let settings = present[0].lab.as_ref().map(|l| l.settings.clone()).unwrap_or_else(|| ctx.backends.lab_settings(kind));
         ctx.backends.backend(kind, &settings).forwarding().preflight().await.or_report(diags, &context)?;
         let (pa, pb) = (&present[0], &present[1]);
+        // The netns lab host routes pods, so a netns pair opens them too (see `federation`).
+        let opens_pods = kind == BackendKind::Netns;
         let namespaces = known(&planned.namespaces).unwrap_or_default();
         // Exactly what apply will put in place, read (never written) from the labs when they
         // exist already; in words when they are planned in the same run.
@@ -287,17 +292,29 @@ impl FederationResource {
                 }
                 format!("Exactly this is put in place:\n{}", lines.join("\n"))
             }
+            None if opens_pods => "Put in place: forwarding on the lab host for this pair only (both directions, each subnet and pod CIDR to the other side's), on the lab host a route to every node's pod slice via its node, and in every node and pod a route to the peer's subnet and pod CIDR.".to_string(),
             None => format!(
                 "Put in place: forwarding on the lab host for this pair only (both directions), a route to the peer's subnet in every node, and in each cluster a NetworkPolicy admitting the peer's subnet and pod CIDR into {namespaces:?} (keeping the cluster's own pods and nodes admitted)."
             ),
+        };
+        let (sa, sb) = (pa.allocation, pb.allocation);
+        let reach = if opens_pods {
+            format!(
+                "these networks reach each other, in both directions: {} subnet {} and pod CIDR {} <-> {} subnet {} and pod CIDR {} (nodes and pods of both). Service CIDRs {} and {} stay unrouted.",
+                pa.name, sa.subnet, sa.pod_cidr, pb.name, sb.subnet, sb.pod_cidr, sa.service_cidr, sb.service_cidr
+            )
+        } else {
+            format!(
+                "these subnets reach each other, in both directions: {} {} <-> {} {} (their nodes, and pods through their node's address). Pod CIDRs are not routed between the instances: {} and {} stay unreachable from the other side.",
+                pa.name, sa.subnet, pb.name, sb.subnet, sa.pod_cidr, sb.pod_cidr
+            )
         };
         diagnostics::warning(
             diags,
             format!("Federation {id} opens a path between two isolated instances"),
             format!(
-                "Once applied, these subnets reach each other, in both directions: {} {} <-> {} {} (their nodes, and pods through their node's address). Pod CIDRs are not routed between the instances: {} and {} stay unreachable from the other side.\n{what}\n\
+                "Once applied, {reach}\n{what}\n\
                  Other instances stay unreachable and federation is not transitive. The change is recorded in the audit log{}.",
-                pa.name, pa.allocation.subnet, pb.name, pb.allocation.subnet, pa.allocation.pod_cidr, pb.allocation.pod_cidr,
                 known(&config_state.reason).map(|r| format!(" with the reason {r:?}")).unwrap_or_default(),
             ),
         );
@@ -580,16 +597,24 @@ impl Resource for FederationResource {
         let ctl = OpControl { timeout: OP_TIMEOUT, cancel: tf_provider::stop_token() };
         let (ea, eb) = Self::entries(&ctx, &a, &b).or_report(diags, &context)?;
         let mut closed = Vec::new();
+        let mut open_pair = None;
         if let (Some(ea), Some(eb)) = (ea, eb) {
             match Self::pair(&ctx, ea, eb) {
                 Ok(pair) => {
                     closed = pair.reachability();
                     pair.close(&namespaces(&prior_state), &ctl).await.or_report(diags, &context)?;
+                    open_pair = Some(pair);
                 }
                 Err(e) => tracing::warn!(federation = %id, error = %e, "instances no longer form a pair; removing the registry tags only"),
             }
         }
         ctx.registry.unfederate(&a, &b, json!({"closed": closed, "reason": known(&prior_state.reason)})).or_report(diags, &context)?;
+        if let Some(pair) = open_pair {
+            // Read after the tags went: see `Pair::release_pods`.
+            let doc = ctx.registry.snapshot().or_report(diags, &context)?;
+            let still = |n: &str| doc.instances.get(n).is_some_and(|e| !e.federated.is_empty());
+            pair.release_pods(&still, &ctl).await.or_report(diags, &context)?;
+        }
         Some(())
     }
 

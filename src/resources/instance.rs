@@ -32,6 +32,7 @@ use crate::settings;
 
 /// One node in state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct NodeState {
     /// Node name.
     pub name: Value<String>,
@@ -39,6 +40,10 @@ pub struct NodeState {
     pub role: Value<String>,
     /// Address on the instance subnet.
     pub ip: Value<String>,
+    /// The node's slice of the pod CIDR (netns).
+    pub pod_cidr: Value<String>,
+    /// Its pods' addresses (netns).
+    pub pods: Value<Vec<String>>,
 }
 
 /// The `timeouts` block.
@@ -67,6 +72,8 @@ pub struct InstanceState {
     pub control_planes: Value<Number>,
     /// Worker count.
     pub workers: Value<Number>,
+    /// Pods per node (netns).
+    pub pods_per_node: Value<Number>,
     /// Host-only subnet.
     pub subnet: Value<String>,
     /// Pod CIDR.
@@ -183,7 +190,13 @@ impl InstanceResource {
 
     /// Its schema.
     pub fn resource_schema() -> Schema {
-        let node = object(&[("name", string()), ("role", string()), ("ip", string())]);
+        let node = object(&[
+            ("name", string()),
+            ("role", string()),
+            ("ip", string()),
+            ("pod_cidr", string()),
+            ("pods", string_list()),
+        ]);
         let timeouts = Block {
             version: 1,
             description: Description::markdown("How long each operation may take before it is stopped."),
@@ -200,12 +213,13 @@ impl InstanceResource {
             ("backend", optional_computed(string(), "`netns` (network namespaces: for CI and quick labs) or `vagrant` (VMs). Default: the provider's `default_backend`. Changing it replaces the instance.")),
             ("control_planes", optional_computed(number(), "Number of control-plane nodes, a whole number from 1 to 3 (default 1), at .10, .11, .12 of the subnet. Changing it replaces the instance.")),
             ("workers", optional_computed(number(), "Number of worker nodes, a whole number from 0 to 10 (default 2), from .20 up. Updated in place: nodes are added or removed, the others are untouched.")),
+            ("pods_per_node", optional_computed(number(), "netns only: pod namespaces per node, a whole number from 0 to 8 (default 1). Each pod is addressed from its node's slice of `pod_cidr` (see `nodes`), wired to its node by a veth, and routes only its own instance (its subnet and pod CIDR, via its node); the nodes route each other's slices on the subnet. Nothing outside the instance has a route to its pods. Updated in place. Null for `vagrant`, whose clusters run real pods.")),
             ("subnet", optional_computed(string(), "Host-only subnet. Not set: the first free slot of the provider's `host_pool`, shown as a concrete value at plan (held by a reservation until apply), stepping around what other instances of the configuration pin. Set: must be a canonical CIDR of the pool's prefix that overlaps nothing and no special-purpose range (unspecified, loopback, link-local, multicast, reserved, broadcast); a pinned value takes over a network that another plan only reserved and had chosen automatically. Changing it replaces the instance (refused while the instance is federated).")),
             ("pod_cidr", optional_computed(string(), "Kubernetes pod CIDR. Not set: the first free slot of `pod_pool` (10.244.0.0/16 for the first instance). Set: checked like `subnet`. Changing it replaces the instance.")),
             ("service_cidr", optional_computed(string(), "Kubernetes service CIDR. Not set: the first free slot of `service_pool` (10.96.0.0/16 for the first instance). Set: checked like `subnet`. Changing it replaces the instance.")),
             ("mgmt_cidr", computed(string(), "The instance's own isolated management network (Vagrant on libvirt only; null otherwise).")),
             ("gateway", computed(string(), "The host's address on the subnet (.1).")),
-            ("nodes", computed(AttributeTypeList::of(node), "Nodes: `name` (`<name>-cp-1`…, `<name>-worker-1`…), `role` (`control-plane` or `worker`) and `ip`.")),
+            ("nodes", computed(AttributeTypeList::of(node), "Nodes: `name` (`<name>-cp-1`…, `<name>-worker-1`…), `role` (`control-plane` or `worker`), `ip`, and on `netns` the node's slice of the pod CIDR `pod_cidr` (a /24 of a /20 or wider pod CIDR: cp-N takes slice N-1, worker-N slice N+2, so a node keeps its slice when workers change) and its `pods`' addresses (the slice's .2 up; .1 is the node's side); on `vagrant` `pod_cidr` is null and `pods` empty (Cilium assigns pod addresses).")),
             ("federated_with", deprecated(computed(string_list(), "Deprecated and always null. It listed the instances this one is federated with, but another resource (`homelab_federation`) changed it, so every refresh after a federation change reported drift (`plan -refresh-only -detailed-exitcode` exiting 2). Read the federations of an instance from the data source `homelab_cidr_allocation` (`federated_with`), or from the `homelab_federation` resources."))),
             ("created_at", computed(string(), "When the instance was allocated (RFC 3339).")),
             ("state", computed(string(), "What the backend reports: `running` when every node is up and wired as planned; otherwise what is wrong (a plan then shows the repair).")),
@@ -275,6 +289,8 @@ struct Desired {
     kind: BackendKind,
     control_planes: u32,
     workers: u32,
+    /// Pods per node (0 for vagrant, which ignores it).
+    pods_per_node: u32,
     vagrant: Option<VagrantOptions>,
 }
 
@@ -330,6 +346,7 @@ fn validate_config(diags: &mut Diagnostics, c: &InstanceState) {
     for (attr, v, lo, hi, what) in [
         ("control_planes", &c.control_planes, 1, i64::from(MAX_CONTROL_PLANES), "control-plane nodes"),
         ("workers", &c.workers, 0, i64::from(MAX_WORKERS), "worker nodes"),
+        ("pods_per_node", &c.pods_per_node, 0, i64::from(backend::pods::MAX_PODS_PER_NODE), "pods per node"),
         ("cpus", &c.cpus, 1, 1 << 10, "vCPUs per VM"),
         ("memory_mb", &c.memory_mb, 256, 1 << 20, "MiB of memory per VM"),
     ] {
@@ -424,11 +441,23 @@ fn desired(ctx: &Configured, diags: &mut Diagnostics, config: &InstanceState) ->
             );
         }
     }
+    if kind == BackendKind::Vagrant && !config.pods_per_node.is_null() {
+        attribute_error(
+            diags,
+            "pods_per_node",
+            "`pods_per_node` is only for the netns backend".into(),
+            format!("Instance {name:?} uses the vagrant backend, whose cluster runs real pods: remove `pods_per_node` or set `backend = \"netns\"`."),
+        );
+    }
     Some(Desired {
         name,
         kind,
         control_planes: count(&config.control_planes).unwrap_or(DEFAULT_CONTROL_PLANES as u32),
         workers: count(&config.workers).unwrap_or(DEFAULT_WORKERS as u32),
+        pods_per_node: match kind {
+            BackendKind::Netns => count(&config.pods_per_node).unwrap_or(backend::pods::DEFAULT_PODS_PER_NODE),
+            BackendKind::Vagrant => 0,
+        },
         vagrant: (kind == BackendKind::Vagrant).then(|| vagrant_options(config)),
     })
 }
@@ -485,8 +514,23 @@ fn lab_spec(d: &Desired, a: &Allocation) -> Option<LabSpec> {
         service_cidr: a.service_cidr,
         mgmt_cidr: a.mgmt_cidr,
         nodes: backend::plan_nodes(&d.name, &a.subnet, d.control_planes, d.workers)?,
+        pods_per_node: d.pods_per_node,
         vagrant: d.vagrant.clone(),
     })
+}
+
+/// On netns, the pod CIDR must hold every node's slice (an error on `pod_cidr` otherwise).
+fn pods_fit(diags: &mut Diagnostics, d: &Desired, a: &Allocation) -> bool {
+    if d.kind != BackendKind::Netns {
+        return true;
+    }
+    match backend::pods::plan(&d.name, &a.pod_cidr, &[], d.pods_per_node) {
+        Ok(_) => true,
+        Err(e) => {
+            attribute_error(diags, "pod_cidr", "Pod CIDR too small for the netns pods".into(), format!("{e}. Choose a wider `pod_cidr`, or leave it to the pool."));
+            false
+        }
+    }
 }
 
 fn lab_record(ctx: &Configured, d: &Desired, settings_of_entry: Option<&BTreeMap<String, String>>) -> LabRecord {
@@ -495,6 +539,9 @@ fn lab_record(ctx: &Configured, d: &Desired, settings_of_entry: Option<&BTreeMap
         .unwrap_or_else(|| ctx.backends.lab_settings(d.kind));
     if let Some(v) = &d.vagrant {
         backend::vagrant::options_into_settings(v, &mut settings);
+    }
+    if d.kind == BackendKind::Netns {
+        settings.insert(backend::pods::SETTING.into(), d.pods_per_node.to_string());
     }
     LabRecord {
         control_planes: d.control_planes,
@@ -520,19 +567,33 @@ fn fill(state: &mut InstanceState, ctx: &Configured, d: &Desired, a: &Allocation
     state.backend = val(d.kind.as_str().to_string());
     state.control_planes = val(Number::from(i64::from(d.control_planes)));
     state.workers = val(Number::from(i64::from(d.workers)));
+    state.pods_per_node = match d.kind {
+        BackendKind::Netns => val(Number::from(i64::from(d.pods_per_node))),
+        BackendKind::Vagrant => Value::Null,
+    };
     state.subnet = val(a.subnet.to_string());
     state.pod_cidr = val(a.pod_cidr.to_string());
     state.service_cidr = val(a.service_cidr.to_string());
     state.mgmt_cidr = a.mgmt_cidr.map(|m| val(m.to_string())).unwrap_or(Value::Null);
     state.gateway = val(net::gateway(&a.subnet).to_string());
+    let nodes = backend::plan_nodes(&d.name, &a.subnet, d.control_planes, d.workers).unwrap_or_default();
+    let pods = match d.kind {
+        BackendKind::Netns => backend::pods::plan(&d.name, &a.pod_cidr, &nodes, d.pods_per_node).ok(),
+        BackendKind::Vagrant => None,
+    };
     state.nodes = val(
-        backend::plan_nodes(&d.name, &a.subnet, d.control_planes, d.workers)
-            .unwrap_or_default()
+        nodes
             .into_iter()
-            .map(|n| NodeState {
-                name: val(n.name),
-                role: val(n.role.as_str().to_string()),
-                ip: val(n.ip.to_string()),
+            .enumerate()
+            .map(|(i, n)| {
+                let np = pods.as_ref().and_then(|p| p.get(i));
+                NodeState {
+                    name: val(n.name),
+                    role: val(n.role.as_str().to_string()),
+                    ip: val(n.ip.to_string()),
+                    pod_cidr: np.map(|p| val(p.slice.to_string())).unwrap_or(Value::Null),
+                    pods: val(np.map(|p| p.pods.iter().map(|ip| ip.to_string()).collect()).unwrap_or_default()),
+                }
             })
             .collect(),
     );
@@ -678,12 +739,27 @@ impl InstanceResource {
     ) {
         let Ok(doc) = ctx.registry.snapshot() else { return };
         let Some(entry) = doc.instances.get(&spec.instance) else { return };
+        // A netns pair opens pods too (see `federation`): the peer's pod CIDR in every node and
+        // pod, and this instance's pod slices on the lab host (new nodes have new slices).
+        let pods = entry.backend == BackendKind::Netns.as_str();
         for peer in &entry.federated {
             if let Some(p) = doc.instances.get(peer) {
                 let ctl = OpControl::with_timeout(Duration::from_secs(120));
-                if let Err(e) = backend.set_guest_route(spec, p.allocation.subnet, true, &ctl).await {
-                    diagnostics::error(diags, &format!("restoring the route to federated {peer}"), &e);
+                let mut dests = vec![p.allocation.subnet];
+                if pods && p.backend == entry.backend {
+                    dests.push(p.allocation.pod_cidr);
                 }
+                for dest in dests {
+                    if let Err(e) = backend.set_guest_route(spec, dest, true, &ctl).await {
+                        diagnostics::error(diags, &format!("restoring the route to federated {peer}"), &e);
+                    }
+                }
+            }
+        }
+        if pods && !entry.federated.is_empty() {
+            let ctl = OpControl::with_timeout(Duration::from_secs(120));
+            if let Err(e) = backend.set_host_pod_routes(spec, true, &ctl).await {
+                diagnostics::error(diags, "restoring the lab host's routes to the pods of a federated instance", &e);
             }
         }
     }
@@ -812,6 +888,9 @@ impl InstanceResource {
             );
             return None;
         }
+        if !pods_fit(diags, &d, &allocation) {
+            return None;
+        }
         fill(&mut planned, &ctx, &d, &allocation);
         planned.timeouts = config_state.timeouts.clone();
         planned.created_at = Value::Unknown;
@@ -927,6 +1006,9 @@ impl InstanceResource {
             Some(a) if !config_state.subnet.is_unknown() => {
                 if lab_spec(&d, &a).is_none() {
                     attribute_error(diags, "workers", "Too many nodes for the subnet".into(), format!("{} cannot hold {} workers", a.subnet, d.workers));
+                    return None;
+                }
+                if !pods_fit(diags, &d, &a) {
                     return None;
                 }
                 fill(&mut planned, &ctx, &d, &a);
@@ -1341,6 +1423,10 @@ impl Resource for InstanceResource {
             backend: val(kind.as_str().into()),
             control_planes: val(Number::from(i64::from(lab.control_planes.max(1)))),
             workers: val(Number::from(i64::from(lab.workers))),
+            pods_per_node: match kind {
+                BackendKind::Netns => val(Number::from(i64::from(backend::pods::pods_per_node_of(s)))),
+                BackendKind::Vagrant => Value::Null,
+            },
             ..Default::default()
         };
         if kind == BackendKind::Vagrant {

@@ -69,7 +69,7 @@ fn schema_shows_provider_resources_data_source_every_attribute_described(tf: Tf)
     let resources: Vec<&String> = p["resource_schemas"].as_object().unwrap().keys().collect();
     assert_eq!(resources, vec!["homelab_federation", "homelab_instance"]);
     let data: Vec<&String> = p["data_source_schemas"].as_object().unwrap().keys().collect();
-    assert_eq!(data, vec!["homelab_cidr_allocation"]);
+    assert_eq!(data, vec!["homelab_cidr_allocation", "homelab_reachability"]);
     assert!(count > 50, "only {count} attributes seen");
     assert!(missing.is_empty(), "attributes without description: {missing:?}");
     // Every attribute the issues name is there.

@@ -116,6 +116,7 @@ impl Lab {
             instance: s.instance.clone(),
             iface: homelab::backend::netns::bridge_name(&s.subnet),
             subnet: s.subnet,
+            pod_cidr: None,
         }
     }
 
@@ -424,11 +425,13 @@ async fn iptables_rules_take_effect_ahead_of_libvirt_style_rejects() {
         instance: "acme".into(),
         iface: "virbr1".into(),
         subnet: "192.168.121.0/24".parse().unwrap(),
+        pod_cidr: None,
     };
     let b = Link {
         instance: "globex".into(),
         iface: "virbr2".into(),
         subnet: "192.168.122.0/24".parse().unwrap(),
+        pod_cidr: None,
     };
     let fwd: &dyn Forwarding = &IptablesForwarding::new(Some(host.clone()));
     fwd.preflight().await.unwrap();
@@ -526,11 +529,13 @@ async fn iptables_leaves_forwarding_on_when_it_was_on_before() {
         instance: "a".into(),
         iface: "virbr1".into(),
         subnet: "192.168.121.0/24".parse().unwrap(),
+        pod_cidr: None,
     };
     let b = Link {
         instance: "b".into(),
         iface: "virbr2".into(),
         subnet: "192.168.122.0/24".parse().unwrap(),
+        pod_cidr: None,
     };
     let fwd = IptablesForwarding::new(Some(host.clone()));
     fwd.allow_pair(&a, &b).await.unwrap();

@@ -26,7 +26,7 @@ async fn up(b: &dyn Backend, spec: &LabSpec) {
 }
 
 #[tokio::test]
-async fn bring_up_of_three_nodes_builds_namespaces_bridge_addresses_and_only_connected_routes() {
+async fn bring_up_of_three_nodes_builds_namespaces_bridge_addresses_pods_and_only_instance_routes() {
     let root_before = RootNetSnapshot::take();
     let guard = LabHostGuard::new();
     let b = backend(&guard);
@@ -41,18 +41,39 @@ async fn bring_up_of_three_nodes_builds_namespaces_bridge_addresses_and_only_con
     assert_eq!(addrs(host, &br), vec!["192.168.56.1/24"]);
 
     let mut expected_ns = vec![host.clone()];
-    for (node, ip) in [
-        ("acme-cp-1", "192.168.56.10"),
-        ("acme-worker-1", "192.168.56.20"),
-        ("acme-worker-2", "192.168.56.21"),
-    ] {
+    // Slices of 10.244.0.0/16 by place in the naming plan: cp-1 0, worker-1 3, worker-2 4.
+    let nodes = [
+        ("acme-cp-1", "192.168.56.10", 0),
+        ("acme-worker-1", "192.168.56.20", 3),
+        ("acme-worker-2", "192.168.56.21", 4),
+    ];
+    for (node, ip, slice) in nodes {
         let ns = node_ns(&guard, node);
         expected_ns.push(ns.clone());
-        assert_eq!(links(&ns), vec!["eth0", "lo"], "{ns}");
-        assert!(is_up(&ns, "lo") && is_up(&ns, "eth0"), "{ns}");
+        assert_eq!(links(&ns), vec!["eth0", "lo", "pod1"], "{ns}");
+        assert!(is_up(&ns, "lo") && is_up(&ns, "eth0") && is_up(&ns, "pod1"), "{ns}");
         assert_eq!(addrs(&ns, "eth0"), vec![format!("{ip}/24")]);
-        // No default route, nothing beyond its own /24.
-        assert_eq!(routes(&ns), vec!["192.168.56.0/24 dev eth0"], "{ns}");
+        assert_eq!(addrs(&ns, "pod1"), vec![format!("10.244.{slice}.1/32")]);
+        // No default route: its own /24, the other nodes' pod slices via them, its own pod.
+        let mut want = vec!["192.168.56.0/24 dev eth0".to_string(), format!("10.244.{slice}.2 dev pod1")];
+        for (_, other_ip, other_slice) in nodes.iter().filter(|(n, ..)| *n != node) {
+            want.push(format!("10.244.{other_slice}.0/24 via {other_ip} dev eth0"));
+        }
+        want.sort();
+        assert_eq!(routes(&ns), want, "{ns}");
+        assert_eq!(sysctl(&ns, "net.ipv4.ip_forward"), "1", "{ns} forwards for its pods");
+        // Its pod: one /32, and routes to its own instance only, via its node.
+        let pod = format!("{ns}-pod-1");
+        expected_ns.push(pod.clone());
+        assert_eq!(links(&pod), vec!["eth0", "lo"], "{pod}");
+        assert_eq!(addrs(&pod, "eth0"), vec![format!("10.244.{slice}.2/32")]);
+        let mut want = vec![
+            format!("10.244.{slice}.1 dev eth0"),
+            format!("192.168.56.0/24 via 10.244.{slice}.1 dev eth0"),
+            format!("10.244.0.0/16 via 10.244.{slice}.1 dev eth0"),
+        ];
+        want.sort();
+        assert_eq!(routes(&pod), want, "{pod}");
         let veth = veth_name(&spec.subnet, ip.parse().unwrap()).unwrap();
         let host_end = link(host, &veth).unwrap_or_else(|| panic!("no {veth} in {host}"));
         assert_eq!(host_end["master"], br.as_str());
@@ -306,7 +327,7 @@ async fn teardown_removes_every_namespace_and_interface_and_finally_the_lab_host
     b.teardown(&acme, &ctl()).await.unwrap();
     // acme is gone to the last interface; the lab host stays for globex.
     assert_eq!(namespaces_of(&host), {
-        let mut v = vec![host.clone(), node_ns(&guard, "globex-cp-1")];
+        let mut v = vec![host.clone(), node_ns(&guard, "globex-cp-1"), node_ns(&guard, "globex-cp-1-pod-1")];
         v.sort();
         v
     });
@@ -421,15 +442,20 @@ async fn guest_routes_are_added_listed_and_removed_idempotently() {
     for _ in 0..2 {
         b.set_guest_route(&spec, dest, true, &ctl()).await.unwrap();
     }
+    // Every node via the gateway, every pod via its node.
     assert_eq!(
         b.guest_routes(&spec).await.unwrap(),
         vec![
             ("acme-cp-1".to_string(), dest),
-            ("acme-worker-1".to_string(), dest)
+            ("acme-cp-1-pod-1".to_string(), dest),
+            ("acme-worker-1".to_string(), dest),
+            ("acme-worker-1-pod-1".to_string(), dest)
         ]
     );
     assert!(routes(&node_ns(&guard, "acme-cp-1"))
         .contains(&"192.168.57.0/24 via 192.168.56.1 dev eth0".to_string()));
+    assert!(routes(&node_ns(&guard, "acme-worker-1-pod-1"))
+        .contains(&"192.168.57.0/24 via 10.244.3.1 dev eth0".to_string()));
     // A route added out of band (a default route) is reported too: drift.
     sh(&[
         "ip",
@@ -569,4 +595,24 @@ async fn preflight_child_without_cap_net_admin() {
     assert!(fix.contains("sudo -E terraform apply"), "{fix}");
     let err = b.forwarding().preflight().await.unwrap_err();
     assert!(err.to_string().contains("CAP_NET_ADMIN"), "{err}");
+}
+
+/// A Linux bridge without an address of its own takes its lowest port's: adding a node could
+/// change the gateway's address under the other nodes' ARP caches (traffic through the gateway,
+/// as a federation's, then stalls). The bridge keeps its fixed address through scaling.
+#[tokio::test]
+async fn the_gateway_keeps_its_link_layer_address_when_nodes_are_added() {
+    let guard = LabHostGuard::new();
+    let b = backend(&guard);
+    let mut spec = lab_spec("acme", "192.168.56.0/24", 1, 0);
+    up(b.as_ref(), &spec).await;
+    let br = bridge_name(&spec.subnet);
+    let mac = |host: &str| link(host, &br).unwrap()["address"].as_str().unwrap().to_string();
+    assert_eq!(mac(&guard.name), homelab::backend::netns::bridge_mac(&spec.subnet));
+    for workers in 1..=6 {
+        spec.nodes = homelab::backend::plan_nodes("acme", &spec.subnet, 1, workers).unwrap();
+        up(b.as_ref(), &spec).await;
+        assert_eq!(mac(&guard.name), "02:68:c0:a8:38:00", "after adding worker-{workers}");
+    }
+    b.teardown(&spec, &ctl()).await.unwrap();
 }

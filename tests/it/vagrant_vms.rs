@@ -273,11 +273,13 @@ async fn real_vms_acme_and_globex_are_isolated_scale_federate_and_leave_nothing(
         instance: "acme".into(),
         iface: bridge_a.clone(),
         subnet: acme1.subnet,
+        pod_cidr: None,
     };
     let lg = Link {
         instance: "globex".into(),
         iface: bridge_g.clone(),
         subnet: globex.subnet,
+        pod_cidr: None,
     };
     fwd.preflight().await.expect("forwarding preflight");
     fwd.allow_pair(&la, &lg).await.expect("allow pair");

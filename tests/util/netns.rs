@@ -124,6 +124,7 @@ pub fn lab_spec(name: &str, subnet: &str, control_planes: u32, workers: u32) -> 
         service_cidr: "10.96.0.0/16".parse().unwrap(),
         mgmt_cidr: None,
         nodes: plan_nodes(name, &subnet, control_planes, workers).unwrap(),
+        pods_per_node: 1,
         vagrant: None,
     }
 }

@@ -91,6 +91,7 @@ pub fn vagrant_spec(
         mgmt_cidr: Some(mgmt.parse().unwrap()),
         nodes: plan_nodes(instance, &subnet, control_planes, workers)
             .expect("subnet holds the nodes"),
+        pods_per_node: 0,
         vagrant: Some(options),
     }
 }

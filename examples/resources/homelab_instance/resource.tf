@@ -1,8 +1,10 @@
-# A lab on network namespaces: networks allocated from the pools and shown at plan.
+# A lab on network namespaces: networks allocated from the pools and shown at plan; each node
+# carries two pods addressed from its slice of the pod CIDR (`nodes[*].pod_cidr`, `nodes[*].pods`).
 resource "homelab_instance" "acme" {
-  name    = "acme"
-  backend = "netns"
-  workers = 2
+  name          = "acme"
+  backend       = "netns"
+  workers       = 2
+  pods_per_node = 2
 }
 
 # A lab of VMs on libvirt, with pinned networks (checked at plan against everything else).

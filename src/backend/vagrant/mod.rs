@@ -23,6 +23,7 @@
 pub mod box_import;
 mod config;
 mod console;
+pub mod probe;
 pub mod failed_up;
 mod hypervisor;
 mod files;
@@ -37,6 +38,7 @@ pub mod validate;
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -376,6 +378,15 @@ impl Backend for VagrantBackend {
             }
         }
         Ok(routes)
+    }
+
+    async fn probe(&self, spec: &LabSpec, from: &str, targets: &[std::net::Ipv4Addr], timeout: Duration) -> Result<Vec<super::ProbeOutcome>, BackendError> {
+        // One `vagrant ssh` per source guest: Vagrant's own start-up dominates (seconds).
+        let dir = self.instance_dir(&spec.instance)?;
+        let limits = Limits::timeout(timeout + Duration::from_secs(60));
+        let command = probe::command(targets, timeout);
+        let f = self.vagrant(&dir, &["ssh", from, "--no-tty", "-c", &command], &limits, false).await?;
+        Ok(probe::parse(&f.stdout, targets))
     }
 
     async fn set_guest_route(

@@ -33,8 +33,10 @@ use async_trait::async_trait;
 use serde_json::Value;
 use tokio::time::Instant;
 
+use super::pods::{self as pods_plan, NodePods};
 use super::{
-    Backend, BackendError, LabSpec, LabStatus, NodeStatus, OpControl, CONTROL_PLANE_OFFSET,
+    Backend, BackendError, LabSpec, LabStatus, NodeStatus, OpControl, PodRoute, ProbeOutcome,
+    CONTROL_PLANE_OFFSET,
     WORKER_OFFSET,
 };
 use crate::hostnet::host::{find_program, has_cap_net_admin, HostLock};
@@ -42,6 +44,10 @@ use crate::hostnet::nft::NftForwarding;
 use crate::hostnet::{Forwarding, HostNetError};
 use crate::net::{self, Ipv4Net};
 use crate::process::{self, Cmd, CommandError, Output};
+
+mod pods;
+mod probe;
+pub use pods::{pod_netns, POD_IFACE_PREFIX};
 
 /// Where `ip netns` keeps named namespaces.
 const NETNS_DIR: &str = "/run/netns";
@@ -56,6 +62,16 @@ pub const NODE_IFACE: &str = "eth0";
 /// address (`192.168.56.0/24` → `hlbc0a83800`). 11 characters.
 pub fn bridge_name(subnet: &Ipv4Net) -> String {
     format!("{BRIDGE_PREFIX}{:08x}", u32::from(subnet.network()))
+}
+
+/// The fixed link-layer address of the bridge of `subnet`: locally administered `02:68` + the
+/// subnet's network address (`192.168.56.0/24` → `02:68:c0:a8:38:00`). Without one, a Linux
+/// bridge takes the lowest address of its ports, so adding a node could change the gateway's
+/// address under the other nodes' ARP caches (their traffic through the gateway then stalls
+/// until the entries expire).
+pub fn bridge_mac(subnet: &Ipv4Net) -> String {
+    let o = subnet.network().octets();
+    format!("02:68:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
 }
 
 /// The lab-host end of the veth of the node at `ip`: `hlv` + 8 hex digits of the subnet's network
@@ -142,6 +158,8 @@ struct IfView {
     master: Option<String>,
     /// IPv4 addresses with their prefix.
     addrs: Vec<(Ipv4Addr, u8)>,
+    /// The link-layer address (`ip` listings only; the in-process reader leaves it out).
+    mac: Option<String>,
 }
 
 impl IfView {
@@ -226,6 +244,33 @@ fn node_view_in_process(ns: &str) -> std::io::Result<Option<NsView>> {
     .map(Some)
 }
 
+/// A file under `/proc/sys` as the namespace `ns` sees it (`net/ipv4/ip_forward`), read by a
+/// short-lived thread that joins the namespace, like [`node_view_in_process`]. `Ok(None)`: the
+/// namespace does not exist.
+fn sysctl_in_process(ns: &str, key: &str) -> std::io::Result<Option<String>> {
+    use std::os::fd::AsRawFd;
+    let file = match std::fs::File::open(Path::new(NETNS_DIR).join(ns)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let path = Path::new("/proc/sys").join(key);
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || -> std::io::Result<String> {
+                // SAFETY: setns only changes this thread's network namespace, and this thread
+                // ends right after reading one file.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(std::fs::read_to_string(&path)?.trim().to_string())
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("namespace reader thread panicked")))
+    })
+    .map(Some)
+}
+
 fn parse_links(text: &str) -> Result<NsView, String> {
     let items: Vec<Value> = if text.trim().is_empty() {
         Vec::new()
@@ -247,6 +292,7 @@ fn parse_links(text: &str) -> Result<NsView, String> {
             .and_then(Value::as_str)
             .map(String::from);
         let master = link.get("master").and_then(Value::as_str).map(String::from);
+        let mac = link.get("address").and_then(Value::as_str).map(String::from);
         let mut addrs = Vec::new();
         for a in link
             .get("addr_info")
@@ -276,6 +322,7 @@ fn parse_links(text: &str) -> Result<NsView, String> {
                 kind,
                 master,
                 addrs,
+                mac,
             },
         );
     }
@@ -419,7 +466,14 @@ impl NetnsBackend {
         self.nft.clone()
     }
 
+    /// The pods of every node of `spec` (see [`crate::backend::pods`]).
+    fn pod_plan(spec: &LabSpec) -> Result<Vec<NodePods>, BackendError> {
+        pods_plan::plan(&spec.instance, &spec.pod_cidr, &spec.nodes, spec.pods_per_node)
+            .map_err(|e| BackendError::Other(format!("instance {}: {e}", spec.instance)))
+    }
+
     fn validate(spec: &LabSpec) -> Result<(), BackendError> {
+        Self::pod_plan(spec)?;
         for node in &spec.nodes {
             let ok = node
                 .name
@@ -523,6 +577,7 @@ impl NetnsBackend {
         spec: &LabSpec,
         node: &super::NodeSpec,
         host: Option<&NsView>,
+        node_pods: Option<&NodePods>,
     ) -> Result<NodeFinding, BackendError> {
         let netns = self.node_netns(&node.name);
         let veth = veth_name(&spec.subnet, node.ip).unwrap_or_default();
@@ -556,6 +611,9 @@ impl NetnsBackend {
                     }
                 }
             }
+        }
+        if let Some(np) = node_pods {
+            problems.extend(pods::node_problems(&self.host_ns, np, &view).await?);
         }
         match host.and_then(|h| h.get(&veth)) {
             None => problems.push(format!("veth {veth} is missing in netns {}", self.host_ns)),
@@ -646,9 +704,10 @@ impl NetnsBackend {
     ) -> Result<(LabStatus, Option<NsView>, Vec<NodeFinding>), BackendError> {
         let host = self.host_view(shared).await?;
         let mut problems = self.bridge_problems(spec, host.as_ref());
+        let plan = Self::pod_plan(spec)?;
         let mut findings = Vec::new();
-        for node in &spec.nodes {
-            findings.push(self.observe_node(spec, node, host.as_ref()).await?);
+        for (node, np) in spec.nodes.iter().zip(&plan) {
+            findings.push(self.observe_node(spec, node, host.as_ref(), Some(np)).await?);
         }
         let (extra, stray) = self.strays(spec, host.as_ref());
         for v in &stray {
@@ -753,7 +812,7 @@ impl NetnsBackend {
         match view.get(&br) {
             None => {
                 tracing::info!(netns = %host, bridge = %br, gateway = %gw, instance = %spec.instance, "creating bridge");
-                lines.push(format!("link add {br} type bridge"));
+                lines.push(format!("link add {br} address {} type bridge", bridge_mac(&spec.subnet)));
                 lines.push(format!("addr add {gw} dev {br}"));
                 lines.push(format!("link set {br} up"));
             }
@@ -765,6 +824,11 @@ impl NetnsBackend {
                 )));
             }
             Some(i) => {
+                let mac = bridge_mac(&spec.subnet);
+                if i.mac.as_deref() != Some(mac.as_str()) {
+                    tracing::info!(bridge = %br, mac = %mac, "fixing the bridge's link-layer address");
+                    lines.push(format!("link set {br} address {mac}"));
+                }
                 if !i.has_addr(spec.gateway, spec.subnet.prefix_len()) {
                     tracing::info!(bridge = %br, gateway = %gw, "repairing gateway address");
                     lines.push(format!("addr replace {gw} dev {br}"));
@@ -812,7 +876,11 @@ impl NetnsBackend {
     ) -> Result<(), BackendError> {
         let doomed: Vec<String> = nodes
             .iter()
-            .map(|n| self.node_netns(n))
+            .flat_map(|n| {
+                let mut v = pods::pod_namespaces_of(&self.host_ns, n);
+                v.push(self.node_netns(n));
+                v
+            })
             .filter(|ns| netns_exists(ns))
             .collect();
         if doomed.is_empty() {
@@ -883,10 +951,11 @@ impl Backend for NetnsBackend {
         self.delete_node_namespaces(&extra, &op).await?;
 
         // Spec nodes: find the missing and the broken; healthy ones are not touched at all.
+        // Pods are converged after the nodes (below), so nodes are judged on their own here.
         let mut findings = Vec::new();
         for node in &spec.nodes {
             op.check(&format!("look at node {}", node.name))?;
-            findings.push(self.observe_node(spec, node, Some(&host_view)).await?);
+            findings.push(self.observe_node(spec, node, Some(&host_view), None).await?);
         }
         let mut new_namespaces = Vec::new();
         let mut stale_links = Vec::new();
@@ -944,6 +1013,7 @@ impl Backend for NetnsBackend {
         for (ns, lines) in &node_jobs {
             run_batch(Some(ns), lines, Some(&op)).await?;
         }
+        pods::converge(&self.host_ns, spec, &Self::pod_plan(spec)?, &op).await?;
         op.check("read back the lab")?;
         Ok(self.observe_all(spec).await?.0)
     }
@@ -1028,55 +1098,40 @@ impl Backend for NetnsBackend {
         self.nft.clone()
     }
 
+    fn guest_route_holders(&self, spec: &LabSpec) -> Vec<(String, Ipv4Addr)> {
+        let plan = Self::pod_plan(spec).unwrap_or_default();
+        let mut out = Vec::new();
+        for (i, node) in spec.nodes.iter().enumerate() {
+            out.push((node.name.clone(), spec.gateway));
+            if let Some(np) = plan.get(i) {
+                for k in 1..=np.pods.len() {
+                    out.push((pods_plan::pod_name(&node.name, k), np.gateway));
+                }
+            }
+        }
+        out
+    }
+
     async fn guest_routes(&self, spec: &LabSpec) -> Result<Vec<(String, Ipv4Net)>, BackendError> {
         let mut out = Vec::new();
-        for node in &spec.nodes {
-            let ns = self.node_netns(&node.name);
+        for (holder, _) in self.guest_route_holders(spec) {
+            // Pods are named like nodes: `<host>-<pod name>`.
+            let ns = self.node_netns(&holder);
             if !netns_exists(&ns) {
                 continue;
             }
-            let cmd = Cmd::new([
-                "ip",
-                "-n",
-                ns.as_str(),
-                "-j",
-                "-4",
-                "route",
-                "show",
-                "table",
-                "main",
-            ]);
-            let text = match process::run(&cmd).await {
-                Ok(o) => o.stdout,
+            let routes = match pods::read_routes(&ns).await {
+                Ok(r) => r,
                 Err(_) if !netns_exists(&ns) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            let routes: Vec<Value> = if text.trim().is_empty() {
-                Vec::new()
-            } else {
-                serde_json::from_str(&text).map_err(|e| {
-                    BackendError::Other(format!("could not read the output of `{cmd}`: {e}"))
-                })?
+                Err(e) => return Err(e),
             };
             for r in routes {
-                let Some(dst) = r.get("dst").and_then(Value::as_str) else {
+                // Its own instance (the subnet, however reached; the pod slices and pods) is
+                // not another network.
+                if r.dst == spec.subnet || spec.pod_cidr.contains(&r.dst) {
                     continue;
-                };
-                let dest: Ipv4Net = if dst == "default" {
-                    Ipv4Net::default()
-                } else if let Ok(n) = dst.parse::<Ipv4Net>() {
-                    n
-                } else if let Ok(a) = dst.parse::<Ipv4Addr>() {
-                    Ipv4Net::from(a)
-                } else {
-                    return Err(BackendError::Other(format!(
-                        "could not read the output of `{cmd}`: route destination `{dst}`"
-                    )));
-                };
-                let connected = dest == spec.subnet && r.get("gateway").is_none();
-                if !connected {
-                    out.push((node.name.clone(), dest));
                 }
+                out.push((holder.clone(), r.dst));
             }
         }
         Ok(out)
@@ -1091,28 +1146,27 @@ impl Backend for NetnsBackend {
     ) -> Result<(), BackendError> {
         let op = Op::new(ctl);
         let dest_text = dest.to_string();
-        let gw = spec.gateway.to_string();
-        for node in &spec.nodes {
-            let ns = self.node_netns(&node.name);
+        for (name, via) in self.guest_route_holders(spec) {
+            let ns = self.node_netns(&name);
+            let gw = via.to_string();
             if present {
                 if !netns_exists(&ns) {
                     return Err(BackendError::Other(format!(
-                        "node {} has no network namespace {ns}: converge the instance first",
-                        node.name
+                        "{name} has no network namespace {ns}: converge the instance first"
                     )));
                 }
                 let cmd = Cmd::new([
                     "ip", "-n", &ns, "route", "replace", &dest_text, "via", &gw, "dev", NODE_IFACE,
                 ]);
                 op.run(&cmd).await?;
-                tracing::info!(node = %node.name, dest = %dest, via = %gw, "guest route in place");
+                tracing::info!(node = %name, dest = %dest, via = %gw, "guest route in place");
             } else {
                 if !netns_exists(&ns) {
                     continue;
                 }
                 let cmd = Cmd::new(["ip", "-n", &ns, "route", "del", &dest_text, "via", &gw]);
                 match op.run(&cmd).await {
-                    Ok(_) => tracing::info!(node = %node.name, dest = %dest, "guest route removed"),
+                    Ok(_) => tracing::info!(node = %name, dest = %dest, "guest route removed"),
                     // ESRCH: no such route, which is what we want.
                     Err(BackendError::Command(e)) if e.stderr().contains("No such process") => {}
                     Err(_) if !netns_exists(&ns) => {}
@@ -1121,6 +1175,106 @@ impl Backend for NetnsBackend {
             }
         }
         Ok(())
+    }
+
+    fn probe_sources(&self, spec: &LabSpec) -> Vec<(String, Ipv4Addr)> {
+        let plan = Self::pod_plan(spec).unwrap_or_default();
+        let mut out = Vec::new();
+        for (i, node) in spec.nodes.iter().enumerate() {
+            out.push((node.name.clone(), node.ip));
+            if let Some(np) = plan.get(i) {
+                for (k, ip) in np.pods.iter().enumerate() {
+                    out.push((pods_plan::pod_name(&node.name, k + 1), *ip));
+                }
+            }
+        }
+        out
+    }
+
+    async fn probe(&self, _spec: &LabSpec, from: &str, targets: &[Ipv4Addr], timeout: std::time::Duration) -> Result<Vec<ProbeOutcome>, BackendError> {
+        // Nodes and pods are both `<host>-<name>`.
+        let ns = self.node_netns(from);
+        let list = targets.to_vec();
+        let what = ns.clone();
+        let found = tokio::task::spawn_blocking(move || probe::probe_from(&what, &list, timeout))
+            .await
+            .map_err(|e| BackendError::Other(format!("probe from {ns} failed: {e}")))?
+            .map_err(|source| BackendError::Io { path: format!("ICMP probe from network namespace {ns}"), source })?;
+        Ok(found.unwrap_or_else(|| vec![ProbeOutcome::Failed(format!("network namespace {ns} does not exist")); targets.len()]))
+    }
+
+    fn pod_routes(&self, spec: &LabSpec) -> Vec<PodRoute> {
+        Self::pod_plan(spec)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|np| PodRoute { slice: np.slice, via: np.node_ip, node: np.node })
+            .collect()
+    }
+
+    fn describe_host_pod_routes(&self, spec: &LabSpec) -> Vec<String> {
+        let br = bridge_name(&spec.subnet);
+        self.pod_routes(spec)
+            .iter()
+            .map(|r| format!("netns {}: route {} via {} dev {br} (pods of {})", self.host_ns, r.slice, r.via, r.node))
+            .collect()
+    }
+
+    async fn missing_host_pod_routes(&self, spec: &LabSpec) -> Result<Vec<String>, BackendError> {
+        let wanted = self.pod_routes(spec);
+        let lines = self.describe_host_pod_routes(spec);
+        if !netns_exists(&self.host_ns) {
+            return Ok(lines);
+        }
+        let br = bridge_name(&spec.subnet);
+        let have = pods::read_routes(&self.host_ns).await?;
+        Ok(wanted
+            .iter()
+            .zip(lines)
+            .filter(|(w, _)| !have.iter().any(|h| h.dst == w.slice && h.via == Some(w.via) && h.dev.as_deref() == Some(br.as_str())))
+            .map(|(_, l)| l)
+            .collect())
+    }
+
+    async fn set_host_pod_routes(&self, spec: &LabSpec, present: bool, ctl: &OpControl) -> Result<Vec<String>, BackendError> {
+        let op = Op::new(ctl);
+        if !netns_exists(&self.host_ns) {
+            if present {
+                return Err(BackendError::Other(format!(
+                    "lab host network namespace {} does not exist: converge instance {} first",
+                    self.host_ns, spec.instance
+                )));
+            }
+            return Ok(Vec::new());
+        }
+        let br = bridge_name(&spec.subnet);
+        let have = pods::read_routes(&self.host_ns).await?;
+        let wanted = self.pod_routes(spec);
+        let mut lines = Vec::new();
+        if present {
+            // Slices of nodes this instance no longer has (a scale-down while federated) go.
+            for h in &have {
+                let ours = spec.pod_cidr.contains(&h.dst) && h.dev.as_deref() == Some(br.as_str());
+                if ours && !wanted.iter().any(|w| w.slice == h.dst) {
+                    tracing::info!(netns = %self.host_ns, slice = %h.dst, "lab host stops routing a slice no node owns");
+                    lines.push(format!("route del {} dev {br}", h.dst));
+                }
+            }
+        }
+        for r in wanted {
+            let there = have.iter().find(|h| h.dst == r.slice);
+            if present {
+                let right = there.is_some_and(|h| h.via == Some(r.via) && h.dev.as_deref() == Some(br.as_str()));
+                if !right {
+                    tracing::info!(netns = %self.host_ns, slice = %r.slice, via = %r.via, "lab host routes pods of {}", r.node);
+                    lines.push(format!("route replace {} via {} dev {br}", r.slice, r.via));
+                }
+            } else if there.is_some_and(|h| h.dev.as_deref() == Some(br.as_str())) {
+                tracing::info!(netns = %self.host_ns, slice = %r.slice, "lab host stops routing pods of {}", r.node);
+                lines.push(format!("route del {} dev {br}", r.slice));
+            }
+        }
+        run_batch(Some(&self.host_ns), &lines, Some(&op)).await?;
+        Ok(if present { self.describe_host_pod_routes(spec) } else { Vec::new() })
     }
 }
 
@@ -1141,6 +1295,12 @@ mod tests {
             Some("hlvc0a838000a")
         );
         assert_eq!(node_netns("homelab", "acme-cp-1"), "homelab-acme-cp-1");
+    }
+
+    #[test]
+    fn bridge_macs_are_locally_administered_and_distinct_per_subnet() {
+        assert_eq!(bridge_mac(&n("192.168.56.0/24")), "02:68:c0:a8:38:00");
+        assert_ne!(bridge_mac(&n("192.168.56.0/24")), bridge_mac(&n("192.168.57.0/24")));
     }
 
     #[test]
