@@ -6,16 +6,13 @@
 //! turns at state they share on this host, such as a lab host namespace or its firewall table.
 //!
 //! The networks come from `ip -j -4 addr show` and `ip -j -4 route show table main`;
-//! [`parse_ip_json`] is the pure half so that tests can feed it real output captured inside a
-//! namespace of their own.
+//! [`parse_ip_json`] is the pure half (on the typed reader [`super::ip`]) so that tests can feed
+//! it real output captured inside a namespace of their own.
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-
-use super::HostNetError;
+use super::{ip, HostNetError};
 use crate::net::Ipv4Net;
 use crate::process::{self, Cmd};
 
@@ -50,34 +47,18 @@ pub fn parse_ip_json(addr_json: &str, route_json: &str) -> Result<Vec<HostNetwor
     let mut out = Vec::new();
     let mut seen = HashSet::new();
 
-    let addr_err = |why: String| HostNetError::Parse {
-        cmd: "ip -j -4 addr show".into(),
-        why,
-    };
-    for link in json_array(addr_json).map_err(addr_err)? {
-        let ifname = link.get("ifname").and_then(Value::as_str).unwrap_or("?");
-        let infos = link.get("addr_info").and_then(Value::as_array);
-        for info in infos.into_iter().flatten() {
-            if info.get("family").and_then(Value::as_str) != Some("inet") {
-                continue;
-            }
-            let local = info
-                .get("local")
-                .and_then(Value::as_str)
-                .ok_or_else(|| addr_err(format!("an address of {ifname} has no `local`")))?;
-            let prefix = info
-                .get("prefixlen")
-                .and_then(Value::as_u64)
-                .ok_or_else(|| {
-                    addr_err(format!("address {local} of {ifname} has no `prefixlen`"))
-                })?;
+    let links = ip::links(addr_json).map_err(|why| HostNetError::Parse { cmd: "ip -j -4 addr show".into(), why })?;
+    for link in &links {
+        for a in &link.addrs {
             // On a point-to-point link the prefix belongs to the peer's address.
-            let peer = info.get("address").and_then(Value::as_str);
-            let base = peer.unwrap_or(local);
-            let cidr = net_of(base, prefix).map_err(|e| addr_err(format!("{ifname}: {e}")))?;
-            let source = match peer {
-                Some(p) => format!("interface {ifname} address {local} peer {p}/{prefix}"),
-                None => format!("interface {ifname} address {local}/{prefix}"),
+            let base = a.peer.unwrap_or(a.local);
+            let cidr = Ipv4Net::new(base, a.prefix).map(|n| n.trunc()).map_err(|_| HostNetError::Parse {
+                cmd: "ip -j -4 addr show".into(),
+                why: format!("{}: prefix /{} of {base}", link.name, a.prefix),
+            })?;
+            let source = match a.peer {
+                Some(p) => format!("interface {} address {} peer {p}/{}", link.name, a.local, a.prefix),
+                None => format!("interface {} address {}/{}", link.name, a.local, a.prefix),
             };
             if seen.insert(cidr) {
                 out.push(HostNetwork { cidr, source });
@@ -85,86 +66,36 @@ pub fn parse_ip_json(addr_json: &str, route_json: &str) -> Result<Vec<HostNetwor
         }
     }
 
-    let route_err = |why: String| HostNetError::Parse {
-        cmd: "ip -j -4 route show table main".into(),
-        why,
-    };
-    for route in json_array(route_json).map_err(route_err)? {
-        let dst = route
-            .get("dst")
-            .and_then(Value::as_str)
-            .ok_or_else(|| route_err(format!("a route has no `dst`: {route}")))?;
-        if dst == "default" {
-            continue;
-        }
-        let cidr = match dst.split_once('/') {
-            Some((addr, len)) => {
-                let len: u64 = len
-                    .parse()
-                    .map_err(|_| route_err(format!("route destination `{dst}`")))?;
-                net_of(addr, len).map_err(route_err)?
-            }
-            None => net_of(dst, 32).map_err(route_err)?,
-        };
-        if cidr.prefix_len() == 0 {
-            continue;
-        }
+    let routes = ip::routes(route_json).map_err(|why| HostNetError::Parse { cmd: "ip -j -4 route show table main".into(), why })?;
+    for route in &routes {
+        // Default routes say where unknown traffic goes, not which networks the host is on.
+        let Some(cidr) = route.dst.filter(|c| c.prefix_len() > 0) else { continue };
         if seen.insert(cidr) {
-            out.push(HostNetwork {
-                cidr,
-                source: describe_route(&route, cidr),
-            });
+            out.push(HostNetwork { cidr, source: describe_route(route, cidr) });
         }
     }
     Ok(out)
 }
 
 /// `route 10.0.0.0/8 via 192.0.2.1 dev eth0`, `route blackhole 10.9.0.0/16`, …
-fn describe_route(route: &Value, cidr: Ipv4Net) -> String {
+fn describe_route(route: &ip::Route, cidr: Ipv4Net) -> String {
     let mut text = String::from("route ");
-    if let Some(kind) = route.get("type").and_then(Value::as_str) {
-        if kind != "unicast" {
-            text.push_str(kind);
-            text.push(' ');
-        }
+    if let Some(kind) = &route.kind {
+        text.push_str(kind);
+        text.push(' ');
     }
     text.push_str(&cidr.to_string());
-    if let Some(gw) = route.get("gateway").and_then(Value::as_str) {
+    if let Some(gw) = route.gateway {
         text.push_str(&format!(" via {gw}"));
     }
-    if let Some(dev) = route.get("dev").and_then(Value::as_str) {
+    if let Some(dev) = &route.dev {
         text.push_str(&format!(" dev {dev}"));
     }
-    if let Some(hops) = route.get("nexthops").and_then(Value::as_array) {
-        for hop in hops {
-            let gw = hop.get("gateway").and_then(Value::as_str).unwrap_or("?");
-            let dev = hop.get("dev").and_then(Value::as_str).unwrap_or("?");
-            text.push_str(&format!(" nexthop via {gw} dev {dev}"));
-        }
+    for (gw, dev) in &route.nexthops {
+        let gw = gw.map(|g| g.to_string()).unwrap_or_else(|| "?".into());
+        text.push_str(&format!(" nexthop via {gw} dev {}", dev.as_deref().unwrap_or("?")));
     }
     text
-}
-
-fn json_array(text: &str) -> Result<Vec<Value>, String> {
-    // `ip -j` prints nothing at all (not `[]`) for some empty listings.
-    if text.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Array(items)) => Ok(items),
-        Ok(other) => Err(format!("expected a JSON array, got {other}")),
-        Err(e) => Err(format!("not JSON: {e}")),
-    }
-}
-
-fn net_of(addr: &str, prefix: u64) -> Result<Ipv4Net, String> {
-    let ip: Ipv4Addr = addr
-        .parse()
-        .map_err(|_| format!("`{addr}` is not an IPv4 address"))?;
-    let prefix = u8::try_from(prefix).map_err(|_| format!("prefix /{prefix}"))?;
-    Ipv4Net::new(ip, prefix)
-        .map(|n| n.trunc())
-        .map_err(|_| format!("prefix /{prefix} of {addr}"))
 }
 
 /// The effective capability set of this process (`CapEff` of `/proc/self/status`).

@@ -9,6 +9,7 @@
 //! optional network namespace, so tests never touch the root namespace.
 
 pub mod host;
+pub mod ip;
 pub mod iptables;
 pub mod nft;
 

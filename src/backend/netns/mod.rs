@@ -30,7 +30,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde_json::Value;
 use tokio::time::Instant;
 
 use super::pods::{self as pods_plan, NodePods};
@@ -41,7 +40,7 @@ use super::{
 };
 use crate::hostnet::host::{find_program, has_cap_net_admin, HostLock};
 use crate::hostnet::nft::NftForwarding;
-use crate::hostnet::{Forwarding, HostNetError};
+use crate::hostnet::{ip, Forwarding, HostNetError};
 use crate::net::{self, Ipv4Net};
 use crate::process::{self, Cmd, CommandError, Output};
 
@@ -271,62 +270,21 @@ fn sysctl_in_process(ns: &str, key: &str) -> std::io::Result<Option<String>> {
     .map(Some)
 }
 
+/// The interfaces of `ip -d -j addr show` by name (through the typed reader, `hostnet::ip`).
 fn parse_links(text: &str) -> Result<NsView, String> {
-    let items: Vec<Value> = if text.trim().is_empty() {
-        Vec::new()
-    } else {
-        serde_json::from_str(text).map_err(|e| format!("not a JSON array: {e}"))?
-    };
-    let mut view = NsView::new();
-    for link in items {
-        let Some(name) = link.get("ifname").and_then(Value::as_str) else {
-            continue;
-        };
-        let flags = link.get("flags").and_then(Value::as_array);
-        let up = flags
-            .into_iter()
-            .flatten()
-            .any(|f| f.as_str() == Some("UP"));
-        let kind = link
-            .pointer("/linkinfo/info_kind")
-            .and_then(Value::as_str)
-            .map(String::from);
-        let master = link.get("master").and_then(Value::as_str).map(String::from);
-        let mac = link.get("address").and_then(Value::as_str).map(String::from);
-        let mut addrs = Vec::new();
-        for a in link
-            .get("addr_info")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if a.get("family").and_then(Value::as_str) != Some("inet") {
-                continue;
-            }
-            let ip = a
-                .get("local")
-                .and_then(Value::as_str)
-                .and_then(|s| s.parse().ok());
-            let len = a
-                .get("prefixlen")
-                .and_then(Value::as_u64)
-                .and_then(|l| u8::try_from(l).ok());
-            if let (Some(ip), Some(len)) = (ip, len) {
-                addrs.push((ip, len));
-            }
-        }
-        view.insert(
-            name.to_string(),
-            IfView {
-                up,
-                kind,
-                master,
-                addrs,
-                mac,
-            },
-        );
-    }
-    Ok(view)
+    Ok(ip::links(text)?
+        .into_iter()
+        .map(|l| {
+            let view = IfView {
+                up: l.up,
+                kind: l.kind,
+                master: l.master,
+                addrs: l.addrs.iter().map(|a| (a.local, a.prefix)).collect(),
+                mac: l.mac,
+            };
+            (l.name, view)
+        })
+        .collect())
 }
 
 /// A named namespace exists (its file under `/run/netns`).

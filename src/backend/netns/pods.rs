@@ -16,11 +16,11 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use serde_json::Value;
 
 use super::{netns_exists, node_netns, run_batch, sysctl_in_process, NetnsBackend, NsView, Op, NETNS_DIR, NODE_IFACE};
 use crate::backend::pods::{pod_name, NodePods};
 use crate::backend::{BackendError, LabSpec};
+use crate::hostnet::{ip, HostNetError};
 use crate::net::Ipv4Net;
 use crate::process::{self, Cmd};
 
@@ -118,34 +118,15 @@ pub(super) struct RouteView {
 pub(super) async fn read_routes(ns: &str) -> Result<Vec<RouteView>, BackendError> {
     let cmd = Cmd::new(["ip", "-n", ns, "-j", "-4", "route", "show", "table", "main"]);
     let text = process::run(&cmd).await?.stdout;
-    parse_routes(&text).map_err(|why| BackendError::Other(format!("could not read the output of `{cmd}`: {why}")))
+    parse_routes(&text).map_err(|why| BackendError::HostNet(HostNetError::Parse { cmd: cmd.to_string(), why }))
 }
 
-/// Parse `ip -j -4 route show`.
+/// Parse `ip -j -4 route show` (through the typed reader, `hostnet::ip`).
 pub(super) fn parse_routes(text: &str) -> Result<Vec<RouteView>, String> {
-    if text.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    let items: Vec<Value> = serde_json::from_str(text).map_err(|e| format!("not a JSON array: {e}"))?;
-    let mut out = Vec::new();
-    for r in items {
-        let Some(dst) = r.get("dst").and_then(Value::as_str) else { continue };
-        let dst = if dst == "default" {
-            Ipv4Net::default()
-        } else if let Ok(n) = dst.parse::<Ipv4Net>() {
-            n
-        } else if let Ok(a) = dst.parse::<Ipv4Addr>() {
-            Ipv4Net::from(a)
-        } else {
-            return Err(format!("route destination `{dst}`"));
-        };
-        out.push(RouteView {
-            dst,
-            via: r.get("gateway").and_then(Value::as_str).and_then(|g| g.parse().ok()),
-            dev: r.get("dev").and_then(Value::as_str).map(String::from),
-        });
-    }
-    Ok(out)
+    Ok(ip::routes(text)?
+        .into_iter()
+        .map(|r| RouteView { dst: r.dst.unwrap_or_default(), via: r.gateway, dev: r.dev })
+        .collect())
 }
 
 /// The routes of its own pod networking that node `np` must have: every other node's slice via

@@ -46,7 +46,7 @@ use crate::backend::{
     Backend, BackendError, LabSpec, LabStatus, NodeStatus, OpControl,
 };
 use crate::hostnet::iptables::IptablesForwarding;
-use crate::hostnet::Forwarding;
+use crate::hostnet::{ip, Forwarding};
 use crate::net::Ipv4Net;
 use crate::process::CommandError;
 
@@ -354,7 +354,10 @@ impl Backend for VagrantBackend {
         )
         .await?
         .ok()?;
-        iface_with_address(&f.stdout, spec.gateway).ok_or_else(|| {
+        let cmd = "ip -j -4 addr show";
+        iface_with_address(&f.stdout, spec.gateway)
+            .map_err(|why| BackendError::HostNet(crate::hostnet::HostNetError::Parse { cmd: cmd.into(), why }))?
+            .ok_or_else(|| {
             BackendError::Other(format!(
                 "no host interface holds {}, the gateway of instance {} ({}): is the lab up?",
                 spec.gateway, spec.instance, spec.subnet
@@ -373,7 +376,10 @@ impl Backend for VagrantBackend {
             .await?
         {
             let f = f.ok()?;
-            for dest in routes_via(&f.stdout, spec.gateway) {
+            let dests = routes_via(&f.stdout, spec.gateway).map_err(|why| {
+                BackendError::HostNet(crate::hostnet::HostNetError::Parse { cmd: format!("vagrant ssh {node} -c 'ip -4 -j route show'"), why })
+            })?;
+            for dest in dests {
                 routes.push((node.clone(), dest));
             }
         }
@@ -413,50 +419,14 @@ impl Backend for VagrantBackend {
     }
 }
 
-/// The interface of `ip -j addr` output that holds `addr`.
-pub fn iface_with_address(ip_json: &str, addr: Ipv4Addr) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(ip_json).ok()?;
-    v.as_array()?.iter().find_map(|link| {
-        let holds = link["addr_info"]
-            .as_array()?
-            .iter()
-            .any(|a| a["local"].as_str().and_then(|s| s.parse::<Ipv4Addr>().ok()) == Some(addr));
-        holds
-            .then(|| link["ifname"].as_str().map(str::to_string))
-            .flatten()
-    })
+/// The interface in `ip -j -4 addr show` output that holds `addr` (`None`: none does).
+pub fn iface_with_address(ip_json: &str, addr: Ipv4Addr) -> Result<Option<String>, String> {
+    Ok(ip::links(ip_json)?.into_iter().find(|l| l.addrs.iter().any(|a| a.local == addr)).map(|l| l.name))
 }
 
 /// Destinations of the routes in `ip -4 -j route show` output that go via `gateway`.
-pub fn routes_via(ip_json: &str, gateway: Ipv4Addr) -> Vec<Ipv4Net> {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(ip_json.trim()) else {
-        return Vec::new();
-    };
-    v.as_array()
-        .map(|rs| {
-            rs.iter()
-                .filter(|r| {
-                    r["gateway"]
-                        .as_str()
-                        .and_then(|g| g.parse::<Ipv4Addr>().ok())
-                        == Some(gateway)
-                })
-                .filter_map(|r| {
-                    let dst = r["dst"].as_str()?;
-                    if dst == "default" {
-                        return None;
-                    }
-                    if dst.contains('/') {
-                        dst.parse::<Ipv4Net>().ok()
-                    } else {
-                        dst.parse::<Ipv4Addr>()
-                            .ok()
-                            .map(|a| Ipv4Net::new(a, 32).expect("/32"))
-                    }
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+pub fn routes_via(ip_json: &str, gateway: Ipv4Addr) -> Result<Vec<Ipv4Net>, String> {
+    Ok(ip::routes(ip_json)?.into_iter().filter(|r| r.gateway == Some(gateway)).filter_map(|r| r.dst).collect())
 }
 
 #[cfg(test)]
@@ -469,7 +439,7 @@ mod tests {
             {"dst":"10.30.0.0/24","gateway":"10.20.0.1","dev":"eth1"},
             {"dst":"10.20.0.0/24","dev":"eth1","prefsrc":"10.20.0.10"},
             {"dst":"10.40.0.5","gateway":"10.20.0.1","dev":"eth1"}]"#;
-        let got = routes_via(json, "10.20.0.1".parse().unwrap());
+        let got = routes_via(json, "10.20.0.1".parse().unwrap()).unwrap();
         assert_eq!(
             got,
             vec![
@@ -481,12 +451,13 @@ mod tests {
 
     #[test]
     fn interface_holding_an_address_is_found() {
-        let json = r#"[{"ifname":"lo","addr_info":[{"local":"127.0.0.1"}]},{"ifname":"virbr1","addr_info":[{"local":"10.20.0.1","prefixlen":24}]}]"#;
+        let json = r#"[{"ifname":"lo","addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8}]},{"ifname":"virbr1","addr_info":[{"family":"inet","local":"10.20.0.1","prefixlen":24}]}]"#;
         assert_eq!(
-            iface_with_address(json, "10.20.0.1".parse().unwrap()).as_deref(),
+            iface_with_address(json, "10.20.0.1".parse().unwrap()).unwrap().as_deref(),
             Some("virbr1")
         );
-        assert_eq!(iface_with_address(json, "10.9.9.9".parse().unwrap()), None);
+        assert_eq!(iface_with_address(json, "10.9.9.9".parse().unwrap()).unwrap(), None);
+        assert!(iface_with_address("nonsense", "10.9.9.9".parse().unwrap()).is_err());
     }
 
 }
