@@ -16,8 +16,10 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-
-use super::{netns_exists, node_netns, run_batch, sysctl_in_process, NetnsBackend, NsView, Op, NETNS_DIR, NODE_IFACE};
+use super::host::NetnsBackend;
+use super::naming::{node_netns, NETNS_DIR, NODE_IFACE};
+use super::ops::{run_batch, Op};
+use super::view::{netns_exists, sysctl_in_process, NsView};
 use crate::backend::pods::{pod_name, NodePods};
 use crate::backend::{BackendError, LabSpec};
 use crate::hostnet::{ip, HostNetError};

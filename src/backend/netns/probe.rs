@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use super::NETNS_DIR;
+use super::naming::NETNS_DIR;
 use crate::backend::ProbeOutcome;
 
 const ECHO_REPLY: u8 = 0;
