@@ -3,21 +3,25 @@
 //! backend; read reconciles with the registry and the backend (gone → re-create, damaged →
 //! repair); import adopts a registry entry and its lab; destroy tears the lab down and releases
 //! the networks.
+//!
+//! Why this file is one piece (about 1,000 lines): it is the resource's lifecycle in lifecycle
+//! order (schema, validate, read, plan, create, update, destroy, import), each method mapping
+//! Terraform's calls onto the registry and the backend, as the house's layout wants a
+//! resource's file to be. What can be split off is: the state it stores (`state`) and the pure
+//! mapping between that state and the domain (`mapping`, with its own unit tests).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use tf_provider::schema::{Attribute, Block, Description, NestedBlock, Schema};
-use tf_provider::value::{self, Value, ValueEmpty};
+use tf_provider::value::{Value, ValueEmpty};
 use tf_provider::{AttributePath, Diagnostics, Resource};
 
 use crate::backend::vagrant::Hypervisor;
 use crate::backend::{
-    self, Backend, BackendKind, LabSpec, LabStatus, OpControl, VagrantOptions, MAX_CONTROL_PLANES,
-    MAX_WORKERS,
+    self, Backend, BackendKind, LabSpec, LabStatus, OpControl,
 };
 use crate::context::{Configured, Shared};
 use crate::diagnostics::{self, attribute_error, Message, OrReport};
@@ -30,157 +34,25 @@ use crate::schema::{
 };
 use crate::settings;
 
-/// One node in state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct NodeState {
-    /// Node name.
-    pub name: Value<String>,
-    /// `control-plane` or `worker`.
-    pub role: Value<String>,
-    /// Address on the instance subnet.
-    pub ip: Value<String>,
-    /// The node's slice of the pod CIDR (netns).
-    pub pod_cidr: Value<String>,
-    /// Its pods' addresses (netns).
-    pub pods: Value<Vec<String>>,
-}
+mod mapping;
+mod state;
 
-/// The `timeouts` block.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Timeouts {
-    /// Create timeout.
-    pub create: Value<String>,
-    /// Update timeout.
-    pub update: Value<String>,
-    /// Delete timeout.
-    pub delete: Value<String>,
-}
+use mapping::*;
+pub use state::{InstancePrivate, InstanceState, NodeState, Timeouts};
+use state::{incomplete, Private};
 
-/// `homelab_instance` state.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct InstanceState {
-    /// = name.
-    pub id: Value<String>,
-    /// Instance name.
-    pub name: Value<String>,
-    /// `netns` / `vagrant`.
-    pub backend: Value<String>,
-    /// Control plane count.
-    pub control_planes: Value<Number>,
-    /// Worker count.
-    pub workers: Value<Number>,
-    /// Pods per node (netns).
-    pub pods_per_node: Value<Number>,
-    /// Host-only subnet.
-    pub subnet: Value<String>,
-    /// Pod CIDR.
-    pub pod_cidr: Value<String>,
-    /// Service CIDR.
-    pub service_cidr: Value<String>,
-    /// Management network (libvirt).
-    pub mgmt_cidr: Value<String>,
-    /// Gateway (.1).
-    pub gateway: Value<String>,
-    /// Nodes.
-    pub nodes: Value<Vec<NodeState>>,
-    /// Deprecated, always null (see the schema).
-    pub federated_with: Value<Vec<String>>,
-    /// Allocation time.
-    pub created_at: Value<String>,
-    /// Lab state summary.
-    pub state: Value<String>,
-    /// Vagrant box.
-    #[serde(rename = "box")]
-    pub box_name: Value<String>,
-    /// Vagrant box version.
-    pub box_version: Value<String>,
-    /// vCPUs per VM.
-    pub cpus: Value<Number>,
-    /// Memory per VM.
-    pub memory_mb: Value<Number>,
-    /// Kubernetes minor.
-    pub kubernetes_version: Value<String>,
-    /// Install Kubernetes.
-    pub provision: Value<bool>,
-    /// Cilium release.
-    pub cilium_version: Value<String>,
-    /// Mirror of pkgs.k8s.io.
-    pub kubernetes_package_mirror: Value<String>,
-    /// apt proxy in the guests.
-    pub apt_proxy: Value<String>,
-    /// OCI registry mirror.
-    pub image_registry_mirror: Value<String>,
-    /// Mirror of the cilium-cli release folder.
-    pub cilium_cli_mirror: Value<String>,
-    /// Instance folder.
-    pub dir: Value<String>,
-    /// Vagrantfile path.
-    pub vagrantfile_path: Value<String>,
-    /// kubeconfig path.
-    pub kubeconfig_path: Value<String>,
-    /// kubeconfig content.
-    pub kubeconfig: Value<String>,
-    /// Whether `kubeconfig` holds the content (null: yes).
-    pub kubeconfig_in_state: Value<bool>,
-    /// API endpoint.
-    pub api_endpoint: Value<String>,
-    /// Timeouts.
-    #[serde(with = "value::serde_as_vec")]
-    pub timeouts: Value<Timeouts>,
-}
 
-/// Private state: whether the last create stopped halfway (its lab is then kept in state even
-/// when nothing of it runs, so `terraform destroy` cleans up what it left), and which run
-/// planned the object (so the create half of its replacement is known as the same object).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InstancePrivate {
-    /// The create failed before the lab was complete.
-    #[serde(default)]
-    pub incomplete: bool,
-    /// The run whose `plan_update` planned this object (only in planned private state).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub planned_in_run: Option<String>,
-}
 
-type Private = Value<InstancePrivate>;
 
-fn incomplete(p: &Private) -> bool {
-    matches!(p, Value::Value(InstancePrivate { incomplete: true, .. }))
-}
+
+
 
 /// The resource.
 pub struct InstanceResource {
     shared: Arc<Shared>,
 }
 
-const VAGRANT_ONLY: [&str; 11] = [
-    "box",
-    "box_version",
-    "cpus",
-    "memory_mb",
-    "kubernetes_version",
-    "provision",
-    "cilium_version",
-    "kubernetes_package_mirror",
-    "apt_proxy",
-    "image_registry_mirror",
-    "cilium_cli_mirror",
-];
-/// Default control planes.
-pub const DEFAULT_CONTROL_PLANES: i64 = 1;
-/// Default workers.
-pub const DEFAULT_WORKERS: i64 = 2;
 
-fn default_timeout(kind: BackendKind, op: &str) -> Duration {
-    match (kind, op) {
-        (BackendKind::Netns, _) => Duration::from_secs(300),
-        (BackendKind::Vagrant, "delete") => Duration::from_secs(15 * 60),
-        (BackendKind::Vagrant, _) => Duration::from_secs(30 * 60),
-    }
-}
 
 impl InstanceResource {
     /// The resource on the provider's shared state.
@@ -282,204 +154,14 @@ fn ctx_name(name: &str) -> String {
     format!("homelab_instance {name:?}")
 }
 
-/// What the configuration asks for, with defaults applied.
-#[derive(Debug, Clone)]
-struct Desired {
-    name: String,
-    kind: BackendKind,
-    control_planes: u32,
-    workers: u32,
-    /// Pods per node (0 for vagrant, which ignores it).
-    pods_per_node: u32,
-    vagrant: Option<VagrantOptions>,
-}
 
-/// The whole value of a number attribute (validation refuses the others).
-fn whole(v: &Value<Number>) -> Option<i64> {
-    known(v).and_then(|n| n.whole())
-}
 
-/// A number attribute's value as a count, when it is one that fits (validation refuses the
-/// others).
-fn count(v: &Value<Number>) -> Option<u32> {
-    whole(v).and_then(|n| u32::try_from(n).ok())
-}
 
-fn vagrant_options(s: &InstanceState) -> VagrantOptions {
-    let mut mirrors = backend::Mirrors::default();
-    for (attr, v) in [
-        ("kubernetes_package_mirror", &s.kubernetes_package_mirror),
-        ("apt_proxy", &s.apt_proxy),
-        ("image_registry_mirror", &s.image_registry_mirror),
-        ("cilium_cli_mirror", &s.cilium_cli_mirror),
-    ] {
-        if let Some(slot) = mirrors.by_attribute_mut(attr) {
-            *slot = known(v);
-        }
-    }
-    VagrantOptions {
-        r#box: known(&s.box_name).unwrap_or_else(|| backend::vagrant::DEFAULT_BOX.to_string()),
-        box_version: known(&s.box_version),
-        cpus: count(&s.cpus).unwrap_or(backend::vagrant::DEFAULT_CPUS),
-        memory_mb: count(&s.memory_mb).unwrap_or(backend::vagrant::DEFAULT_MEMORY_MB),
-        kubernetes_version: known(&s.kubernetes_version)
-            .unwrap_or_else(|| backend::vagrant::DEFAULT_KUBERNETES_VERSION.to_string()),
-        provision: known(&s.provision).unwrap_or(true),
-        cilium_version: known(&s.cilium_version)
-            .unwrap_or_else(|| backend::vagrant::DEFAULT_CILIUM_VERSION.to_string()),
-        mirrors,
-    }
-}
 
-/// Checks that need no provider configuration (values may be unknown).
-fn validate_config(diags: &mut Diagnostics, c: &InstanceState) {
-    if let Value::Value(name) = &c.name {
-        if let Err(e) = crate::registry::validate_name(name) {
-            diagnostics::error(diags, "", &e);
-        }
-    }
-    if let Value::Value(b) = &c.backend {
-        if BackendKind::parse(b).is_none() {
-            attribute_error(diags, "backend", "Invalid backend".into(), format!("{b:?} is not `netns` or `vagrant`"));
-        }
-    }
-    for (attr, v, lo, hi, what) in [
-        ("control_planes", &c.control_planes, 1, i64::from(MAX_CONTROL_PLANES), "control-plane nodes"),
-        ("workers", &c.workers, 0, i64::from(MAX_WORKERS), "worker nodes"),
-        ("pods_per_node", &c.pods_per_node, 0, i64::from(backend::pods::MAX_PODS_PER_NODE), "pods per node"),
-        ("cpus", &c.cpus, 1, 1 << 10, "vCPUs per VM"),
-        ("memory_mb", &c.memory_mb, 256, 1 << 20, "MiB of memory per VM"),
-    ] {
-        match v {
-            Value::Value(Number::Whole(n)) if !(lo..=hi).contains(n) => {
-                attribute_error(diags, attr, format!("Invalid {attr}"), format!("{attr} = {n} is out of range: it counts {what}, from {lo} to {hi}."));
-            }
-            Value::Value(Number::Other(x)) => {
-                attribute_error(diags, attr, format!("Invalid {attr}"), format!("{attr} = {x} is not a whole number: it counts {what}, from {lo} to {hi}."));
-            }
-            _ => {}
-        }
-    }
-    for (attr, v) in [("subnet", &c.subnet), ("pod_cidr", &c.pod_cidr), ("service_cidr", &c.service_cidr)] {
-        if let Value::Value(text) = v {
-            if let Err(e) = settings::cidr_setting(attr, text) {
-                attribute_error(diags, attr, format!("Invalid {attr}"), e.message);
-            }
-        }
-    }
-    if let Value::Value(k) = &c.kubernetes_version {
-        let ok = {
-            let parts: Vec<&str> = k.split('.').collect();
-            (2..=3).contains(&parts.len()) && parts.iter().all(|p| !p.is_empty() && p.chars().all(|ch| ch.is_ascii_digit()))
-        };
-        if !ok {
-            attribute_error(diags, "kubernetes_version", "Invalid kubernetes_version".into(), format!("{k:?} is not a version such as `1.33` or `1.33.2`"));
-        }
-    }
-    if let Value::Value(t) = &c.timeouts {
-        for (attr, v) in [("create", &t.create), ("update", &t.update), ("delete", &t.delete)] {
-            if let Value::Value(text) = v {
-                if let Err(e) = settings::parse_bounded_duration(text, settings::MAX_TIMEOUT) {
-                    diags.error(
-                        format!("Invalid timeouts.{attr}"),
-                        format!("{e}. A timeout is a duration such as `10m` or `1h30m`, from 1ms to 24h."),
-                        AttributePath::new("timeouts").index(0).attribute(attr),
-                    );
-                }
-            }
-        }
-    }
-}
 
-fn vagrant_only_set(c: &InstanceState) -> Vec<&'static str> {
-    let mut set = Vec::new();
-    if !c.box_name.is_null() {
-        set.push("box");
-    }
-    if !c.box_version.is_null() {
-        set.push("box_version");
-    }
-    if !c.cpus.is_null() {
-        set.push("cpus");
-    }
-    if !c.memory_mb.is_null() {
-        set.push("memory_mb");
-    }
-    if !c.kubernetes_version.is_null() {
-        set.push("kubernetes_version");
-    }
-    if !c.provision.is_null() {
-        set.push("provision");
-    }
-    for (attr, v) in [
-        ("cilium_version", &c.cilium_version),
-        ("kubernetes_package_mirror", &c.kubernetes_package_mirror),
-        ("apt_proxy", &c.apt_proxy),
-        ("image_registry_mirror", &c.image_registry_mirror),
-        ("cilium_cli_mirror", &c.cilium_cli_mirror),
-    ] {
-        if !v.is_null() {
-            set.push(attr);
-        }
-    }
-    set
-}
 
-fn desired(ctx: &Configured, diags: &mut Diagnostics, config: &InstanceState) -> Option<Desired> {
-    let name = known(&config.name)?;
-    let kind = match &config.backend {
-        Value::Value(b) => BackendKind::parse(b)?,
-        _ => ctx.choices.default_backend,
-    };
-    if kind == BackendKind::Netns {
-        for attr in vagrant_only_set(config) {
-            attribute_error(
-                diags,
-                attr,
-                format!("`{attr}` is only for the vagrant backend"),
-                format!("Instance {name:?} uses the netns backend, which has no VMs: remove `{attr}` or set `backend = \"vagrant\"`. (Vagrant-only attributes: {}.)", VAGRANT_ONLY.join(", ")),
-            );
-        }
-    }
-    if kind == BackendKind::Vagrant && !config.pods_per_node.is_null() {
-        attribute_error(
-            diags,
-            "pods_per_node",
-            "`pods_per_node` is only for the netns backend".into(),
-            format!("Instance {name:?} uses the vagrant backend, whose cluster runs real pods: remove `pods_per_node` or set `backend = \"netns\"`."),
-        );
-    }
-    Some(Desired {
-        name,
-        kind,
-        control_planes: count(&config.control_planes).unwrap_or(DEFAULT_CONTROL_PLANES as u32),
-        workers: count(&config.workers).unwrap_or(DEFAULT_WORKERS as u32),
-        pods_per_node: match kind {
-            BackendKind::Netns => count(&config.pods_per_node).unwrap_or(backend::pods::DEFAULT_PODS_PER_NODE),
-            BackendKind::Vagrant => 0,
-        },
-        vagrant: (kind == BackendKind::Vagrant).then(|| vagrant_options(config)),
-    })
-}
 
-fn timeout(state: &InstanceState, kind: BackendKind, op: &str) -> Duration {
-    let t = known(&state.timeouts).unwrap_or_default();
-    let v = match op {
-        "create" => &t.create,
-        "update" => &t.update,
-        _ => &t.delete,
-    };
-    known(v)
-        .and_then(|s| settings::parse_bounded_duration(&s, settings::MAX_TIMEOUT).ok())
-        .unwrap_or_else(|| default_timeout(kind, op))
-}
 
-fn op_control(state: &InstanceState, kind: BackendKind, op: &str) -> OpControl {
-    OpControl {
-        timeout: timeout(state, kind, op),
-        cancel: tf_provider::stop_token(),
-    }
-}
 
 /// What the configuration asks for each network. `None` (with an error on the attribute)
 /// when a pinned value is not a network an instance may have: it is never taken for "any".
@@ -505,33 +187,7 @@ fn wants(ctx: &Configured, diags: &mut Diagnostics, config: &InstanceState, kind
     ok.then_some(wants)
 }
 
-fn lab_spec(d: &Desired, a: &Allocation) -> Option<LabSpec> {
-    Some(LabSpec {
-        instance: d.name.clone(),
-        subnet: a.subnet,
-        gateway: net::gateway(&a.subnet),
-        pod_cidr: a.pod_cidr,
-        service_cidr: a.service_cidr,
-        mgmt_cidr: a.mgmt_cidr,
-        nodes: backend::plan_nodes(&d.name, &a.subnet, d.control_planes, d.workers)?,
-        pods_per_node: d.pods_per_node,
-        vagrant: d.vagrant.clone(),
-    })
-}
 
-/// On netns, the pod CIDR must hold every node's slice (an error on `pod_cidr` otherwise).
-fn pods_fit(diags: &mut Diagnostics, d: &Desired, a: &Allocation) -> bool {
-    if d.kind != BackendKind::Netns {
-        return true;
-    }
-    match backend::pods::plan(&d.name, &a.pod_cidr, &[], d.pods_per_node) {
-        Ok(_) => true,
-        Err(e) => {
-            attribute_error(diags, "pod_cidr", "Pod CIDR too small for the netns pods".into(), format!("{e}. Choose a wider `pod_cidr`, or leave it to the pool."));
-            false
-        }
-    }
-}
 
 fn lab_record(ctx: &Configured, d: &Desired, settings_of_entry: Option<&BTreeMap<String, String>>) -> LabRecord {
     let mut settings = settings_of_entry
@@ -550,109 +206,8 @@ fn lab_record(ctx: &Configured, d: &Desired, settings_of_entry: Option<&BTreeMap
     }
 }
 
-fn allocation_of(state: &InstanceState) -> Option<Allocation> {
-    let p = |v: &Value<String>| known(v).and_then(|t| net::parse_canonical(&t).ok());
-    Some(Allocation {
-        subnet: p(&state.subnet)?,
-        pod_cidr: p(&state.pod_cidr)?,
-        service_cidr: p(&state.service_cidr)?,
-        mgmt_cidr: p(&state.mgmt_cidr),
-    })
-}
 
-/// Fill every computed attribute that follows from the desired shape and the allocation.
-fn fill(state: &mut InstanceState, ctx: &Configured, d: &Desired, a: &Allocation) {
-    state.id = val(d.name.clone());
-    state.name = val(d.name.clone());
-    state.backend = val(d.kind.as_str().to_string());
-    state.control_planes = val(Number::from(i64::from(d.control_planes)));
-    state.workers = val(Number::from(i64::from(d.workers)));
-    state.pods_per_node = match d.kind {
-        BackendKind::Netns => val(Number::from(i64::from(d.pods_per_node))),
-        BackendKind::Vagrant => Value::Null,
-    };
-    state.subnet = val(a.subnet.to_string());
-    state.pod_cidr = val(a.pod_cidr.to_string());
-    state.service_cidr = val(a.service_cidr.to_string());
-    state.mgmt_cidr = a.mgmt_cidr.map(|m| val(m.to_string())).unwrap_or(Value::Null);
-    state.gateway = val(net::gateway(&a.subnet).to_string());
-    let nodes = backend::plan_nodes(&d.name, &a.subnet, d.control_planes, d.workers).unwrap_or_default();
-    let pods = match d.kind {
-        BackendKind::Netns => backend::pods::plan(&d.name, &a.pod_cidr, &nodes, d.pods_per_node).ok(),
-        BackendKind::Vagrant => None,
-    };
-    state.nodes = val(
-        nodes
-            .into_iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let np = pods.as_ref().and_then(|p| p.get(i));
-                NodeState {
-                    name: val(n.name),
-                    role: val(n.role.as_str().to_string()),
-                    ip: val(n.ip.to_string()),
-                    pod_cidr: np.map(|p| val(p.slice.to_string())).unwrap_or(Value::Null),
-                    pods: val(np.map(|p| p.pods.iter().map(|ip| ip.to_string()).collect()).unwrap_or_default()),
-                }
-            })
-            .collect(),
-    );
-    match &d.vagrant {
-        Some(v) => {
-            let dir = ctx.settings.home.join("instances").join(&d.name);
-            state.box_name = val(v.r#box.clone());
-            state.box_version = v.box_version.clone().map(val).unwrap_or(Value::Null);
-            state.cpus = val(Number::from(i64::from(v.cpus)));
-            state.memory_mb = val(Number::from(i64::from(v.memory_mb)));
-            state.kubernetes_version = val(v.kubernetes_version.clone());
-            state.provision = val(v.provision);
-            state.cilium_version = val(v.cilium_version.clone());
-            let m = &v.mirrors;
-            state.kubernetes_package_mirror = m.kubernetes_packages.clone().map(val).unwrap_or(Value::Null);
-            state.apt_proxy = m.apt_proxy.clone().map(val).unwrap_or(Value::Null);
-            state.image_registry_mirror = m.images.clone().map(val).unwrap_or(Value::Null);
-            state.cilium_cli_mirror = m.cilium_cli.clone().map(val).unwrap_or(Value::Null);
-            state.vagrantfile_path = val(dir.join("Vagrantfile").display().to_string());
-            if v.provision {
-                state.kubeconfig_path = val(dir.join("kubeconfig").display().to_string());
-                // The first control plane, or the virtual IP of several.
-                let api = backend::plan_nodes(&d.name, &a.subnet, d.control_planes, d.workers)
-                    .and_then(|nodes| backend::api_address(&a.subnet, &nodes))
-                    .map(|ip| ip.to_string())
-                    .unwrap_or_default();
-                state.api_endpoint = val(format!("https://{api}:6443"));
-            } else {
-                state.kubeconfig_path = Value::Null;
-                state.api_endpoint = Value::Null;
-                state.kubeconfig = Value::Null;
-            }
-            state.dir = val(dir.display().to_string());
-        }
-        None => {
-            state.box_name = Value::Null;
-            state.box_version = Value::Null;
-            state.cpus = Value::Null;
-            state.memory_mb = Value::Null;
-            state.kubernetes_version = Value::Null;
-            state.provision = Value::Null;
-            state.cilium_version = Value::Null;
-            state.kubernetes_package_mirror = Value::Null;
-            state.apt_proxy = Value::Null;
-            state.image_registry_mirror = Value::Null;
-            state.cilium_cli_mirror = Value::Null;
-            state.dir = Value::Null;
-            state.vagrantfile_path = Value::Null;
-            state.kubeconfig_path = Value::Null;
-            state.kubeconfig = Value::Null;
-            state.api_endpoint = Value::Null;
-        }
-    }
-}
 
-/// Whether the kubeconfig's content belongs in the state (`kubeconfig_in_state`, default true).
-fn kubeconfig_in_state(state: &InstanceState) -> bool {
-    known(&state.kubeconfig_in_state) != Some(false)
-}
 
 /// Read the kubeconfig the provisioning fetched (vagrant with provision), if any, unless it is
 /// kept out of the state.
@@ -666,32 +221,6 @@ fn kubeconfig_value(state: &InstanceState) -> Value<String> {
     }
 }
 
-/// `running`, or what is wrong in words.
-fn describe(status: &LabStatus) -> String {
-    if status.healthy() {
-        return "running".into();
-    }
-    if !status.exists {
-        return "absent".into();
-    }
-    let mut what: Vec<String> = status
-        .nodes
-        .iter()
-        .filter(|n| !n.healthy)
-        .map(|n| format!("{}: {}", n.name, n.state))
-        .collect();
-    what.extend(status.extra_nodes.iter().map(|n| format!("{n}: not in the configuration")));
-    what.extend(status.problems.iter().cloned());
-    // A whole lab in one state (every VM `poweroff`) reads better as that state, as
-    // `vagrant status` says it.
-    if status.problems.is_empty() && status.extra_nodes.is_empty() && !status.nodes.is_empty() {
-        let first = &status.nodes[0].state;
-        if status.nodes.iter().all(|n| !n.healthy && &n.state == first) && !first.contains(' ') {
-            return first.clone();
-        }
-    }
-    format!("degraded ({})", what.join("; "))
-}
 
 /// The hypervisor a new vagrant lab would be built with.
 fn entry_hypervisor(ctx: &Configured, d: &Desired) -> Hypervisor {
@@ -712,7 +241,7 @@ impl InstanceResource {
         planned_state: &InstanceState,
     ) -> Option<(Arc<Configured>, Desired, String, Allocation)> {
         let ctx = self.shared.get(diags)?;
-        let d = desired(&ctx, diags, config_state)?;
+        let d = desired(ctx.choices.default_backend, diags, config_state)?;
         let context = ctx_name(&d.name);
         let Some(allocation) = allocation_of(planned_state) else {
             diags.root_error(format!("{context}: no networks planned"), "The plan holds no networks for this instance; run `terraform plan` again.");
@@ -798,7 +327,7 @@ impl InstanceResource {
         if !diags.errors.is_empty() {
             return None;
         }
-        let d = desired(ctx, diags, &config_state)?;
+        let d = desired(ctx.choices.default_backend, diags, &config_state)?;
         if let Some(v) = &d.vagrant {
             if let Err(e) = backend::vagrant::check_options(v) {
                 attribute_error(diags, e.attribute, format!("Invalid {}", e.attribute), e.message);
@@ -891,7 +420,7 @@ impl InstanceResource {
         if !pods_fit(diags, &d, &allocation) {
             return None;
         }
-        fill(&mut planned, &ctx, &d, &allocation);
+        fill(&mut planned, &ctx.settings.home, &d, &allocation);
         planned.timeouts = config_state.timeouts.clone();
         planned.created_at = Value::Unknown;
         planned.state = Value::Unknown;
@@ -928,7 +457,7 @@ impl InstanceResource {
                 confirm_held(ctx, diags, &entry);
             }
         }
-        let Some(d) = desired(ctx, diags, &config_state) else {
+        let Some(d) = desired(ctx.choices.default_backend, diags, &config_state) else {
             return Some((planned, prior_private_state, vec![]));
         };
         if !diags.errors.is_empty() {
@@ -1011,7 +540,7 @@ impl InstanceResource {
                 if !pods_fit(diags, &d, &a) {
                     return None;
                 }
-                fill(&mut planned, &ctx, &d, &a);
+                fill(&mut planned, &ctx.settings.home, &d, &a);
             }
             _ => {}
         }
@@ -1136,7 +665,7 @@ impl Resource for InstanceResource {
         // that the next destroy finishes it (or the next apply re-makes it).
         let destroy_interrupted = ctx.registry.destroy_interrupted(&entry);
         confirm_held(&ctx, diags, &entry);
-        let mut d = desired(&ctx, &mut Diagnostics::default(), &state)?;
+        let mut d = desired(ctx.choices.default_backend, &mut Diagnostics::default(), &state)?;
         d.kind = BackendKind::parse(&entry.backend).unwrap_or(d.kind);
         let backend = self.backend_for(&ctx, &d, Some(&entry));
         let spec = lab_spec(&d, &entry.allocation)?;
@@ -1163,7 +692,7 @@ impl Resource for InstanceResource {
             return None;
         }
         let mut new = state.clone();
-        fill(&mut new, &ctx, &d, &entry.allocation);
+        fill(&mut new, &ctx.settings.home, &d, &entry.allocation);
         new.timeouts = state.timeouts.clone();
         new.created_at = val(crate::registry::rfc3339(entry.created_at));
         new.federated_with = Value::Null;
@@ -1372,7 +901,7 @@ impl Resource for InstanceResource {
             diagnostics::error(diags, &context, &err);
             return None;
         }
-        let mut d = desired(&ctx, &mut Diagnostics::default(), &prior_state)?;
+        let mut d = desired(ctx.choices.default_backend, &mut Diagnostics::default(), &prior_state)?;
         if let Some(k) = known(&prior_state.backend).and_then(|b| BackendKind::parse(&b)) {
             d.kind = k;
         }
@@ -1445,8 +974,8 @@ impl Resource for InstanceResource {
             state.image_registry_mirror = m.images.map(val).unwrap_or(Value::Null);
             state.cilium_cli_mirror = m.cilium_cli.map(val).unwrap_or(Value::Null);
         }
-        let d = desired(&ctx, diags, &state)?;
-        fill(&mut state, &ctx, &d, &entry.allocation);
+        let d = desired(ctx.choices.default_backend, diags, &state)?;
+        fill(&mut state, &ctx.settings.home, &d, &entry.allocation);
         state.created_at = val(crate::registry::rfc3339(entry.created_at));
         state.federated_with = Value::Null;
         state.state = val("running".into());
