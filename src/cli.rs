@@ -232,7 +232,7 @@ pub fn run(args: &[String], out: &mut dyn Write) -> Result<(), CliError> {
             let s = settings::validate(&RawSettings { home: Some(a.home.display().to_string()), ..Default::default() }).map_err(|e| fail(format!("{e:?}")))?;
             // The labs record where they live (lab host, hypervisor); these are only defaults.
             let choices = settings::backend_choices(&settings::RawChoices::default()).expect("the default choices are valid");
-            let backends = crate::backend::host_backends(&s, &choices);
+            let backends = crate::backend::set::host_backends(&s, &choices);
             let runtime = tokio::runtime::Runtime::new().map_err(fail)?;
             for name in &a.positional {
                 let ctl = crate::backend::OpControl::with_timeout(std::time::Duration::from_secs(900));

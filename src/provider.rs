@@ -205,7 +205,7 @@ impl HomelabProvider {
     /// The provider with the real backends of this host.
     pub fn new() -> Self {
         Self::with_backends(Arc::new(|s: &Settings, c: &BackendChoices| {
-            crate::backend::host_backends(s, c)
+            crate::backend::set::host_backends(s, c)
         }))
     }
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::backend::vagrant::{Hypervisor, LibvirtDriver};
-use crate::backend::BackendKind;
+use crate::backend::vagrant::hypervisor::{Hypervisor, LibvirtDriver};
+use crate::backend::spec::BackendKind;
 use crate::net::{self, Ipv4Net, Pool};
 use crate::registry::{Kind, Pools};
 

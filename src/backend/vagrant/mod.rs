@@ -25,7 +25,7 @@ mod config;
 mod console;
 pub mod probe;
 pub mod failed_up;
-mod hypervisor;
+pub mod hypervisor;
 mod files;
 pub mod libvirt;
 mod observe;

@@ -11,7 +11,7 @@
 
 use std::fmt::Write as _;
 
-use crate::backend::{LabSpec, NodeSpec, Role, VagrantOptions};
+use crate::backend::spec::{LabSpec, NodeSpec, Role, VagrantOptions};
 use crate::net::Ipv4Net;
 
 use super::hypervisor::{Hypervisor, LibvirtDriver};

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use thiserror::Error;
 
-use crate::backend::{Mirrors, VagrantOptions};
+use crate::backend::spec::{Mirrors, VagrantOptions};
 use crate::net::{self, Ipv4Net};
 
 use super::hypervisor::Hypervisor;
@@ -21,8 +21,7 @@ pub const DEFAULT_CPUS: u32 = 2;
 pub const DEFAULT_MEMORY_MB: u32 = 2048;
 /// Default Kubernetes minor (a current stable one).
 pub const DEFAULT_KUBERNETES_VERSION: &str = "1.33";
-/// Default Cilium release.
-pub const DEFAULT_CILIUM_VERSION: &str = "1.17.4";
+pub use crate::backend::spec::DEFAULT_CILIUM_VERSION;
 /// The only range VirtualBox (6.1.28 and later) allows for host-only networks when
 /// `/etc/vbox/networks.conf` does not exist.
 pub const VIRTUALBOX_DEFAULT_RANGE: &str = "192.168.56.0/21";
