@@ -27,7 +27,8 @@
 //! - [`audit`]: the append-only, hash-chained event log (`<home>/events.jsonl`).
 //! - [`backend`]: the `Backend` trait; `netns` (nodes and pods as namespaces) and `vagrant`
 //!   implementations; `backend::pods`, the pod address plan (each node's slice of the pod CIDR).
-//! - [`hostnet`]: the host's own networks, and forwarding rules for federated pairs.
+//! - [`hostnet`]: the host's own networks, forwarding rules for federated pairs, and the one
+//!   typed reader of `ip -j` output.
 //! - [`federation`]: opening, checking and closing a federated pair (host, guests, clusters).
 //! - [`reachability`]: the isolation proof at read time: ICMP probes from every guest, a matrix.
 //! - [`k8s`]: NetworkPolicies for federation, through `kube` on an injected client.

@@ -1,5 +1,9 @@
 //! The reservation lifecycle (reserve, renew, expire, claim, release), names, federation tags
 //! and the seed's architecture test, on the in-memory store with a manual clock.
+//!
+//! One piece (about 900 lines) because it is one story told in order: each test builds on the
+//! same small fixtures (`Lab`, the manual clock) and walks one entry through the lifecycle;
+//! split by step, every file would repeat the fixtures and lose the order.
 
 use super::*;
 
