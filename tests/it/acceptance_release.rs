@@ -32,7 +32,8 @@ fn release_binary() -> Vec<u8> {
 }
 
 /// examples/quickstart/main.tf with its provider block replaced by `lab`'s (its own registry
-/// home and lab host), and without its `terraform` block (the Workdir adds the same one).
+/// home and lab host), without its `terraform` block (the Workdir adds the same one), and on
+/// Terraform before 1.5 without its check block.
 fn quickstart_with(lab: &Lab) -> String {
     let text = std::fs::read_to_string(repo_root().join("examples/quickstart/main.tf")).unwrap();
     let at = text.find("resource \"homelab_instance\"").expect("the quickstart declares instances");
@@ -42,7 +43,13 @@ fn quickstart_with(lab: &Lab) -> String {
         head.contains("provider \"homelab\" {\n  default_backend = \"netns\"\n}\n"),
         "the quickstart's provider block changed; update this test:\n{head}"
     );
-    format!("{}{body}", lab.provider(""))
+    let text = format!("{}{body}", lab.provider(""));
+    // Its check block needs Terraform 1.5+.
+    if lab.tf.at_least(1, 5) {
+        text
+    } else {
+        crate::util::terraform::without_check_blocks(&text)
+    }
 }
 
 /// A Terraform folder for the quickstart whose only installation method is the network mirror at

@@ -332,3 +332,14 @@ impl Workdir {
             .map(|r| r["values"].clone())
     }
 }
+
+/// `text` without its `check "…" {…}` blocks (top-level blocks closed by a `}` line), for
+/// Terraform before 1.5, which does not know them.
+pub fn without_check_blocks(text: &str) -> String {
+    let mut text = text.to_string();
+    while let Some(start) = text.find("\ncheck \"").map(|i| i + 1).or_else(|| text.starts_with("check \"").then_some(0)) {
+        let end = start + text[start..].find("\n}\n").expect("a check block ends with a `}` line") + 3;
+        text.replace_range(start..end, "");
+    }
+    text
+}
