@@ -139,17 +139,7 @@ fn federation_opens_exactly_one_pair_never_transitively_and_closes_again(tf: Tf)
     );
     assert!(said.contains(&line), "plan lacks {line:?}:\n{}", plan.all());
     // The exact list of what is put in place, as the plan says it.
-    let warned: Vec<String> = plan
-        .all()
-        .split("Exactly this is put in place:")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no exact list in the plan:\n{}", plan.all()))
-        .lines()
-        .skip(1)
-        .map(str::trim)
-        .take_while(|l| !l.is_empty() && !l.starts_with("Other instances"))
-        .map(String::from)
-        .collect();
+    let warned = crate::util::terraform::federation_put_in_place(&plan.all());
     w.apply().ok();
     assert_eq!(lab.matrix(&w), pairs(&[("acme", "globex")]));
     let fed = w.resource("homelab_federation.acme_globex").unwrap();

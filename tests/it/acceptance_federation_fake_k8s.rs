@@ -127,17 +127,7 @@ fn fake_k8s_federation_of_two_clusters_create_drift_repair_destroy(tf: Tf) {
     // The plan says exactly what will be opened; apply opens exactly that.
     w.write(&lab.config(true));
     let plan = w.tf(&["plan"]).ok();
-    let warned: Vec<String> = plan
-        .all()
-        .split("Exactly this is put in place:")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no exact list in the plan:\n{}", plan.all()))
-        .lines()
-        .skip(1)
-        .map(str::trim)
-        .take_while(|l| !l.is_empty() && !l.starts_with("Other instances"))
-        .map(String::from)
-        .collect();
+    let warned = crate::util::terraform::federation_put_in_place(&plan.all());
     let expected_policies = [
         "acme/default/homelab-federation-globex",
         "acme/lab/homelab-federation-globex",

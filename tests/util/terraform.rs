@@ -343,3 +343,18 @@ pub fn without_check_blocks(text: &str) -> String {
     }
     text
 }
+
+/// The lines of a federation plan's warning after "Exactly this is put in place:", trimmed, up
+/// to the blank line (or the note on other instances) that ends the list.
+pub fn federation_put_in_place(plan_output: &str) -> Vec<String> {
+    plan_output
+        .split("Exactly this is put in place:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no exact list in the plan:\n{plan_output}"))
+        .lines()
+        .skip(1)
+        .map(str::trim)
+        .take_while(|l| !l.is_empty() && !l.starts_with("Other instances"))
+        .map(String::from)
+        .collect()
+}
