@@ -122,7 +122,9 @@ newest_terraform() {
 tf() { TF_CLI_CONFIG_FILE="$CLI_CONFIG" "$TERRAFORM" "$@"; }
 
 ensure_base() {
-  apt_install iproute2 nftables iputils-ping
+  # protobuf-compiler: etcd-client's build compiles etcd's .proto files with protoc.
+  # etcd-server, etcd-client: the registry's etcd store (the quickstart's --etcd, the tests).
+  apt_install iproute2 nftables iputils-ping protobuf-compiler etcd-server etcd-client
   python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
   ensure_terraform
 }

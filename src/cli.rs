@@ -14,6 +14,10 @@
 //! - `instances remove [--home DIR] NAME...`: tear down instances whose workspace is gone for
 //!   good (their federations first) and release their networks.
 //! - `events verify [--home DIR]`: verify the event log's hash chain against the registry.
+//! - `registry migrate [--home DIR] --to etcd://…`: move the file registry into the etcd store
+//!   (see [`crate::registry::migrate`]).
+//!
+//! With `--registry etcd://…` (or `$HOMELAB_REGISTRY`) the commands work on the etcd store.
 //! - `docs --schema FILE --examples DIR --out DIR`: generate `docs/` (see [`crate::docs`]).
 //!
 //! Run without arguments by Terraform, the binary serves the plugin protocol instead.
@@ -23,9 +27,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::audit::{Actor, Client};
+use crate::registry::etcd::{EtcdConfig, EtcdStore};
 use crate::registry::file::FileStore;
 use crate::registry::repair::{self, DocState, LogState};
-use crate::registry::{rfc3339, Clock, Registry, SystemClock};
+use crate::registry::{migrate, rfc3339, Clock, Registry, Store, SystemClock};
 use crate::settings::{self, RawSettings};
 
 /// Usage text.
@@ -54,6 +59,14 @@ Subcommands for people:
       and release their networks, recorded in the audit log.
   events verify [--home DIR]
       Verify the hash chain of the event log against the registry.
+  registry migrate [--home DIR] --to etcd://HOST:PORT[,HOST:PORT...]/PREFIX/
+      Move the file registry of DIR into the etcd store (etcds:// for TLS), refused whole when
+      the target holds a name or a network the registry collides with; recorded as a
+      registry.migrate event, and DIR/registry-moved-to says where it went.
+
+Every command but docs and migrate works on the etcd store instead of DIR with
+--registry etcd://HOST:PORT,.../PREFIX/ (or $HOMELAB_REGISTRY); with TLS: --etcd-ca FILE,
+--etcd-cert FILE --etcd-key FILE; with auth: --etcd-user NAME and $HOMELAB_ETCD_PASSWORD.
   docs --schema FILE --examples DIR --out DIR
       Generate the registry docs from `terraform providers schema -json` output and examples.
   --version
@@ -99,7 +112,7 @@ fn parse(args: &[String]) -> Result<Args, CliError> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--home" | "--schema" | "--examples" | "--out" => {
+            "--home" | "--schema" | "--examples" | "--out" | "--registry" | "--to" | "--etcd-ca" | "--etcd-cert" | "--etcd-key" | "--etcd-user" => {
                 let v = it.next().ok_or_else(|| usage(format!("{a} needs a value")))?;
                 if a == "--home" {
                     home = Some(PathBuf::from(v));
@@ -119,18 +132,70 @@ fn parse(args: &[String]) -> Result<Args, CliError> {
     })
 }
 
-fn registry(home: PathBuf) -> Result<Registry, CliError> {
+impl Args {
+    fn option(&self, name: &str) -> Option<&str> {
+        self.options.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The etcd store named by `url` with the TLS and user options (password from
+    /// `$HOMELAB_ETCD_PASSWORD`, never from the command line).
+    fn etcd(&self, url: &str) -> Result<EtcdConfig, CliError> {
+        let raw = settings::RawEtcd {
+            endpoints: Some(EtcdConfig::parse_url(url).map_err(usage)?.endpoints),
+            prefix: Some(EtcdConfig::parse_url(url).map_err(usage)?.prefix),
+            ca_file: self.option("etcd-ca").map(String::from),
+            cert_file: self.option("etcd-cert").map(String::from),
+            key_file: self.option("etcd-key").map(String::from),
+            username: self.option("etcd-user").map(String::from),
+            password: std::env::var("HOMELAB_ETCD_PASSWORD").ok().map(secrecy::SecretString::from),
+        };
+        settings::etcd_config(&raw).map_err(|errors| {
+            usage(errors.iter().map(|e| format!("--{}: {}", e.attribute.trim_start_matches("etcd."), e.message)).collect::<Vec<_>>().join("; "))
+        })
+    }
+
+    /// The etcd store of `--registry etcd://…` (or `$HOMELAB_REGISTRY`), if one is named.
+    fn etcd_store(&self) -> Result<Option<EtcdStore>, CliError> {
+        let url = self.option("registry").map(String::from).or_else(|| std::env::var("HOMELAB_REGISTRY").ok().filter(|v| !v.is_empty()));
+        match url {
+            Some(url) => Ok(Some(EtcdStore::new(self.etcd(&url)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// The store the command works on: the etcd store named, else the file store in `--home`.
+    fn store(&self) -> Result<Arc<dyn Store>, CliError> {
+        Ok(match self.etcd_store()? {
+            Some(s) => Arc::new(s),
+            None => Arc::new(FileStore::new(self.home.clone())),
+        })
+    }
+
+    /// Where the registry is, for messages.
+    fn place(&self) -> Result<String, CliError> {
+        Ok(match self.etcd_store()? {
+            Some(s) => s.config().url(),
+            None => self.home.display().to_string(),
+        })
+    }
+}
+
+fn cli_client() -> Client {
+    Client {
+        provider: format!("terraform-provider-homelab {} (cli)", env!("CARGO_PKG_VERSION")),
+        terraform: String::new(),
+    }
+}
+
+fn registry(a: &Args) -> Result<Registry, CliError> {
     let s = settings::validate(&RawSettings::default()).map_err(|e| fail(format!("{e:?}")))?;
     Ok(Registry::new(
-        Arc::new(FileStore::new(home)),
+        a.store()?,
         s.pools,
         s.reservation_ttl,
         Arc::new(SystemClock),
         Actor::current(),
-        Client {
-            provider: format!("terraform-provider-homelab {} (cli)", env!("CARGO_PKG_VERSION")),
-            terraform: String::new(),
-        },
+        cli_client(),
     ))
 }
 
@@ -148,13 +213,13 @@ pub fn run(args: &[String], out: &mut dyn Write) -> Result<(), CliError> {
         "reservations" => {
             let (sub, rest) = rest.split_first().ok_or_else(|| usage("reservations: list or drop?"))?;
             let a = parse(rest)?;
-            let reg = registry(a.home.clone())?;
+            let reg = registry(&a)?;
             match sub.as_str() {
                 "list" => {
                     let now = reg.now();
                     let list = reg.reservations().map_err(fail)?;
                     if list.is_empty() {
-                        return w(out, format!("no reservations in {}", a.home.display()));
+                        return w(out, format!("no reservations in {}", a.place()?));
                     }
                     w(out, format!("{:<20} {:<9} {:<18} {:<16} {:<16} {:<26} BY", "NAME", "STATE", "SUBNET", "POD_CIDR", "SERVICE_CIDR", "EXPIRES"))?;
                     for e in list {
@@ -211,11 +276,12 @@ pub fn run(args: &[String], out: &mut dyn Write) -> Result<(), CliError> {
         "registry" => {
             let (sub, rest) = rest.split_first().ok_or_else(|| usage("registry: list, check or repair?"))?;
             let a = parse(rest)?;
-            let reg = registry(a.home.clone())?;
+            let reg = registry(&a)?;
             match sub.as_str() {
                 "list" => registry_list(&reg, &a, out),
                 "check" => registry_check(&a, out),
                 "repair" => registry_repair(&a, out),
+                "migrate" => registry_migrate(&a, out),
                 other => Err(usage(format!("registry: unknown subcommand {other}"))),
             }
         }
@@ -228,7 +294,7 @@ pub fn run(args: &[String], out: &mut dyn Write) -> Result<(), CliError> {
             if a.positional.is_empty() {
                 return Err(usage("instances remove: name the instances"));
             }
-            let reg = registry(a.home.clone())?;
+            let reg = registry(&a)?;
             let s = settings::validate(&RawSettings { home: Some(a.home.display().to_string()), ..Default::default() }).map_err(|e| fail(format!("{e:?}")))?;
             // The labs record where they live (lab host, hypervisor); these are only defaults.
             let choices = settings::backend_choices(&settings::RawChoices::default()).expect("the default choices are valid");
@@ -252,7 +318,7 @@ pub fn run(args: &[String], out: &mut dyn Write) -> Result<(), CliError> {
                 return Err(usage(format!("events: unknown subcommand {sub}")));
             }
             let a = parse(rest)?;
-            let reg = registry(a.home.clone())?;
+            let reg = registry(&a)?;
             let v = reg.verify_events().map_err(fail)?;
             w(out, format!("ok: {} events, chain intact, newest seq {} ({})", v.events, v.head.seq, v.head.hash))
         }
@@ -274,7 +340,7 @@ fn registry_list(reg: &Registry, a: &Args, out: &mut dyn Write) -> Result<(), Cl
     let now = reg.now();
     let doc = reg.snapshot().map_err(fail)?;
     if doc.instances.is_empty() {
-        return w(out, format!("no instances in {}", a.home.display()));
+        return w(out, format!("no instances in {}", a.place()?));
     }
     w(out, format!("{:<20} {:<20} {:<18} {:<22} WORKSPACE", "NAME", "STATUS", "SUBNET", "SINCE"))?;
     for e in doc.instances.values() {
@@ -300,14 +366,51 @@ fn registry_list(reg: &Registry, a: &Args, out: &mut dyn Write) -> Result<(), Cl
     Ok(())
 }
 
+/// `registry migrate --to etcd://…`: move the file registry of `--home` into the etcd store.
+fn registry_migrate(a: &Args, out: &mut dyn Write) -> Result<(), CliError> {
+    let Some(to) = a.option("to") else {
+        return Err(usage("registry migrate: say where to, e.g. --to etcd://127.0.0.1:2379/homelab/"));
+    };
+    let config = a.etcd(to)?;
+    let url = config.url();
+    let target = EtcdStore::new(config);
+    let from = FileStore::new(a.home.clone());
+    let done = migrate::migrate(&from, &target, &url, SystemClock.now(), &Actor::current(), &cli_client()).map_err(fail)?;
+    for n in &done.instances {
+        w(out, format!("moved instance {n}"))?;
+    }
+    for id in &done.federations {
+        w(out, format!("moved federation {id}"))?;
+    }
+    for n in &done.already {
+        w(out, format!("already there: {n}"))?;
+    }
+    w(out, format!(
+        "registry {} moved to {url}: {} instance(s), {} federation(s) (event registry.migrate). Configure the provider's etcd block for it in every workspace of this home; {} records the move",
+        a.home.display(),
+        done.instances.len() + done.already.iter().filter(|n| !n.starts_with("federation ")).count(),
+        done.federations.len() + done.already.iter().filter(|n| n.starts_with("federation ")).count(),
+        from.moved_path().display()
+    ))
+}
+
+/// `registry repair` on the etcd store: every change is one transaction, so nothing is ever
+/// half-written; what remains is to say whether the store is sound.
+fn etcd_repair(store: &EtcdStore, out: &mut dyn Write) -> Result<(), CliError> {
+    let url = store.config().url();
+    store.load().map_err(|e| fail(format!("registry {url}: {e}")))?;
+    let v = store.verify_events().map_err(|e| fail(format!("registry {url}: {e}; the etcd store cannot be repaired from here: restore the cluster from its snapshot (`etcdctl snapshot restore`)")))?;
+    w(out, format!("registry {url} is sound: nothing to repair (every change is one etcd transaction; event log intact, {} events)", v.events))
+}
+
 /// `registry repair`: rebuild a damaged registry and say what to do next.
 fn registry_repair(a: &Args, out: &mut dyn Write) -> Result<(), CliError> {
+    if let Some(store) = a.etcd_store()? {
+        return etcd_repair(&store, out);
+    }
     let home = a.home.display().to_string();
     let store = FileStore::new(a.home.clone());
-    let client = Client {
-        provider: format!("terraform-provider-homelab {} (cli)", env!("CARGO_PKG_VERSION")),
-        terraform: String::new(),
-    };
+    let client = cli_client();
     let r = repair::repair(&store, SystemClock.now(), &Actor::current(), &client).map_err(fail)?;
     let Some(plan) = &r.plan else {
         w(out, format!("registry {home} is sound: nothing to repair"))?;
@@ -351,6 +454,13 @@ fn creating_word(c: &crate::registry::Creating) -> String {
 
 /// `registry check`: soundness of the document and the log, then interrupted creations.
 fn registry_check(a: &Args, out: &mut dyn Write) -> Result<(), CliError> {
+    if let Some(store) = a.etcd_store()? {
+        let url = store.config().url();
+        let doc = store.load().map_err(|e| fail(format!("broken: registry {url}: {e}")))?;
+        let v = store.verify_events().map_err(|e| fail(format!("broken: registry {url}: {e}")))?;
+        w(out, format!("ok: registry {url} sound: {} instance(s), {} federation(s); event log intact ({} events)", doc.instances.len(), doc.federations.len(), v.events))?;
+        return interrupted_report(doc, out);
+    }
     let home = a.home.display().to_string();
     let store = FileStore::new(a.home.clone());
     let d = repair::diagnose(&store).map_err(|e| fail(format!("registry {home}: {e}")))?;
@@ -391,6 +501,12 @@ fn registry_check(a: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     for n in &d.notes {
         w(out, format!("note: {n}"))?;
     }
+    interrupted_report(doc, out)
+}
+
+/// The part of `registry check` about creations that a killed apply left (exit code 3 when
+/// some wait for their workspace).
+fn interrupted_report(doc: crate::registry::Document, out: &mut dyn Write) -> Result<(), CliError> {
     let mut waiting = 0;
     let ws_hint = |owner: &Option<crate::registry::owner::Workspace>| match owner {
         Some(o) => format!("run `terraform apply` (or `destroy`) in {} with Terraform workspace `{}`, on {}", o.dir, o.name, o.host),

@@ -7,6 +7,7 @@ use tf_provider::{AttributePath, Diagnostic, Diagnostics};
 use crate::backend::BackendError;
 use crate::federation::FederationError;
 use crate::hostnet::HostNetError;
+use crate::registry::etcd::EtcdError;
 use crate::registry::{AllocError, RegistryError};
 use crate::settings::SettingError;
 
@@ -75,7 +76,11 @@ impl Report for SettingError {
         self.message.clone()
     }
     fn attribute(&self) -> Option<AttributePath> {
-        Some(AttributePath::new(self.attribute))
+        // A nested block's attribute (`etcd.endpoints`): the block is a list of at most one.
+        Some(match self.attribute.split_once('.') {
+            Some((block, attr)) => AttributePath::new(block).index(0).attribute(attr),
+            None => AttributePath::new(self.attribute),
+        })
     }
 }
 
@@ -115,6 +120,19 @@ impl Report for RegistryError {
             | RegistryError::Unreadable { .. }
             | RegistryError::Io { .. } => "Instance registry unusable".into(),
             RegistryError::Audit(_) => "Event log unusable".into(),
+            RegistryError::Moved { .. } => "Instance registry moved".into(),
+            RegistryError::MigrateConflict { .. } => "Registry cannot be moved".into(),
+            RegistryError::Etcd(e) => match e {
+                EtcdError::Unreachable { .. } => "etcd registry unreachable".into(),
+                EtcdError::Auth { .. } => "etcd registry refused the credentials".into(),
+                EtcdError::Tls { .. } => "etcd registry: TLS connection failed".into(),
+                EtcdError::File { .. } => "etcd registry: a TLS file cannot be read".into(),
+                EtcdError::Contention { .. } => "etcd registry busy".into(),
+                EtcdError::TooLarge { .. } => "Change too large for one etcd transaction".into(),
+                EtcdError::Request { .. } | EtcdError::Corrupt { .. } | EtcdError::UnknownVersion { .. } => {
+                    "Instance registry unusable".into()
+                }
+            },
             RegistryError::AlreadyAllocated { name, .. } => format!("Instance `{name}` already exists"),
             RegistryError::ReservationLost { name, .. } => {
                 format!("Networks planned for `{name}` were taken after its reservation expired")

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use tf_provider::schema::{Block, Description, Schema};
+use tf_provider::schema::{Block, Description, NestedBlock, Schema};
 use tf_provider::value::{Value, ValueEmpty};
 use tf_provider::{Diagnostics, DynamicDataSource, DynamicResource, Provider};
 
@@ -17,13 +17,14 @@ use crate::backend::BackendSet;
 use crate::data_sources::cidr_allocation::CidrAllocationDataSource;
 use crate::data_sources::reachability::ReachabilityDataSource;
 use crate::diagnostics;
+use crate::registry::etcd::EtcdStore;
 use crate::registry::file::FileStore;
-use crate::registry::{declared, Origin, Registry, SystemClock};
+use crate::registry::{declared, Origin, Registry, Store, SystemClock};
 use crate::resources::federation::FederationResource;
 use crate::resources::instance::InstanceResource;
 use crate::resources::names::NameBook;
 use crate::context::{Configured, Shared};
-use crate::schema::{attributes, known, number, optional, string, Number};
+use crate::schema::{attributes, known, number, optional, required, sensitive, string, string_list, Number};
 use crate::settings::{self, BackendChoices, RawChoices, RawSettings, Settings};
 
 /// The provider block as Terraform sends it.
@@ -60,6 +61,74 @@ pub struct ProviderConfig {
     pub hypervisor: Value<String>,
     /// `kvm` or `qemu`.
     pub libvirt_driver: Value<String>,
+    /// The etcd store's block (absent: the file store in `home`).
+    #[serde(with = "tf_provider::value::serde_as_vec")]
+    pub etcd: Value<EtcdBlock>,
+}
+
+/// The provider block's `etcd { … }`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EtcdBlock {
+    /// Client URLs.
+    pub endpoints: Value<Vec<Value<String>>>,
+    /// Key prefix.
+    pub prefix: Value<String>,
+    /// CA file.
+    pub ca_file: Value<String>,
+    /// Client certificate.
+    pub cert_file: Value<String>,
+    /// Client key.
+    pub key_file: Value<String>,
+    /// User name.
+    pub username: Value<String>,
+    /// Password (sensitive).
+    pub password: Value<String>,
+}
+
+impl EtcdBlock {
+    fn raw(&self) -> settings::RawEtcd {
+        settings::RawEtcd {
+            endpoints: known(&self.endpoints).map(|l| l.iter().filter_map(known).collect()),
+            prefix: known(&self.prefix),
+            ca_file: known(&self.ca_file),
+            cert_file: known(&self.cert_file),
+            key_file: known(&self.key_file),
+            username: known(&self.username),
+            password: known(&self.password).map(secrecy::SecretString::from),
+        }
+    }
+
+    fn any_unknown(&self) -> bool {
+        self.endpoints.is_unknown()
+            || known(&self.endpoints).is_some_and(|l| l.iter().any(|v| v.is_unknown()))
+            || [&self.prefix, &self.ca_file, &self.cert_file, &self.key_file, &self.username, &self.password]
+                .iter()
+                .any(|v| v.is_unknown())
+    }
+
+    /// The block's schema.
+    pub fn schema() -> Block {
+        Block {
+            version: 1,
+            description: Description::markdown(
+                "Keep the registry on an etcd v3 cluster instead of the file in `home`, so that several lab hosts share one address plan: \
+                 every host's instances get pairwise disjoint networks, with the same reservations, saved-plan checks and audit log as the \
+                 file registry. Every change is one etcd transaction guarded by revision compares; reservations live on etcd leases. \
+                 `home` still holds each host's instance folders. See the README's \"A team's registry on etcd\".",
+            ),
+            attributes: attributes(vec![
+                ("endpoints", required(string_list(), "Client URLs of the cluster's members, e.g. `[\"http://10.0.0.5:2379\", \"http://10.0.0.6:2379\"]` (`https://` with TLS). Requests go to any member and fail over to the others.")),
+                ("prefix", optional(string(), "Key prefix of this registry, starting and ending with `/`. Default `/homelab/`. Hosts that share a prefix share one registry; another prefix is another registry.")),
+                ("ca_file", optional(string(), "PEM file of the CA that signed the members' certificates (with `https://` endpoints).")),
+                ("cert_file", optional(string(), "PEM client certificate, when the cluster is started with `--client-cert-auth` (with `key_file`).")),
+                ("key_file", optional(string(), "PEM private key of `cert_file`.")),
+                ("username", optional(string(), "etcd user, when the cluster has auth enabled (with `password`). Its role needs readwrite on the prefix.")),
+                ("password", sensitive(optional(string(), "Password of `username` (sensitive: never shown or logged)."))),
+            ]),
+            ..Default::default()
+        }
+    }
 }
 
 
@@ -92,6 +161,7 @@ impl ProviderConfig {
             mgmt_pool: known(&self.mgmt_pool),
             mgmt_prefix: prefix(&mut errors, "mgmt_prefix", &self.mgmt_prefix),
             reservation_ttl: known(&self.reservation_ttl),
+            etcd: known(&self.etcd).as_ref().map(EtcdBlock::raw),
         };
         (raw, errors)
     }
@@ -133,13 +203,22 @@ impl ProviderConfig {
             || [&self.host_prefix, &self.pod_prefix, &self.service_prefix, &self.mgmt_prefix]
                 .iter()
                 .any(|v| v.is_unknown())
+            || self.etcd.is_unknown() || known(&self.etcd).is_some_and(|b| b.any_unknown())
     }
 }
 
-/// The registry of `settings` (its file store in `home`), for `client`'s run `origin`.
+/// The store of `settings`: the etcd store of its `etcd` block, else the file store in `home`.
+pub fn open_store(settings: &Settings) -> Arc<dyn Store> {
+    match &settings.etcd {
+        Some(c) => Arc::new(EtcdStore::new(c.clone())),
+        None => Arc::new(FileStore::new(settings.home.clone())),
+    }
+}
+
+/// The registry of `settings` (see [`open_store`]), for `client`'s run `origin`.
 fn open_registry(settings: &Settings, client: Client, origin: Origin) -> Registry {
     Registry::new(
-        Arc::new(FileStore::new(settings.home.clone())),
+        open_store(settings),
         settings.pools,
         settings.reservation_ttl,
         Arc::new(SystemClock),
@@ -156,7 +235,7 @@ fn open_registry(settings: &Settings, client: Client, origin: Origin) -> Registr
 /// A `terraform destroy` whose state holds nothing never configures the provider (Terraform
 /// 1.11 does not start it past validation), so this warning is all it can say.
 fn warn_interrupted(diags: &mut Diagnostics, settings: &Settings, origin: &Origin) {
-    if !FileStore::new(settings.home.clone()).registry_path().is_file() {
+    if settings.etcd.is_none() && !FileStore::new(settings.home.clone()).registry_path().is_file() {
         return;
     }
     let registry = open_registry(settings, Client::provider(String::new()), origin.clone());
@@ -251,6 +330,7 @@ impl HomelabProvider {
                     ("hypervisor", optional(string(), "Hypervisor of the `vagrant` backend: `virtualbox` (default) or `libvirt`.")),
                     ("libvirt_driver", optional(string(), "libvirt domain type: `kvm` (default) or `qemu` (software emulation, for hosts whose KVM cannot run a stock kernel).")),
                 ]),
+                blocks: [("etcd".to_string(), NestedBlock::Optional(EtcdBlock::schema()))].into_iter().collect(),
                 ..Default::default()
             },
         }

@@ -12,6 +12,7 @@ use thiserror::Error;
 use crate::backend::vagrant::hypervisor::{Hypervisor, LibvirtDriver};
 use crate::backend::spec::BackendKind;
 use crate::net::{self, Ipv4Net, Pool};
+use crate::registry::etcd::EtcdConfig;
 use crate::registry::{Kind, Pools};
 
 /// Default host-only pool: VirtualBox's default permitted range (8 /24 subnets).
@@ -30,6 +31,8 @@ pub const DEFAULT_RESERVATION_TTL: &str = "24h";
 pub const MAX_RESERVATION_TTL: Duration = Duration::from_secs(720 * 3600);
 /// Longest operation timeout (`timeouts` of an instance): 24 hours.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Default key prefix of the etcd store.
+pub const DEFAULT_ETCD_PREFIX: &str = crate::registry::etcd::DEFAULT_PREFIX;
 /// Default lab host namespace of the netns backend.
 pub const DEFAULT_NETNS_HOST: &str = "homelab";
 
@@ -75,6 +78,62 @@ pub struct RawSettings {
     pub mgmt_prefix: Option<i64>,
     /// `reservation_ttl`
     pub reservation_ttl: Option<String>,
+    /// The `etcd` block, when given.
+    pub etcd: Option<RawEtcd>,
+}
+
+/// The provider block's `etcd { … }`, as given (None = not set).
+#[derive(Debug, Clone, Default)]
+pub struct RawEtcd {
+    /// `endpoints`
+    pub endpoints: Option<Vec<String>>,
+    /// `prefix`
+    pub prefix: Option<String>,
+    /// `ca_file`
+    pub ca_file: Option<String>,
+    /// `cert_file`
+    pub cert_file: Option<String>,
+    /// `key_file`
+    pub key_file: Option<String>,
+    /// `username`
+    pub username: Option<String>,
+    /// `password`
+    pub password: Option<secrecy::SecretString>,
+}
+
+/// The etcd store's configuration from its block, or the errors naming `etcd.<attribute>`.
+pub fn etcd_config(raw: &RawEtcd) -> Result<EtcdConfig, Vec<SettingError>> {
+    let mut errors = Vec::new();
+    let mut c = EtcdConfig::new(raw.endpoints.clone().unwrap_or_default(), raw.prefix.clone().unwrap_or_else(|| DEFAULT_ETCD_PREFIX.into()));
+    c.ca_file = raw.ca_file.as_ref().map(PathBuf::from);
+    match (&raw.cert_file, &raw.key_file) {
+        (Some(cert), Some(key)) => c.identity = Some((cert.into(), key.into())),
+        (None, None) => {}
+        (Some(_), None) => errors.push(SettingError::new("etcd.key_file", "cert_file is set: key_file (its private key, PEM) is needed too")),
+        (None, Some(_)) => errors.push(SettingError::new("etcd.cert_file", "key_file is set: cert_file (the client certificate, PEM) is needed too")),
+    }
+    match (&raw.username, &raw.password) {
+        (Some(u), Some(p)) => c.user = Some((u.clone(), p.clone())),
+        (None, None) => {}
+        (Some(_), None) => errors.push(SettingError::new("etcd.password", "username is set: password is needed too")),
+        (None, Some(_)) => errors.push(SettingError::new("etcd.username", "password is set: username is needed too")),
+    }
+    for (attribute, message) in c.problems() {
+        let attribute = match attribute {
+            "endpoints" => "etcd.endpoints",
+            "prefix" => "etcd.prefix",
+            "ca_file" => "etcd.ca_file",
+            "cert_file" => "etcd.cert_file",
+            "key_file" => "etcd.key_file",
+            _ => "etcd.username",
+        };
+        errors.push(SettingError::new(attribute, message));
+    }
+    if errors.is_empty() {
+        Ok(c)
+    } else {
+        Err(errors)
+    }
 }
 
 /// Settings every module can trust.
@@ -86,6 +145,8 @@ pub struct Settings {
     pub pools: Pools,
     /// How long a plan-time reservation holds its networks.
     pub reservation_ttl: Duration,
+    /// The etcd store, when the provider block has `etcd { … }` (else the file store in `home`).
+    pub etcd: Option<EtcdConfig>,
 }
 
 /// The provider block's backend choices, as given (None = not set).
@@ -309,6 +370,14 @@ pub fn validate(raw: &RawSettings) -> Result<Settings, Vec<SettingError>> {
             }
         }
     }
+    let etcd = match raw.etcd.as_ref().map(etcd_config) {
+        Some(Ok(c)) => Some(c),
+        Some(Err(more)) => {
+            errors.extend(more);
+            None
+        }
+        None => None,
+    };
     if let (true, Some(host), Some(pod), Some(service), Some(mgmt), Some(ttl)) =
         (errors.is_empty(), host, pod, service, mgmt, ttl)
     {
@@ -326,6 +395,7 @@ pub fn validate(raw: &RawSettings) -> Result<Settings, Vec<SettingError>> {
                 mgmt,
             },
             reservation_ttl: ttl,
+            etcd,
         });
     }
     Err(errors)

@@ -63,6 +63,8 @@ pub struct CidrAllocationState {
     pub mgmt_cidr: Value<String>,
     /// Backend of the entry.
     pub backend: Value<String>,
+    /// The lab host the entry lives on.
+    pub host: Value<String>,
     /// Reservation expiry.
     pub expires_at: Value<String>,
     /// Federation peers.
@@ -112,6 +114,7 @@ impl CidrAllocationDataSource {
                     ("service_cidr", computed(string(), "Kubernetes service CIDR.")),
                     ("mgmt_cidr", computed(string(), "Management network (Vagrant on libvirt instances only; null otherwise).")),
                     ("backend", computed(string(), "Backend of the registry entry (null when `free`).")),
+                    ("host", computed(string(), "The lab host the instance lives on (the machine's host name; for `netns` `<host name>/<netns_host>`), as recorded when it was created; null when `free` or `reserved`. With the registry on etcd, this tells which host of the team holds it.")),
                     ("expires_at", computed(string(), "When the reservation expires (RFC 3339; only when `reserved`).")),
                     ("federated_with", computed(string_list(), "Instances this one is federated with.")),
                     ("owner", computed(string(), "The Terraform workspace the entry belongs to (`workspace <name> of <dir> on <host>`; null when `free`, or for entries written before workspaces were recorded).")),
@@ -183,6 +186,7 @@ impl DataSource for CidrAllocationDataSource {
             service_cidr: Value::Value(a.service_cidr.to_string()),
             mgmt_cidr: a.mgmt_cidr.map(|m| Value::Value(m.to_string())).unwrap_or(Value::Null),
             backend: entry.map(|e| Value::Value(e.backend.clone())).unwrap_or(Value::Null),
+            host: entry.and_then(|e| e.lab.as_ref()).and_then(|l| l.host.clone()).map(Value::Value).unwrap_or(Value::Null),
             expires_at: entry
                 .and_then(|e| e.reservation.as_ref())
                 .map(|r| Value::Value(crate::registry::rfc3339(r.expires_at)))

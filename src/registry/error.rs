@@ -81,6 +81,25 @@ pub enum RegistryError {
     /// The event log is unreadable or does not match the registry.
     #[error("{0}{hint}", hint = audit_hint(.0))]
     Audit(#[from] AuditError),
+    /// The file registry was moved to another store by `registry migrate`.
+    #[error("the registry in {home} was moved to {to} (`registry migrate`): configure the provider's `etcd` block for it (the folder still holds the instance folders; its instances.json and events.jsonl are kept as history only), or pass `--registry {to}` to the provider's commands")]
+    Moved {
+        /// The registry folder.
+        home: PathBuf,
+        /// Where it went.
+        to: String,
+    },
+    /// `registry migrate` found entries in the target that the source's collide with.
+    #[error("cannot move the registry into {to}: {conflicts}. Nothing was written; resolve these (release or rename one side) and run `registry migrate` again", conflicts = conflicts.join("; "))]
+    MigrateConflict {
+        /// The target store.
+        to: String,
+        /// Each collision in words.
+        conflicts: Vec<String>,
+    },
+    /// The etcd store could not do what was asked (unreachable, refused, …).
+    #[error(transparent)]
+    Etcd(#[from] super::etcd::EtcdError),
     /// No networks can be given to this instance.
     #[error("instance `{name}`: {source}")]
     Alloc {

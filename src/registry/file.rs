@@ -186,6 +186,23 @@ impl FileStore {
         self.home.join("events.jsonl")
     }
 
+    /// `<home>/registry-moved-to`: written by `registry migrate` once the registry is in its
+    /// new store, holding that store's URL. From then on this folder's registry is history.
+    pub fn moved_path(&self) -> PathBuf {
+        self.home.join("registry-moved-to")
+    }
+
+    /// Where the registry was moved to, when it was.
+    pub fn moved_to(&self) -> Option<String> {
+        fs::read_to_string(self.moved_path()).ok().map(|s| s.trim().to_string())
+    }
+
+    /// Record that the registry now lives at `to` (see [`FileStore::moved_path`]).
+    pub fn mark_moved(&self, to: &str) -> Result<(), RegistryError> {
+        let path = self.moved_path();
+        fs::write(&path, format!("{to}\n")).map_err(self.io(path, "cannot record where the registry moved"))
+    }
+
     fn io(&self, path: PathBuf, what: &'static str) -> impl FnOnce(std::io::Error) -> RegistryError {
         move |source| RegistryError::Io { path, what, source }
     }
@@ -223,6 +240,9 @@ impl FileStore {
     /// Read and check the document without locking (callers hold the lock). `None`: there is
     /// no registry yet. `for_change`: the caller holds the exclusive lock and will write.
     fn read(&self, for_change: bool) -> Result<Option<Document>, RegistryError> {
+        if let Some(to) = self.moved_to() {
+            return Err(RegistryError::Moved { home: self.home.clone(), to });
+        }
         let path = self.registry_path();
         let bytes = match fs::read(&path) {
             Ok(b) => b,

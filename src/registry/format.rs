@@ -42,7 +42,7 @@ pub(crate) fn check_version(raw: &serde_json::Value, path: &std::path::Path) -> 
 /// What a hand edit (or another program) may have broken that serde does not check: each entry
 /// filed under its own name, names that follow the naming rule (they become folder and
 /// interface names), and CIDRs without host bits.
-fn check_document(doc: &Document) -> Result<(), String> {
+pub(crate) fn check_document(doc: &Document) -> Result<(), String> {
     for (key, e) in &doc.instances {
         if key != &e.name {
             return Err(format!("entry `{key}` has name `{}`", e.name));

@@ -17,6 +17,9 @@
 //! - [`generations`]: the newest previous versions of the file (hard links made by each commit).
 //! - [`repair`]: what `registry check` reports and `registry repair` does about a damaged file
 //!   or event log.
+//! - [`etcd`]: the etcd store (one registry for several lab hosts: transactions guarded by
+//!   revision compares, reservations on leases).
+//! - [`migrate`]: `registry migrate`, moving a file registry into the etcd store.
 //! - [`memory`]: the in-memory twin with the same contract, for fast tests.
 //! - [`owner`]: the workspace an entry belongs to and the run that reserved it.
 //! - [`declared`]: what the workspace's configuration pins, written down by its validation.
@@ -30,12 +33,14 @@ pub mod alloc;
 mod clock;
 pub mod declared;
 mod error;
+pub mod etcd;
 mod federations;
 pub mod file;
 mod format;
 pub mod generations;
 pub mod interrupted;
 pub mod memory;
+pub mod migrate;
 mod model;
 pub mod owner;
 pub mod repair;

@@ -289,6 +289,11 @@ pub struct LabRecord {
     /// Backend settings the lab was built with (`netns_host`, `box`, …).
     #[serde(default)]
     pub settings: BTreeMap<String, String>,
+    /// The lab host it lives on: the machine's host name, and for the netns backend
+    /// `<host name>/<netns_host>` (several lab hosts can share one registry on etcd; each
+    /// host's own addresses and routes are checked only on that host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// One instance of the registry. In the file its networks sit beside its other fields

@@ -8,3 +8,4 @@ pub mod vagrant;
 pub mod vm;
 pub mod worker;
 pub mod fake_k8s;
+pub mod etcd_cluster;

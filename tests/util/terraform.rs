@@ -125,32 +125,45 @@ macro_rules! acceptance {
 }
 
 struct Mirror {
-    _dir: tempfile::TempDir,
     cli_config: PathBuf,
 }
 
-/// A filesystem mirror holding the provider binary under test, shared by every test of this
-/// process, and a CLI config that uses it for homelab/homelab only.
+/// A filesystem mirror holding the provider binary under test, and a CLI config that uses it
+/// for homelab/homelab only. It lives in Cargo's folder for test files (`CARGO_TARGET_TMPDIR`),
+/// made once and shared by every test process (nextest runs each test in a process of its own,
+/// so a temporary folder per process would be left behind by each): a process fills a folder of
+/// its own and renames it into place; when another process was first, it uses that one.
 fn mirror() -> &'static Mirror {
     static M: OnceLock<Mirror> = OnceLock::new();
     M.get_or_init(|| {
-        let dir = tempfile::Builder::new().prefix("homelab-mirror-").tempdir().unwrap();
-        let plat = dir
-            .path()
-            .join(format!("registry.terraform.io/homelab/homelab/{VERSION}/linux_amd64"));
-        std::fs::create_dir_all(&plat).unwrap();
         let bin = PathBuf::from(env!("CARGO_BIN_EXE_terraform-provider-homelab"));
-        std::os::unix::fs::symlink(&bin, plat.join(format!("terraform-provider-homelab_v{VERSION}"))).unwrap();
-        let cli_config = dir.path().join("terraformrc");
-        std::fs::write(
-            &cli_config,
-            format!(
-                "provider_installation {{\n  filesystem_mirror {{\n    path = \"{}\"\n    include = [\"registry.terraform.io/homelab/homelab\"]\n  }}\n  direct {{\n    exclude = [\"registry.terraform.io/homelab/homelab\"]\n  }}\n}}\n",
-                dir.path().display()
-            ),
-        )
-        .unwrap();
-        Mirror { _dir: dir, cli_config }
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let dir = base.join(format!("terraform-mirror-{VERSION}"));
+        let cli_config = dir.join("terraformrc");
+        if !cli_config.is_file() {
+            std::fs::create_dir_all(&base).unwrap();
+            let fill = tempfile::Builder::new().prefix(".terraform-mirror-").tempdir_in(&base).unwrap();
+            let plat = fill
+                .path()
+                .join(format!("registry.terraform.io/homelab/homelab/{VERSION}/linux_amd64"));
+            std::fs::create_dir_all(&plat).unwrap();
+            std::os::unix::fs::symlink(&bin, plat.join(format!("terraform-provider-homelab_v{VERSION}"))).unwrap();
+            std::fs::write(
+                fill.path().join("terraformrc"),
+                format!(
+                    "provider_installation {{\n  filesystem_mirror {{\n    path = \"{}\"\n    include = [\"registry.terraform.io/homelab/homelab\"]\n  }}\n  direct {{\n    exclude = [\"registry.terraform.io/homelab/homelab\"]\n  }}\n}}\n",
+                    dir.display()
+                ),
+            )
+            .unwrap();
+            // Another process may have been first: then its folder stays and this one goes.
+            let filled = fill.keep();
+            if std::fs::rename(&filled, &dir).is_err() {
+                std::fs::remove_dir_all(&filled).ok();
+            }
+        }
+        assert!(cli_config.is_file(), "the provider mirror at {} has no terraformrc", dir.display());
+        Mirror { cli_config }
     })
 }
 

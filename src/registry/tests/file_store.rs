@@ -52,62 +52,6 @@ fn temp_files(home: &Path) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-fn instance_registry_refuses_overlapping_subnets() {
-    let home = tempfile::tempdir().unwrap();
-    let lab = file_lab(home.path());
-    lab.create("a");
-    lab.create("b");
-    let a = lab.registry.get("a").unwrap().expect("a is registered").allocation;
-    let b = lab.registry.get("b").unwrap().expect("b is registered").allocation;
-    assert_ne!(a.subnet, b.subnet);
-    assert!(!crate::net::overlaps(&a.subnet, &b.subnet));
-    // A third name asking for a's subnet is refused, naming a.
-    let wants = Wants {
-        subnet: Want::Pinned(a.subnet),
-        ..Wants::auto(false)
-    };
-    let err = lab.registry.reserve("c", &wants, "netns", &[]).unwrap_err();
-    assert!(err.to_string().contains("the subnet of instance `a` (allocated)"), "{err}");
-}
-
-#[test]
-fn file_registry_never_gives_two_names_the_same_subnet() {
-    let home = tempfile::tempdir().unwrap();
-    let lab = file_lab(home.path());
-    let mut got = Vec::new();
-    for i in 0.. {
-        match lab.registry.reserve(&format!("client{i}"), &Wants::auto(false), "netns", &[]) {
-            Ok(Planned::Reserved(e)) => {
-                lab.registry
-                    .claim(&e.name, &e.allocation, "netns", lab_record(), &[])
-                    .unwrap();
-                got.push(e.allocation.subnet);
-            }
-            Err(RegistryError::Alloc { source: AllocError::Exhausted { kind, .. }, .. }) => {
-                assert_eq!(kind, Kind::Subnet);
-                break;
-            }
-            other => panic!("client{i}: {other:?}"),
-        }
-    }
-    assert_eq!(got.len(), 8, "the default host pool holds 8 subnets");
-    let mut distinct = got.clone();
-    distinct.sort();
-    distinct.dedup();
-    assert_eq!(distinct.len(), got.len(), "{got:?}");
-    // A fresh reader of the same folder sees the same, sound registry.
-    let again = file_lab(home.path());
-    let doc = again.registry.snapshot().unwrap();
-    assert_eq!(doc, lab.registry.snapshot().unwrap());
-    assert!(overlaps_among_holders(&doc, again.registry.now()).is_empty());
-    assert_eq!(again.registry.verify_events().unwrap().events, 16);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Writes
-// ---------------------------------------------------------------------------------------------
-
-#[test]
 fn document_is_versioned_json_and_no_temp_file_is_left() {
     let home = tempfile::tempdir().unwrap();
     let lab = file_lab(home.path());
@@ -191,22 +135,6 @@ fn entries_are_written_in_the_documented_form_and_read_back_exactly() {
     }
     let bytes = serde_json::to_vec_pretty(&doc).unwrap();
     assert_eq!(serde_json::from_slice::<Document>(&bytes).unwrap(), doc);
-}
-
-#[test]
-fn a_fresh_reader_sees_exactly_what_the_writer_holds() {
-    let home = tempfile::tempdir().unwrap();
-    let lab = file_lab(home.path());
-    lab.create("acme");
-    lab.create("globex");
-    lab.registry.federate("acme", "globex", fed_record(), serde_json::json!({"why": "test"})).unwrap();
-    lab.create("initech");
-    lab.registry.release("initech").unwrap();
-    lab.advance(Duration::from_nanos(1_500));
-    lab.reserve("hooli");
-    let fresh = file_lab(home.path());
-    assert_eq!(fresh.registry.snapshot().unwrap(), lab.registry.snapshot().unwrap());
-    assert_eq!(fresh.store.events().unwrap(), lab.store.events().unwrap());
 }
 
 #[test]

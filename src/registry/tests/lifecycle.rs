@@ -1,5 +1,6 @@
 //! The reservation lifecycle (reserve, renew, expire, claim, release), names, federation tags
-//! and the seed's architecture test, on the in-memory store with a manual clock.
+//! and the seed's architecture test, with a manual clock: run on each store (see the suites in
+//! `tests/mod.rs`).
 //!
 //! One piece (about 900 lines) because it is one story told in order: each test builds on the
 //! same small fixtures (`Lab`, the manual clock) and walks one entry through the lifecycle;
@@ -32,7 +33,7 @@ fn multiple_k8s_instances() -> Vec<&'static str> {
 
 #[test]
 fn no_two_instances_have_overlapping_pod_cidrs() {
-    let lab = Lab::memory();
+    let lab = lab();
     for name in multiple_k8s_instances() {
         lab.create(name);
     }
@@ -71,7 +72,7 @@ fn no_two_instances_have_overlapping_pod_cidrs() {
 
 #[test]
 fn first_reservation_on_empty_registry_gets_documented_defaults() {
-    let lab = Lab::memory();
+    let lab = lab();
     let e = lab.reserve("acme");
     assert_eq!(e.status, Status::Reserved);
     assert_eq!(e.allocation.subnet, n("192.168.56.0/24"));
@@ -88,7 +89,7 @@ fn first_reservation_on_empty_registry_gets_documented_defaults() {
 
 #[test]
 fn reserve_same_name_again_keeps_values_and_extends_expiry() {
-    let lab = Lab::memory();
+    let lab = lab();
     let first = lab.reserve("acme");
     lab.reserve("globex");
     lab.advance(Duration::from_secs(600));
@@ -105,7 +106,7 @@ fn reserve_same_name_again_keeps_values_and_extends_expiry() {
 
 #[test]
 fn second_name_gets_the_next_slot_of_every_pool() {
-    let lab = Lab::memory();
+    let lab = lab();
     lab.reserve("acme");
     let g = lab.reserve("globex");
     assert_eq!(g.allocation.subnet, n("192.168.57.0/24"));
@@ -115,7 +116,7 @@ fn second_name_gets_the_next_slot_of_every_pool() {
 
 #[test]
 fn live_reservation_holds_its_networks_against_other_names() {
-    let lab = Lab::memory();
+    let lab = lab();
     // A pinned reservation: no other name takes it (automatic ones yield to pins, see
     // `takeover`).
     lab.registry.reserve("acme", &pinned_subnet("192.168.56.0/24"), "netns", &[]).unwrap();
@@ -137,7 +138,7 @@ fn live_reservation_holds_its_networks_against_other_names() {
 
 #[test]
 fn expired_reservation_is_free_again() {
-    let lab = Lab::memory();
+    let lab = lab();
     let acme = lab.reserve("acme");
     lab.advance(TTL);
     // At its expiry instant the reservation no longer holds: globex gets the same networks.
@@ -153,7 +154,7 @@ fn expired_reservation_is_free_again() {
 
 #[test]
 fn expired_reservation_whose_values_are_still_free_is_renewed_with_them() {
-    let lab = Lab::memory();
+    let lab = lab();
     let first = lab.reserve("acme");
     lab.advance(TTL * 3);
     let again = lab.reserve("acme");
@@ -163,7 +164,7 @@ fn expired_reservation_whose_values_are_still_free_is_renewed_with_them() {
 
 #[test]
 fn replanning_after_expiry_and_takeover_reports_the_new_holder_then_gets_free_values() {
-    let lab = Lab::memory();
+    let lab = lab();
     let acme = lab.reserve("acme");
     lab.advance(TTL + Duration::from_secs(1));
     let globex = lab.create("globex");
@@ -195,7 +196,7 @@ fn replanning_after_expiry_and_takeover_reports_the_new_holder_then_gets_free_va
 
 #[test]
 fn reserve_of_allocated_name_answers_existing_without_writing() {
-    let lab = Lab::memory();
+    let lab = lab();
     let acme = lab.create("acme");
     let before = lab.state();
     match lab.registry.reserve("acme", &Wants::auto(false), "netns", &[]).unwrap() {
@@ -211,7 +212,7 @@ fn reserve_of_allocated_name_answers_existing_without_writing() {
 #[test]
 fn allocated_instance_whose_bridge_is_a_host_network_keeps_its_values() {
     // The lab's own bridge shows up among the host's networks: it is not a conflict.
-    let lab = Lab::memory();
+    let lab = lab();
     let acme = lab.create("acme");
     let own_bridge = vec![External {
         cidr: acme.allocation.subnet,
@@ -225,7 +226,7 @@ fn allocated_instance_whose_bridge_is_a_host_network_keeps_its_values() {
 
 #[test]
 fn pinned_values_are_kept_and_automatic_ones_fit_around_them() {
-    let lab = Lab::memory();
+    let lab = lab();
     let wants = Wants {
         subnet: Want::Pinned(n("192.168.56.0/24")),
         pod_cidr: Want::Pinned(n("10.96.0.0/16")),
@@ -247,7 +248,7 @@ fn pinned_values_are_kept_and_automatic_ones_fit_around_them() {
 
 #[test]
 fn pin_overlapping_another_kind_names_holder_attribute_and_cidr() {
-    let lab = Lab::memory();
+    let lab = lab();
     lab.create("acme");
     let wants = Wants {
         pod_cidr: Want::Pinned(n("10.96.0.0/16")),
@@ -262,7 +263,7 @@ fn pin_overlapping_another_kind_names_holder_attribute_and_cidr() {
 
 #[test]
 fn pin_with_wrong_prefix_is_refused_naming_the_prefix_attribute() {
-    let lab = Lab::memory();
+    let lab = lab();
     let err = lab
         .registry
         .reserve("acme", &pinned_subnet("192.168.56.0/25"), "netns", &[])
@@ -275,7 +276,7 @@ fn pin_with_wrong_prefix_is_refused_naming_the_prefix_attribute() {
 
 #[test]
 fn pin_with_host_bits_set_is_refused_suggesting_the_network() {
-    let lab = Lab::memory();
+    let lab = lab();
     let err = lab
         .registry
         .reserve("acme", &pinned_subnet("192.168.56.7/24"), "netns", &[])
@@ -292,7 +293,7 @@ fn pin_with_host_bits_set_is_refused_suggesting_the_network() {
 
 #[test]
 fn host_network_slot_is_skipped() {
-    let lab = Lab::memory();
+    let lab = lab();
     let Planned::Reserved(e) = lab
         .registry
         .reserve("acme", &Wants::auto(false), "netns", &host_lan())
@@ -307,7 +308,7 @@ fn host_network_slot_is_skipped() {
 
 #[test]
 fn pin_on_a_host_network_is_refused_naming_the_interface() {
-    let lab = Lab::memory();
+    let lab = lab();
     let err = lab
         .registry
         .reserve("acme", &pinned_subnet("192.168.56.0/24"), "netns", &host_lan())
@@ -321,7 +322,7 @@ fn pin_on_a_host_network_is_refused_naming_the_interface() {
 fn host_network_equal_to_an_expired_reservation_is_still_skipped() {
     // acme reserved 192.168.56.0/24 and let it expire; meanwhile the host got a LAN on that
     // very subnet. The slot belongs to nobody in the registry, but the host uses it.
-    let lab = Lab::memory();
+    let lab = lab();
     lab.reserve("acme");
     lab.advance(TTL * 2);
     let Planned::Reserved(g) = lab
@@ -352,7 +353,7 @@ fn host_network_equal_to_an_expired_reservation_is_still_skipped() {
 
 #[test]
 fn exhausted_pool_is_named_with_capacity_and_holders() {
-    let lab = Lab::memory();
+    let lab = lab();
     let names: Vec<String> = (0..8).map(|i| format!("lab{i}")).collect();
     for name in &names {
         lab.create(name);
@@ -375,7 +376,7 @@ fn exhausted_pool_is_named_with_capacity_and_holders() {
 
 #[test]
 fn claim_turns_the_reservation_into_an_allocation_that_never_expires() {
-    let lab = Lab::memory();
+    let lab = lab();
     let planned = lab.reserve("acme");
     let e = lab
         .registry
@@ -395,7 +396,7 @@ fn claim_turns_the_reservation_into_an_allocation_that_never_expires() {
 
 #[test]
 fn saved_plan_after_expiry_and_takeover_is_refused_naming_new_holder() {
-    let lab = Lab::memory();
+    let lab = lab();
     // `terraform plan -out` for acme…
     let saved_plan = lab.reserve("acme").allocation;
     // …not applied before the reservation expires; another configuration takes the networks.
@@ -420,7 +421,7 @@ fn saved_plan_after_expiry_and_takeover_is_refused_naming_new_holder() {
 fn claim_refuses_values_taken_since() {
     // The planned values were reserved by another name after the plan's reservation expired:
     // the conflict names that reservation, with its expiry and who made it.
-    let lab = Lab::memory();
+    let lab = lab();
     let planned = lab.reserve("acme").allocation;
     lab.advance(TTL);
     lab.reserve("globex");
@@ -434,7 +435,7 @@ fn claim_refuses_values_taken_since() {
 
 #[test]
 fn claim_of_expired_reservation_whose_values_are_still_free_succeeds() {
-    let lab = Lab::memory();
+    let lab = lab();
     let planned = lab.reserve("acme").allocation;
     lab.advance(TTL * 5);
     let e = lab.registry.claim("acme", &planned, "netns", lab_record(), &[]).unwrap();
@@ -443,7 +444,7 @@ fn claim_of_expired_reservation_whose_values_are_still_free_succeeds() {
 
 #[test]
 fn repeating_a_successful_claim_is_a_noop_success() {
-    let lab = Lab::memory();
+    let lab = lab();
     let first = lab.create("acme");
     let before = lab.state();
     let again = lab
@@ -456,7 +457,7 @@ fn repeating_a_successful_claim_is_a_noop_success() {
 
 #[test]
 fn claim_of_name_allocated_with_other_values_is_refused() {
-    let lab = Lab::memory();
+    let lab = lab();
     let acme = lab.create("acme");
     let mut other = acme.allocation;
     other.subnet = n("192.168.60.0/24");
@@ -481,7 +482,7 @@ fn claim_of_name_allocated_with_other_values_is_refused() {
 
 #[test]
 fn claim_with_overlapping_own_values_is_refused() {
-    let lab = Lab::memory();
+    let lab = lab();
     let bad = Allocation {
         subnet: n("192.168.56.0/24"),
         pod_cidr: n("10.96.0.0/16"),
@@ -499,7 +500,7 @@ fn claim_with_overlapping_own_values_is_refused() {
 
 #[test]
 fn release_frees_everything_the_name_holds() {
-    let lab = Lab::memory();
+    let lab = lab();
     let acme = lab.create("acme");
     lab.create("globex");
     let released = lab.registry.release("acme").unwrap().expect("acme was there");
@@ -516,7 +517,7 @@ fn release_frees_everything_the_name_holds() {
 
 #[test]
 fn release_of_a_reservation_frees_it() {
-    let lab = Lab::memory();
+    let lab = lab();
     let acme = lab.reserve("acme");
     lab.registry.release("acme").unwrap().expect("acme was reserved");
     assert_eq!(lab.reserve("globex").allocation, acme.allocation);
@@ -526,7 +527,7 @@ fn release_of_a_reservation_frees_it() {
 
 #[test]
 fn release_of_unknown_name_is_a_noop() {
-    let lab = Lab::memory();
+    let lab = lab();
     lab.create("acme");
     let before = lab.state();
     assert_eq!(lab.registry.release("ghost").unwrap(), None);
@@ -535,7 +536,7 @@ fn release_of_unknown_name_is_a_noop() {
 
 #[test]
 fn recreated_name_gets_its_released_networks_back_when_free() {
-    let lab = Lab::memory();
+    let lab = lab();
     lab.create("acme");
     let globex = lab.create("globex");
     lab.registry.release("acme").unwrap();
@@ -548,7 +549,7 @@ fn recreated_name_gets_its_released_networks_back_when_free() {
 
 #[test]
 fn released_networks_taken_since_are_not_reused() {
-    let lab = Lab::memory();
+    let lab = lab();
     let acme = lab.create("acme");
     lab.registry.release("acme").unwrap();
     let initech = lab.create("initech");
@@ -562,7 +563,7 @@ fn released_networks_taken_since_are_not_reused() {
 
 #[test]
 fn released_memory_is_bounded_forgetting_the_oldest() {
-    let lab = Lab::memory();
+    let lab = lab();
     let total = RELEASED_MEMORY + 6;
     for i in 0..total {
         lab.create(&format!("n{i:03}"));
@@ -579,7 +580,7 @@ fn released_memory_is_bounded_forgetting_the_oldest() {
 
 #[test]
 fn release_refused_while_federated() {
-    let lab = Lab::memory();
+    let lab = lab();
     lab.create("acme");
     lab.create("globex");
     lab.registry
@@ -602,7 +603,7 @@ fn release_refused_while_federated() {
 
 #[test]
 fn drop_named_reservation_records_one_event_and_leaves_allocations() {
-    let lab = Lab::memory();
+    let lab = lab();
     lab.create("acme");
     lab.reserve("globex");
     lab.reserve("initech");
@@ -619,7 +620,7 @@ fn drop_named_reservation_records_one_event_and_leaves_allocations() {
 
 #[test]
 fn drop_expired_only_keeps_live_reservations() {
-    let lab = Lab::memory();
+    let lab = lab();
     lab.reserve("acme");
     lab.advance(TTL * 2);
     lab.reserve("globex");
@@ -632,7 +633,7 @@ fn drop_expired_only_keeps_live_reservations() {
 
 #[test]
 fn drop_all_reservations_records_one_event_each() {
-    let lab = Lab::memory();
+    let lab = lab();
     lab.reserve("acme");
     lab.reserve("globex");
     lab.create("initech");
@@ -650,7 +651,7 @@ fn drop_all_reservations_records_one_event_each() {
 
 #[test]
 fn dropping_nothing_writes_nothing() {
-    let lab = Lab::memory();
+    let lab = lab();
     lab.create("acme");
     let before = lab.state();
     assert!(lab.registry.drop_reservations(&[], false).unwrap().is_empty());
@@ -664,7 +665,7 @@ fn dropping_nothing_writes_nothing() {
 
 #[test]
 fn federation_tags_both_sides_and_is_recorded() {
-    let lab = Lab::memory();
+    let lab = lab();
     lab.create("acme");
     lab.create("globex");
     lab.registry
@@ -683,7 +684,7 @@ fn federation_tags_both_sides_and_is_recorded() {
 
 #[test]
 fn federation_requires_both_instances_allocated() {
-    let lab = Lab::memory();
+    let lab = lab();
     lab.create("acme");
     lab.reserve("globex");
     let before = lab.state();
@@ -696,7 +697,7 @@ fn federation_requires_both_instances_allocated() {
 
 #[test]
 fn retag_restores_missing_tags_once_and_unfederate_removes_them() {
-    let lab = Lab::memory();
+    let lab = lab();
     lab.create("acme");
     lab.create("globex");
     assert!(lab.registry.retag("acme", "globex").unwrap(), "tags were missing");
@@ -714,7 +715,7 @@ fn retag_restores_missing_tags_once_and_unfederate_removes_them() {
 
 #[test]
 fn update_lab_records_an_event_only_when_the_shape_changes() {
-    let lab = Lab::memory();
+    let lab = lab();
     lab.create("acme");
     let mut shape = lab_record();
     assert_eq!(lab.registry.update_lab("acme", shape.clone()).unwrap().lab, Some(shape.clone()));
@@ -732,7 +733,7 @@ fn update_lab_records_an_event_only_when_the_shape_changes() {
 
 #[test]
 fn preview_is_read_only_and_shows_what_a_name_has_or_would_get() {
-    let lab = Lab::memory();
+    let lab = lab();
     let free = lab.registry.preview("acme", &Wants::auto(false), &[]).unwrap();
     assert_eq!(free.status, "free");
     assert_eq!(free.entry, None);
@@ -747,7 +748,7 @@ fn preview_is_read_only_and_shows_what_a_name_has_or_would_get() {
 
 #[test]
 fn preview_of_expired_reservation_shows_the_values_a_new_plan_would_keep() {
-    let lab = Lab::memory();
+    let lab = lab();
     lab.reserve("globex");
     let acme = lab.reserve("acme");
     lab.registry.release("globex").unwrap();
@@ -760,7 +761,7 @@ fn preview_of_expired_reservation_shows_the_values_a_new_plan_would_keep() {
 
 #[test]
 fn usage_counts_slots_held_by_allocations_and_live_reservations() {
-    let lab = Lab::memory();
+    let lab = lab();
     lab.create("acme");
     lab.reserve("globex");
     lab.reserve("initech");
@@ -780,7 +781,7 @@ fn usage_counts_slots_held_by_allocations_and_live_reservations() {
 
 #[test]
 fn usage_counts_networks_of_any_kind_inside_a_pool() {
-    let lab = Lab::memory();
+    let lab = lab();
     // A pod CIDR pinned in the service pool uses a service slot, and the other way round.
     let wants = Wants {
         subnet: Want::Auto,
@@ -803,7 +804,7 @@ fn usage_of_a_large_pool_is_exact() {
         ..Default::default()
     };
     let pools = validate(&raw).unwrap().pools;
-    let lab = Lab::on(Arc::new(MemoryStore::new()), pools);
+    let lab = lab_with(pools);
     let wants = Wants {
         pod_cidr: Want::Pinned(n("100.127.255.252/30")),
         ..Wants::auto(false)
@@ -821,7 +822,7 @@ fn usage_of_a_large_pool_is_exact() {
 
 #[test]
 fn refused_request_writes_nothing() {
-    let lab = Lab::memory();
+    let lab = lab();
     lab.create("acme");
     lab.create("globex");
     lab.registry.federate("acme", "globex", fed_record(), serde_json::json!({})).unwrap();
@@ -862,7 +863,7 @@ fn assert_name_refused(name: &str) {
     assert!(text.contains(NAME_RULE), "the message states the rule: {text}");
     assert!(text.contains("1 to 32 characters"), "{text}");
     // Every operation that takes a new name refuses it before touching the store.
-    let lab = Lab::memory();
+    let lab = lab();
     let wants = Wants::auto(false);
     assert!(matches!(lab.registry.reserve(name, &wants, "netns", &[]), Err(RegistryError::InvalidName { .. })));
     assert!(matches!(lab.registry.preview(name, &wants, &[]), Err(RegistryError::InvalidName { .. })));
@@ -902,7 +903,7 @@ fn name_of_32_characters_is_accepted() {
     let name = format!("a{}", "b1-c".repeat(7)) + "xyz";
     assert_eq!(name.len(), 32);
     validate_name(&name).unwrap();
-    let lab = Lab::memory();
+    let lab = lab();
     assert_eq!(lab.reserve(&name).name, name);
 }
 
@@ -915,7 +916,7 @@ fn short_and_hyphenated_names_are_accepted() {
 
 #[test]
 fn memory_store_event_chain_verifies_and_matches_the_document() {
-    let lab = Lab::memory();
+    let lab = lab();
     lab.create("acme");
     lab.reserve("globex");
     lab.registry.release("acme").unwrap();

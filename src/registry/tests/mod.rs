@@ -1,18 +1,22 @@
 //! Tests of the registry operations, from least to most powerful:
-//! - [`lifecycle`]: the reservation lifecycle, names, federation tags and the seed's
-//!   architecture test, on the in-memory store with a manual clock;
-//! - [`file_store`]: the same contract on the file store in a temporary folder: the seed's
-//!   file test, crash repair of the event log, and bad inputs that must change nothing;
-//! - [`takeover`]: who may take what: workspaces, runs, pinned against automatic values, and
-//!   the reservations of a failed plan;
+//! - `lifecycle`: the reservation lifecycle, names, federation tags and the seed's
+//!   architecture test, with a manual clock; `takeover`: who may take what; `contract`: what
+//!   every store must give (refused overlaps, distinct names to exhaustion, a fresh reader
+//!   seeing what the writer holds). These three are one suite run unchanged on every store:
+//!   [`on_memory`], [`on_file`] (a temporary folder) and [`on_etcd`] (a real etcd on loopback,
+//!   one per test process, a key prefix of its own per test);
+//! - [`file_store`]: what only the file store has: the seed's file test, crash repair of the
+//!   event log, and bad inputs that must change nothing;
 //! - [`repair`]: generations, and each damage of the file store reported and repaired;
 //! - [`properties`]: random sequences of operations on both stores, checked against a model.
 
 mod file_store;
-mod lifecycle;
 mod properties;
 mod repair;
-mod takeover;
+
+pub(super) mod on_etcd;
+mod on_file;
+mod on_memory;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,17 +34,57 @@ pub(super) const T0: OffsetDateTime = datetime!(2024-03-01 12:00 UTC);
 /// The tests' reservation lifetime.
 pub(super) const TTL: Duration = Duration::from_secs(3600);
 
+/// What each store's suite module (`on_memory`, `on_file`, `on_etcd`) defines for the suite's
+/// tests (`lifecycle`, `takeover`, `contract`, included by each of them): `lab()` and
+/// `lab_with()`, registries on a new, empty store of that module's `backing()`.
+macro_rules! suite {
+    () => {
+        /// A registry on a new, empty store of this suite, with the default pools.
+        #[allow(dead_code)]
+        fn lab() -> Lab {
+            Lab::of(backing(), default_pools())
+        }
+
+        /// A registry on a new, empty store of this suite, with `pools`.
+        #[allow(dead_code)]
+        fn lab_with(pools: Pools) -> Lab {
+            Lab::of(backing(), pools)
+        }
+    };
+}
+use suite;
+
+/// Where a suite's store keeps its registry, and how to open it again (a second reader: another
+/// process or lab host on the same registry).
+pub(super) trait Backing: Send + Sync {
+    /// A store value on this registry.
+    fn open(&self) -> Arc<dyn Store>;
+}
+
 /// A registry with its clock and store, for tests.
 pub(super) struct Lab {
     pub registry: Registry,
     pub clock: Arc<ManualClock>,
     pub store: Arc<dyn Store>,
+    /// Where the store keeps its registry (kept alive as long as the lab; `None`: only `store`).
+    pub backing: Option<Arc<dyn Backing>>,
 }
 
 impl Lab {
-    /// The provider's default pools on an in-memory store.
-    pub fn memory() -> Lab {
-        Lab::on(Arc::new(MemoryStore::new()), default_pools())
+    /// `pools` on a store opened from `backing`.
+    pub fn of(backing: Arc<dyn Backing>, pools: Pools) -> Lab {
+        let mut lab = Lab::on(backing.open(), pools);
+        lab.backing = Some(backing);
+        lab
+    }
+
+    /// A second registry on the same registry as this one, through a store value of its own
+    /// (what another process reads), with the default pools and a clock of its own at now.
+    pub fn fresh(&self) -> Lab {
+        let backing = self.backing.clone().expect("a lab of a suite");
+        let lab = Lab::of(backing, default_pools());
+        lab.clock.advance((self.clock.now() - T0).unsigned_abs());
+        lab
     }
 
     /// `pools` on `store`, clock at [`T0`], TTL [`TTL`].
@@ -59,6 +103,7 @@ impl Lab {
             registry,
             clock,
             store,
+            backing: None,
         }
     }
 

@@ -516,3 +516,22 @@ fn random_operations_on_the_file_store_keep_networks_disjoint_and_lose_nothing()
         })
         .unwrap();
 }
+
+#[test]
+fn random_operations_on_the_etcd_store_keep_networks_disjoint_and_lose_nothing() {
+    use crate::registry::etcd::{EtcdConfig, EtcdStore};
+    let endpoints = super::on_etcd::etcd_cluster::shared().endpoints();
+    let mut runner = TestRunner::new(Config {
+        cases: 16,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let case = std::sync::atomic::AtomicU32::new(0);
+    runner
+        .run(&prop::collection::vec(op(), 1..30), |ops| {
+            let case = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let prefix = format!("/homelab-props-{}-{case}/", std::process::id());
+            run(&mut lab_on(Arc::new(EtcdStore::new(EtcdConfig::new(endpoints.clone(), prefix)))), &ops)
+        })
+        .unwrap();
+}

@@ -3,7 +3,7 @@
 //! pinned request takes over networks that another reservation had chosen automatically (and,
 //! when that reservation was made in the same run, fails once so the next plan converges); a
 //! failed plan drops what it reserved except pins; a claim never adopts an instance another
-//! run created.
+//! run created. Run on each store (see the suites in `tests/mod.rs`).
 
 use super::*;
 
@@ -30,7 +30,7 @@ fn reserved(p: Planned) -> Entry {
 
 #[test]
 fn name_reserved_by_another_workspace_is_refused_until_its_reservation_expires() {
-    let lab = Lab::memory();
+    let lab = lab();
     let theirs = lab.other_workspace();
     reserved(theirs.reserve("acme", &Wants::auto(false), "netns", &[]).unwrap());
     let before = lab.state();
@@ -50,13 +50,13 @@ fn name_reserved_by_another_workspace_is_refused_until_its_reservation_expires()
 
 #[test]
 fn other_configurations_get_other_values_and_never_take_each_others_reservations() {
-    let lab = Lab::memory();
+    let lab = lab();
     let theirs = lab.other_workspace();
     let a = reserved(lab.registry.reserve("acme", &Wants::auto(false), "netns", &[]).unwrap());
     let b = reserved(theirs.reserve("globex", &Wants::auto(false), "netns", &[]).unwrap());
     assert_ne!(a.allocation.subnet, b.allocation.subnet);
     // A full pool stays full for the other workspace: it may not take what this one planned.
-    let small = Lab::on(Arc::new(MemoryStore::new()), {
+    let small = lab_with({
         let raw = RawSettings { host_pool: Some("192.168.56.0/23".into()), ..Default::default() };
         validate(&raw).unwrap().pools
     });
@@ -69,7 +69,7 @@ fn other_configurations_get_other_values_and_never_take_each_others_reservations
 #[test]
 fn a_newer_plan_of_the_workspace_takes_over_its_older_reservations_when_it_needs_the_room() {
     // count = 16 on 8 subnets, never applied, then count = 8 with other names in a new run.
-    let mut lab = Lab::memory();
+    let mut lab = lab();
     for i in 8..16 {
         lab.reserve(&format!("k{i}"));
     }
@@ -98,7 +98,7 @@ fn a_newer_plan_of_the_workspace_takes_over_its_older_reservations_when_it_needs
 
 #[test]
 fn a_pinned_request_takes_over_what_an_older_plan_chose_automatically() {
-    let mut lab = Lab::memory();
+    let mut lab = lab();
     let acme = lab.reserve("acme");
     assert_eq!(acme.allocation.service_cidr, n("10.96.0.0/16"));
     lab.new_run(1);
@@ -125,7 +125,7 @@ fn a_pinned_request_takes_over_what_an_older_plan_chose_automatically() {
 
 #[test]
 fn pins_never_take_over_pinned_reservations_or_allocations() {
-    let lab = Lab::memory();
+    let lab = lab();
     lab.registry.reserve("acme", &pin_subnet("192.168.60.0/24"), "netns", &[]).unwrap();
     let err = lab.other_workspace().reserve("globex", &pin_subnet("192.168.60.0/24"), "netns", &[]).unwrap_err();
     assert!(matches!(err, RegistryError::Alloc { source: AllocError::Conflict { .. }, .. }), "{err:?}");
@@ -139,7 +139,7 @@ fn pins_never_take_over_pinned_reservations_or_allocations() {
 fn a_pin_taking_what_its_own_plan_gave_another_instance_fails_once_then_the_next_plan_converges() {
     // Terraform planned the automatic instance first, in this same run: its plan already shows
     // 10.96.0.0/16 as its service CIDR.
-    let lab = Lab::memory();
+    let lab = lab();
     let auto = lab.reserve("acme");
     assert_eq!(auto.allocation.service_cidr, n("10.96.0.0/16"));
     let err = lab.registry.reserve("globex", &pin_pod("10.96.0.0/16"), "netns", &[]).unwrap_err();
@@ -167,7 +167,7 @@ fn a_pin_taking_what_its_own_plan_gave_another_instance_fails_once_then_the_next
 
 #[test]
 fn a_failed_plan_drops_the_reservations_it_made_and_keeps_pins_and_renewals() {
-    let mut lab = Lab::memory();
+    let mut lab = lab();
     lab.reserve("kept");
     lab.new_run(1);
     lab.reserve("kept"); // renewed by run 1, made by run 0
@@ -184,7 +184,7 @@ fn a_failed_plan_drops_the_reservations_it_made_and_keeps_pins_and_renewals() {
 
 #[test]
 fn a_claim_never_adopts_an_instance_a_state_holds() {
-    let mut lab = Lab::memory();
+    let mut lab = lab();
     let acme = lab.create("acme");
     // The same run repeating its claim gets it (a retried call) ...
     lab.registry.claim("acme", &acme.allocation, "netns", lab_record(), &[]).unwrap();
@@ -201,7 +201,7 @@ fn a_claim_never_adopts_an_instance_a_state_holds() {
 
 #[test]
 fn an_interrupted_creation_is_adopted_by_the_next_run_of_its_workspace_only() {
-    let mut lab = Lab::memory();
+    let mut lab = lab();
     let acme = lab.create("acme");
     // The apply was killed: no refresh ever saw it. Another workspace cannot take it ...
     let err = lab.other_workspace().claim("acme", &acme.allocation, "netns", lab_record(), &[]).unwrap_err();
@@ -230,7 +230,7 @@ fn an_interrupted_creation_is_adopted_by_the_next_run_of_its_workspace_only() {
 
 #[test]
 fn a_creation_whose_process_still_runs_is_neither_adopted_nor_removed() {
-    let mut lab = Lab::memory();
+    let mut lab = lab();
     // Run 1 is this very test process: it still runs.
     lab.new_run_in(1, super::super::owner::this_process());
     let acme = lab.create("acme");
@@ -262,7 +262,7 @@ fn a_creation_whose_process_still_runs_is_neither_adopted_nor_removed() {
 
 #[test]
 fn an_answered_creation_stays_adoptable_until_terraform_surely_has_the_answer() {
-    let mut lab = Lab::memory();
+    let mut lab = lab();
     lab.create("acme");
     lab.create("globex");
     lab.registry.finish("acme").unwrap();
@@ -295,7 +295,7 @@ fn an_answered_creation_stays_adoptable_until_terraform_surely_has_the_answer() 
 
 #[test]
 fn a_destroy_drops_the_reservations_of_its_workspace_that_it_did_not_use() {
-    let lab = Lab::memory();
+    let lab = lab();
     lab.create("kept");
     lab.reserve("planned");
     lab.reserve("used");
@@ -310,7 +310,7 @@ fn a_destroy_drops_the_reservations_of_its_workspace_that_it_did_not_use() {
 
 #[test]
 fn import_adopts_the_instance_into_the_importing_workspace_with_an_event() {
-    let lab = Lab::memory();
+    let lab = lab();
     lab.create("acme");
     let theirs = lab.other_workspace();
     let e = theirs.adopt("acme").unwrap().unwrap();
@@ -325,7 +325,7 @@ fn import_adopts_the_instance_into_the_importing_workspace_with_an_event() {
 
 #[test]
 fn federation_declarations_are_kept_while_the_federation_lives() {
-    let lab = Lab::memory();
+    let lab = lab();
     lab.create("acme");
     lab.create("globex");
     lab.registry.federate("globex", "acme", fed_record(), serde_json::json!({})).unwrap();
@@ -344,7 +344,7 @@ fn federation_declarations_are_kept_while_the_federation_lives() {
 
 #[test]
 fn an_interrupted_federation_is_adopted_by_the_next_run_of_its_workspace_only() {
-    let mut lab = Lab::memory();
+    let mut lab = lab();
     lab.create("acme");
     lab.create("globex");
     lab.registry.federate("acme", "globex", fed_record(), serde_json::json!({})).unwrap();

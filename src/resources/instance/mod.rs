@@ -108,6 +108,7 @@ impl InstanceResource {
             ("cilium_cli_mirror", optional(string(), "Vagrant with `provision` only: an http(s) URL of a folder holding `cilium-linux-amd64.tar.gz` and `cilium-linux-amd64.tar.gz.sha256sum` of cilium-cli v0.18.3, used instead of its GitHub release. A box with `/usr/local/bin/cilium` downloads nothing. Changes in place.")),
             ("dir", computed(string(), "Vagrant only: the instance folder `<home>/instances/<name>`: the generated Vagrantfile, the provisioning scripts, the kubeconfig, and with libvirt each machine's serial console log under `console/` (its last lines are shown when a boot fails).")),
             ("vagrantfile_path", computed(string(), "Vagrant only: the generated Vagrantfile.")),
+            ("host", computed(string(), "The lab host the instance lives on, as the registry records it: the machine's host name, and for `netns` `<host name>/<netns_host>`. With the registry on etcd, several lab hosts share one address plan; each lab is built, checked against the host's own networks and torn down on its own host.")),
             ("kubeconfig_path", computed(string(), "Vagrant with `provision` only: the kubeconfig file (mode 0600).")),
             ("kubeconfig", sensitive(computed(string(), "Vagrant with `provision` only: the kubeconfig's content (sensitive: hidden in output, but stored in the state and saved plans); null when `kubeconfig_in_state = false`."))),
             ("kubeconfig_in_state", optional(boolean(), "Vagrant with `provision` only: whether `kubeconfig` holds the kubeconfig's content (default true). Set false to keep every credential out of Terraform's state and plan files, and configure other providers from the ephemeral `homelab_kubeconfig` instead (Terraform 1.10+, OpenTofu 1.11+). Changes in place.")),
@@ -199,11 +200,28 @@ fn lab_record(ctx: &Configured, d: &Desired, settings_of_entry: Option<&BTreeMap
     if d.kind == BackendKind::Netns {
         settings.insert(backend::pods::SETTING.into(), d.pods_per_node.to_string());
     }
+    let host = lab_host(d.kind, &settings);
     LabRecord {
         control_planes: d.control_planes,
         workers: d.workers,
         settings,
+        host: Some(host),
     }
+}
+
+/// The lab host an instance of `kind` with these backend settings lives on (see
+/// [`LabRecord::host`]).
+fn lab_host(kind: BackendKind, settings: &BTreeMap<String, String>) -> String {
+    let machine = crate::audit::host_name();
+    match (kind, settings.get("netns_host")) {
+        (BackendKind::Netns, Some(ns)) => format!("{machine}/{ns}"),
+        _ => machine,
+    }
+}
+
+/// The `host` attribute of an instance whose registry entry is `entry`.
+fn host_of(entry: &crate::registry::Entry) -> Value<String> {
+    entry.lab.as_ref().and_then(|l| l.host.clone()).map(val).unwrap_or(Value::Null)
 }
 
 
@@ -423,6 +441,8 @@ impl InstanceResource {
         fill(&mut planned, &ctx.settings.home, &d, &allocation);
         planned.timeouts = config_state.timeouts.clone();
         planned.created_at = Value::Unknown;
+        // Where the apply runs (a pipeline may plan on one machine and apply on another).
+        planned.host = Value::Unknown;
         planned.state = Value::Unknown;
         planned.federated_with = Value::Null;
         planned.kubeconfig = match &d.vagrant {
@@ -695,6 +715,7 @@ impl Resource for InstanceResource {
         fill(&mut new, &ctx.settings.home, &d, &entry.allocation);
         new.timeouts = state.timeouts.clone();
         new.created_at = val(crate::registry::rfc3339(entry.created_at));
+        new.host = host_of(&entry);
         new.federated_with = Value::Null;
         new.state = val(describe(&status));
         new.kubeconfig = kubeconfig_value(&new);
@@ -788,6 +809,7 @@ impl Resource for InstanceResource {
         let spec = lab_spec(&d, &allocation)?;
         let mut state = planned_state;
         state.created_at = val(crate::registry::rfc3339(entry.created_at));
+        state.host = host_of(&entry);
         state.federated_with = Value::Null;
         let _ = planned_private_state;
         let mut private = InstancePrivate::default();
@@ -977,6 +999,7 @@ impl Resource for InstanceResource {
         let d = desired(ctx.choices.default_backend, diags, &state)?;
         fill(&mut state, &ctx.settings.home, &d, &entry.allocation);
         state.created_at = val(crate::registry::rfc3339(entry.created_at));
+        state.host = host_of(&entry);
         state.federated_with = Value::Null;
         state.state = val("running".into());
         state.kubeconfig = kubeconfig_value(&state);

@@ -103,6 +103,8 @@ pub struct InstanceState {
     pub kubeconfig_in_state: Value<bool>,
     /// API endpoint.
     pub api_endpoint: Value<String>,
+    /// The lab host it lives on.
+    pub host: Value<String>,
     /// Timeouts.
     #[serde(with = "value::serde_as_vec")]
     pub timeouts: Value<Timeouts>,

@@ -1,0 +1,955 @@
+//! The etcd store: one registry shared by several lab hosts, on an etcd v3 cluster.
+//!
+//! Every lab host's provider reads and writes the same keys under one prefix (default
+//! `/homelab/`):
+//! - `<prefix>registry/instances/<name>`, `<prefix>registry/released/<name>`,
+//!   `<prefix>registry/federations/<id>`: the document's entries, one JSON value each;
+//! - `<prefix>registry/holds/<name>`: one key per live reservation, attached to an etcd
+//!   **lease** whose TTL is the reservation's. When the lease ends, etcd deletes the key and
+//!   the reservation counts as expired from then on (as a file registry's reservation past its
+//!   time: it stays visible, so a saved plan applied later gets its values when they are still
+//!   free, or `ReservationLost` naming who took them);
+//! - `<prefix>registry/journal`: the chain head (format version, newest seq and hash, and the
+//!   newest change's events);
+//! - `<prefix>events/<seq, 20 digits>`: the audit log, one encoded event line per key.
+//!
+//! A change reads a snapshot (one revision), runs on it, and writes what it changed in **one
+//! transaction** guarded by compares: the journal key's `mod_revision` (or its absence, by
+//! `create_revision == 0`, for the very first change) and the `mod_revision` of every key it
+//! overwrites or deletes (absence for every key it creates). Every change rewrites the journal,
+//! so two changes never both commit on the same snapshot: the loser reads again and re-runs
+//! (the registry's operations are written to be re-run: a retried claim gets what it has). The
+//! events are put in the same transaction, so the log stays one linear hash chain however many
+//! hosts write, and nothing is ever half-written: a transaction commits whole or not at all. No
+//! client-side lock exists; etcd's own serialisation is the only one.
+//!
+//! Reads are cheap when nothing changed: the store keeps the newest snapshot it read, and a read
+//! first asks (in one transaction) for the journal key and the holds; when the journal's
+//! `mod_revision` is the one kept, the kept entries are still exact (every change rewrites the
+//! journal) and only the holds are new.
+//!
+//! The client is `etcd-client` (async, tonic); the store runs it on a small runtime of its own
+//! and waits for each request, so the [`Store`] trait stays synchronous and the store can be
+//! called from inside the provider's own runtime.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue, PutOptions, TlsOptions, Txn,
+    TxnOp, TxnOpResponse,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use time::OffsetDateTime;
+
+use crate::audit::{self, Actor, Client as AuditClient, Event, Head, Verified};
+
+use super::format::check_document;
+use super::{journal, journal_head, Change, Document, Journal, RegistryError, Status, Store, FORMAT_VERSION};
+
+/// How the provider reaches the etcd cluster (the provider block's `etcd { … }`).
+#[derive(Clone, Debug)]
+pub struct EtcdConfig {
+    /// Client URLs (`http://…` or, with TLS, `https://…`).
+    pub endpoints: Vec<String>,
+    /// Key prefix every host of one team shares (ends with `/`).
+    pub prefix: String,
+    /// CA that signed the members' certificates (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM), when the cluster asks for client certificates.
+    pub identity: Option<(PathBuf, PathBuf)>,
+    /// User name and password, when the cluster has auth enabled.
+    pub user: Option<(String, SecretString)>,
+    /// How long one request may take before the next member is tried.
+    pub timeout: Duration,
+}
+
+impl PartialEq for EtcdConfig {
+    fn eq(&self, other: &Self) -> bool {
+        let user = |c: &EtcdConfig| c.user.as_ref().map(|(n, p)| (n.clone(), p.expose_secret().to_string()));
+        self.endpoints == other.endpoints
+            && self.prefix == other.prefix
+            && self.ca_file == other.ca_file
+            && self.identity == other.identity
+            && self.timeout == other.timeout
+            && user(self) == user(other)
+    }
+}
+
+impl Eq for EtcdConfig {}
+
+/// The default key prefix.
+pub const DEFAULT_PREFIX: &str = "/homelab/";
+
+impl EtcdConfig {
+    /// A configuration of `endpoints` under `prefix`, without TLS or auth.
+    pub fn new(endpoints: Vec<String>, prefix: impl Into<String>) -> EtcdConfig {
+        EtcdConfig {
+            endpoints,
+            prefix: prefix.into(),
+            ca_file: None,
+            identity: None,
+            user: None,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// What is wrong with this configuration, before anything is contacted (for plan-time
+    /// diagnostics): (attribute, message) pairs.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.endpoints.is_empty() {
+            out.push(("endpoints", "at least one endpoint is needed, e.g. \"http://127.0.0.1:2379\"".to_string()));
+        }
+        let tls = self.ca_file.is_some() || self.identity.is_some();
+        for e in &self.endpoints {
+            let host = e.strip_prefix("http://").or_else(|| e.strip_prefix("https://")).map(|h| h.trim_end_matches('/'));
+            let port_ok = host.and_then(|h| h.rsplit_once(':')).is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !port_ok {
+                out.push(("endpoints", format!("{e:?} is not a client URL such as \"http://127.0.0.1:2379\"")));
+            } else if tls && e.starts_with("http://") {
+                out.push(("endpoints", format!("{e:?} is plain http, but ca_file/cert_file are set: use https:// endpoints with TLS")));
+            }
+        }
+        if !self.prefix.starts_with('/') || !self.prefix.ends_with('/') || self.prefix.len() < 2 {
+            out.push(("prefix", format!("{:?} must start and end with \"/\", e.g. \"/homelab/\"", self.prefix)));
+        }
+        for (attr, path) in [("ca_file", self.ca_file.as_ref()), ("cert_file", self.identity.as_ref().map(|i| &i.0)), ("key_file", self.identity.as_ref().map(|i| &i.1))] {
+            if let Some(p) = path {
+                if !p.is_file() {
+                    out.push((attr, format!("{} is not a readable file", p.display())));
+                }
+            }
+        }
+        if let Some((name, _)) = &self.user {
+            if name.is_empty() {
+                out.push(("username", "must not be empty when password is set".to_string()));
+            }
+        }
+        out
+    }
+
+    /// `etcd://host:port,host:port/prefix/` (or `etcds://` for TLS), for messages and the CLI.
+    pub fn url(&self) -> String {
+        let tls = self.endpoints.iter().any(|e| e.starts_with("https://"));
+        let hosts: Vec<&str> = self
+            .endpoints
+            .iter()
+            .map(|e| e.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/'))
+            .collect();
+        format!("{}://{}{}", if tls { "etcds" } else { "etcd" }, hosts.join(","), self.prefix)
+    }
+
+    /// Parse `etcd://h1:p1,h2:p2/prefix/` (`etcds://` for https). The TLS files and the user
+    /// are set apart (CLI flags or environment).
+    pub fn parse_url(url: &str) -> Result<EtcdConfig, String> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| format!("{url:?} is not an etcd URL such as etcd://127.0.0.1:2379/homelab/"))?;
+        let http = match scheme {
+            "etcd" => "http",
+            "etcds" => "https",
+            _ => return Err(format!("{url:?}: the scheme must be etcd:// (or etcds:// for TLS)")),
+        };
+        let (hosts, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, DEFAULT_PREFIX),
+        };
+        if hosts.is_empty() {
+            return Err(format!("{url:?} names no endpoint"));
+        }
+        let mut prefix = path.to_string();
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        let endpoints = hosts.split(',').map(|h| format!("{http}://{h}")).collect();
+        Ok(EtcdConfig::new(endpoints, prefix))
+    }
+}
+
+/// What can go wrong talking to etcd. Every message names the endpoints and what to do.
+#[derive(Debug, Error)]
+pub enum EtcdError {
+    /// No member answered.
+    #[error("etcd registry at {endpoints}: no member answered ({why}). Check that etcd runs at these endpoints and that this host reaches them; nothing was changed")]
+    Unreachable {
+        /// The endpoints.
+        endpoints: String,
+        /// The client's words.
+        why: String,
+    },
+    /// The user name or password was refused, or the user may not touch the prefix.
+    #[error("etcd registry at {endpoints}: {why}. Check `username`/`password` in the provider's etcd block (and that the user's role grants readwrite on the prefix {prefix}); nothing was changed")]
+    Auth {
+        /// The endpoints.
+        endpoints: String,
+        /// The prefix.
+        prefix: String,
+        /// etcd's words.
+        why: String,
+    },
+    /// The TLS handshake failed (unknown CA, missing or refused client certificate, http vs https).
+    #[error("etcd registry at {endpoints}: the TLS connection failed ({why}). Check `ca_file` (the CA that signed the members' certificates), `cert_file`/`key_file` (when the cluster asks for client certificates) and that the endpoints say https://; nothing was changed")]
+    Tls {
+        /// The endpoints.
+        endpoints: String,
+        /// The client's words.
+        why: String,
+    },
+    /// A file of the configuration cannot be read.
+    #[error("etcd registry: cannot read {path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// etcd refused or failed a request.
+    #[error("etcd registry at {endpoints}: {what} failed: {why}; nothing was changed")]
+    Request {
+        /// The endpoints.
+        endpoints: String,
+        /// What was being done.
+        what: &'static str,
+        /// etcd's words.
+        why: String,
+    },
+    /// A key holds something that is not this build's registry.
+    #[error("etcd registry at {endpoints}: key {key} is not a registry entry of this provider ({why}); nothing was changed. Look at it with `etcdctl get {key}`")]
+    Corrupt {
+        /// The endpoints.
+        endpoints: String,
+        /// The key.
+        key: String,
+        /// Why.
+        why: String,
+    },
+    /// The keys were written by a newer provider.
+    #[error("etcd registry at {endpoints}: format version {found} is not supported (this provider reads version {FORMAT_VERSION}); use a provider version that knows it")]
+    UnknownVersion {
+        /// The endpoints.
+        endpoints: String,
+        /// The version found.
+        found: u32,
+    },
+    /// Other writers kept winning for longer than a change may wait.
+    #[error("etcd registry at {endpoints}: {attempts} attempts in a row lost to other hosts' changes; nothing was changed. Try again")]
+    Contention {
+        /// The endpoints.
+        endpoints: String,
+        /// How many.
+        attempts: u32,
+    },
+    /// One change touches more keys than one etcd transaction may hold.
+    #[error("etcd registry at {endpoints}: this change writes {ops} keys, more than one etcd transaction holds ({limit}, etcd's --max-txn-ops); nothing was changed. Make the change in smaller steps (e.g. drop fewer reservations at once) or raise --max-txn-ops on the members")]
+    TooLarge {
+        /// The endpoints.
+        endpoints: String,
+        /// Operations needed.
+        ops: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// What etcd allows in one transaction by default (`--max-txn-ops`).
+pub const MAX_TXN_OPS: usize = 128;
+/// Keys read per request when the whole registry is read.
+const PAGE: i64 = 500;
+/// How many times a change is tried again after losing to another writer, or after a
+/// member failed mid-request.
+const ATTEMPTS: u32 = 200;
+
+/// The newest snapshot read: the entries, with the `mod_revision` of each key, as of the
+/// journal's `mod_revision`.
+#[derive(Clone, Default)]
+struct Snapshot {
+    /// `mod_revision` of the journal key (0: no journal yet).
+    journal_rev: i64,
+    /// The document (holds not yet applied).
+    doc: Document,
+    /// `mod_revision` of every entry key (instances, released, federations).
+    revs: HashMap<String, i64>,
+}
+
+/// The journal key's value.
+#[derive(Serialize, Deserialize)]
+struct JournalValue {
+    version: u32,
+    #[serde(flatten)]
+    journal: Journal,
+}
+
+/// A hold key's value: which reservation it keeps alive.
+#[derive(Serialize, Deserialize, PartialEq, Eq, Clone, Debug)]
+struct HoldValue {
+    /// The reservation's expiry, as recorded (rfc3339).
+    #[serde(with = "time::serde::rfc3339")]
+    expires_at: OffsetDateTime,
+}
+
+/// The etcd store.
+pub struct EtcdStore {
+    config: EtcdConfig,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    inner: Mutex<Option<Arc<Inner>>>,
+    cache: Mutex<Option<Snapshot>>,
+    endpoints: String,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore").field("location", &self.location()).finish()
+    }
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        // The store may be dropped inside another runtime, where a blocking shutdown panics.
+        if let Some(rt) = self.runtime.lock().map(|mut g| g.take()).unwrap_or(None) {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The keys of one prefix.
+struct Keys<'a>(&'a str);
+
+impl Keys<'_> {
+    fn registry(&self) -> String {
+        format!("{}registry/", self.0)
+    }
+    fn instance(&self, name: &str) -> String {
+        format!("{}registry/instances/{name}", self.0)
+    }
+    fn released(&self, name: &str) -> String {
+        format!("{}registry/released/{name}", self.0)
+    }
+    fn federation(&self, id: &str) -> String {
+        format!("{}registry/federations/{id}", self.0)
+    }
+    fn holds(&self) -> String {
+        format!("{}registry/holds/", self.0)
+    }
+    fn hold(&self, name: &str) -> String {
+        format!("{}registry/holds/{name}", self.0)
+    }
+    fn journal(&self) -> String {
+        format!("{}registry/journal", self.0)
+    }
+    fn events(&self) -> String {
+        format!("{}events/", self.0)
+    }
+    fn event(&self, seq: u64) -> String {
+        format!("{}events/{seq:020}", self.0)
+    }
+}
+
+/// Whether a failed request may succeed on another try (a member died or lost its leader).
+fn transient(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Aborted | tonic::Code::Unknown
+            ) || s.message().contains("leader changed")
+                || s.message().contains("no leader")
+                || s.message().contains("timed out")
+                || s.message().contains("requested lease not found")
+                || s.message().contains("required revision has been compacted")
+        }
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    }
+}
+
+/// The whole chain of a client error, in words.
+fn words(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let w = s.to_string();
+        if !out.contains(&w) {
+            out.push_str(": ");
+            out.push_str(&w);
+        }
+        src = s.source();
+    }
+    out
+}
+
+impl EtcdStore {
+    /// A store on `config` (nothing is contacted before the first read).
+    pub fn new(config: EtcdConfig) -> EtcdStore {
+        let endpoints = config.endpoints.join(",");
+        EtcdStore {
+            config,
+            runtime: Mutex::new(None),
+            inner: Mutex::new(None),
+            cache: Mutex::new(None),
+            endpoints,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EtcdConfig {
+        &self.config
+    }
+
+    fn keys(&self) -> Keys<'_> {
+        Keys(&self.config.prefix)
+    }
+
+    /// Run `fut` on the store's runtime and wait for it (from any thread, in or out of a
+    /// runtime).
+    fn block<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        {
+            let mut guard = self.runtime.lock().expect("etcd runtime lock");
+            let rt = guard.get_or_insert_with(|| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("homelab-etcd")
+                    .enable_all()
+                    .build()
+                    .expect("the etcd store's runtime")
+            });
+            rt.spawn(async move {
+                let _ = tx.send(fut.await);
+            });
+        }
+        rx.recv().expect("the etcd store's runtime ended")
+    }
+
+    /// Classify a client error.
+    fn error(&self, what: &'static str, e: etcd_client::Error) -> EtcdError {
+        let why = words(&e);
+        let endpoints = self.endpoints.clone();
+        let lower = why.to_lowercase();
+        if let etcd_client::Error::GRpcStatus(s) = &e {
+            if matches!(s.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied)
+                || lower.contains("authentication failed")
+                || lower.contains("permission denied")
+                || lower.contains("user name is empty")
+                || lower.contains("invalid auth token")
+            {
+                return EtcdError::Auth {
+                    endpoints,
+                    prefix: self.config.prefix.clone(),
+                    why: s.message().to_string(),
+                };
+            }
+        }
+        if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") || lower.contains("invalidcontenttype") || lower.contains("corrupt message") {
+            return EtcdError::Tls { endpoints, why };
+        }
+        if transient(&e) {
+            return EtcdError::Unreachable { endpoints, why };
+        }
+        EtcdError::Request { endpoints, what, why }
+    }
+
+    /// The connected client (connecting on first use).
+    async fn client(inner: &Inner) -> Result<Client, etcd_client::Error> {
+        let mut guard = inner.client.lock().await;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = Client::connect(&inner.endpoints, Some(inner.options.clone())).await?;
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
+    /// What the async side needs (made once, then shared by every request).
+    fn inner(&self) -> Result<Arc<Inner>, EtcdError> {
+        let mut kept = self.inner.lock().expect("etcd client lock");
+        if let Some(inner) = kept.as_ref() {
+            return Ok(inner.clone());
+        }
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(self.config.timeout)
+            .with_timeout(self.config.timeout)
+            .with_keep_alive(Duration::from_secs(10), self.config.timeout)
+            .with_require_leader(true);
+        if let Some((name, password)) = &self.config.user {
+            options = options.with_user(name.clone(), password.expose_secret().to_string());
+        }
+        if self.config.ca_file.is_some() || self.config.identity.is_some() {
+            let read = |p: &Path| std::fs::read(p).map_err(|source| EtcdError::File { path: p.into(), source });
+            let mut tls = TlsOptions::new();
+            if let Some(ca) = &self.config.ca_file {
+                tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+            }
+            if let Some((cert, key)) = &self.config.identity {
+                tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
+            options = options.with_tls(tls);
+        }
+        let inner = Arc::new(Inner {
+            endpoints: self.config.endpoints.clone(),
+            options,
+            client: tokio::sync::Mutex::new(None),
+        });
+        *kept = Some(inner.clone());
+        Ok(inner)
+    }
+
+    /// Run one request (`f` on a connected client), trying again while members fail over.
+    fn request<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, EtcdError>
+    where
+        T: Send + 'static,
+        F: Fn(Client) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, etcd_client::Error>> + Send,
+    {
+        let inner = self.inner()?;
+        // Members fail over within an election (about a second); a request keeps trying for
+        // twice the configured timeout, then reports what the last try said.
+        let budget = self.config.timeout * 2;
+        let result = self.block(async move {
+            let deadline = tokio::time::Instant::now() + budget;
+            let mut attempt: u64 = 0;
+            loop {
+                attempt += 1;
+                let outcome = match EtcdStore::client(&inner).await {
+                    Ok(client) => f(client).await,
+                    Err(e) => Err(e),
+                };
+                let e = match outcome {
+                    Ok(v) => return Ok(v),
+                    Err(e) => e,
+                };
+                if words(&e).to_lowercase().contains("invalid auth token") && attempt < 3 {
+                    // The token expired (etcd's simple tokens live 5 minutes): connect again.
+                    *inner.client.lock().await = None;
+                    continue;
+                }
+                if !transient(&e) || tokio::time::Instant::now() >= deadline {
+                    return Err(e);
+                }
+                tokio::time::sleep(Duration::from_millis(50 + 25 * attempt.min(20))).await;
+            }
+        });
+        result.map_err(|e| self.error(what, e))
+    }
+
+    /// The journal's `mod_revision` and value, the holds, and the revision they were read at.
+    fn heads(&self) -> Result<(i64, Option<KeyValue>, Vec<KeyValue>), EtcdError> {
+        let keys = self.keys();
+        let (journal, holds) = (keys.journal(), keys.holds());
+        let resp = self.request("reading the registry", move |mut c| {
+            let txn = Txn::new().and_then(vec![
+                TxnOp::get(journal.clone(), None),
+                TxnOp::get(holds.clone(), Some(GetOptions::new().with_prefix())),
+            ]);
+            async move { c.txn(txn).await }
+        })?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
+            TxnOpResponse::Get(g) => Some(g),
+            _ => None,
+        });
+        let journal = gets.next().and_then(|g| g.kvs().first().cloned());
+        let holds = gets.next().map(|g| g.kvs().to_vec()).unwrap_or_default();
+        Ok((rev, journal, holds))
+    }
+
+    /// Every key under `from` (a prefix) at `rev` (0: newest), page by page.
+    fn range(&self, from: String, rev: i64) -> Result<Vec<KeyValue>, EtcdError> {
+        let end = prefix_end(&from);
+        let mut out: Vec<KeyValue> = Vec::new();
+        let mut start = from.into_bytes();
+        loop {
+            let (s, e) = (start.clone(), end.clone());
+            let resp = self.request("reading the registry", move |mut c| {
+                let opts = GetOptions::new().with_range(e.clone()).with_limit(PAGE).with_revision(rev);
+                let s = s.clone();
+                async move { c.get(s, Some(opts)).await }
+            })?;
+            let kvs = resp.kvs();
+            if let Some(last) = kvs.last() {
+                let mut next = last.key().to_vec();
+                next.push(0);
+                start = next;
+            }
+            out.extend_from_slice(kvs);
+            if !resp.more() || kvs.is_empty() {
+                return Ok(out);
+            }
+        }
+    }
+
+    fn corrupt(&self, key: &[u8], why: impl std::fmt::Display) -> EtcdError {
+        EtcdError::Corrupt {
+            endpoints: self.endpoints.clone(),
+            key: String::from_utf8_lossy(key).into_owned(),
+            why: why.to_string(),
+        }
+    }
+
+    /// The snapshot of the registry (without holds applied), reusing the kept one when the
+    /// journal did not move; and the holds of that read.
+    fn snapshot(&self) -> Result<(Snapshot, Vec<KeyValue>), RegistryError> {
+        let (rev, journal, holds) = self.heads()?;
+        let journal_rev = journal.as_ref().map(|kv| kv.mod_revision()).unwrap_or(0);
+        if let Some(kept) = self.cache.lock().expect("etcd cache").as_ref() {
+            if kept.journal_rev == journal_rev && journal_rev > 0 {
+                return Ok((kept.clone(), holds));
+            }
+        }
+        let kvs = self.range(self.keys().registry(), rev)?;
+        let snap = self.parse(&kvs)?;
+        if snap.journal_rev != journal_rev {
+            // Cannot happen (both read at `rev`); read again rather than trust a mix.
+            return Err(EtcdError::Request {
+                endpoints: self.endpoints.clone(),
+                what: "reading the registry",
+                why: "the journal moved within one revision".into(),
+            }
+            .into());
+        }
+        *self.cache.lock().expect("etcd cache") = Some(snap.clone());
+        let holds = kvs.into_iter().filter(|kv| kv.key().starts_with(self.keys().holds().as_bytes())).collect();
+        Ok((snap, holds))
+    }
+
+    /// The document the keys `kvs` (the whole `registry/` range) hold.
+    fn parse(&self, kvs: &[KeyValue]) -> Result<Snapshot, EtcdError> {
+        let keys = self.keys();
+        let (inst, rel, fed, journal) = (
+            keys.instance(""),
+            keys.released(""),
+            keys.federation(""),
+            keys.journal(),
+        );
+        let mut snap = Snapshot::default();
+        for kv in kvs {
+            let key = kv.key_str().map_err(|e| self.corrupt(kv.key(), e))?;
+            let value = kv.value();
+            macro_rules! json {
+                () => {
+                    serde_json::from_slice(value).map_err(|e| self.corrupt(kv.key(), e))?
+                };
+            }
+            if let Some(name) = key.strip_prefix(&inst) {
+                snap.doc.instances.insert(name.to_string(), json!());
+            } else if let Some(name) = key.strip_prefix(&rel) {
+                snap.doc.released.insert(name.to_string(), json!());
+            } else if let Some(id) = key.strip_prefix(&fed) {
+                snap.doc.federations.insert(id.to_string(), json!());
+            } else if key == journal {
+                let v: JournalValue = json!();
+                if v.version != FORMAT_VERSION {
+                    return Err(EtcdError::UnknownVersion {
+                        endpoints: self.endpoints.clone(),
+                        found: v.version,
+                    });
+                }
+                snap.doc.journal = v.journal;
+                snap.journal_rev = kv.mod_revision();
+                continue;
+            } else {
+                // Holds, and keys of a newer provider this one does not know.
+                continue;
+            }
+            snap.revs.insert(key.to_string(), kv.mod_revision());
+        }
+        check_document(&snap.doc).map_err(|why| self.corrupt(keys.registry().as_bytes(), why))?;
+        Ok(snap)
+    }
+
+    /// `doc` with the holds applied: a reservation whose hold key is gone (its lease ended)
+    /// counts as expired (at its recorded time, or now when that is later than now).
+    fn with_holds(&self, mut doc: Document, holds: &[KeyValue]) -> Document {
+        let prefix = self.keys().holds();
+        let held: HashMap<&str, Option<HoldValue>> = holds
+            .iter()
+            .filter_map(|kv| {
+                let name = kv.key_str().ok()?.strip_prefix(prefix.as_str())?;
+                Some((name, serde_json::from_slice(kv.value()).ok()))
+            })
+            .collect();
+        let now = OffsetDateTime::now_utc();
+        for e in doc.instances.values_mut() {
+            if e.status != Status::Reserved {
+                continue;
+            }
+            let Some(r) = e.reservation.as_mut() else { continue };
+            let alive = held.get(e.name.as_str()).is_some_and(|h| h.as_ref().is_none_or(|h| h.expires_at == r.expires_at));
+            if !alive && r.expires_at > now {
+                r.expires_at = now;
+            }
+        }
+        doc
+    }
+
+    /// Grant a lease of `ttl` seconds.
+    fn grant(&self, ttl: i64) -> Result<i64, EtcdError> {
+        let resp = self.request("granting a lease for a reservation", move |mut c| async move { c.lease_grant(ttl, None).await })?;
+        Ok(resp.id())
+    }
+
+    /// Revoke leases (best effort: an unrevoked one ends by itself at its TTL).
+    fn revoke(&self, leases: Vec<i64>) {
+        if leases.is_empty() {
+            return;
+        }
+        let r = self.request("revoking leases", move |mut c| {
+            let leases = leases.clone();
+            async move {
+                for id in leases {
+                    match c.lease_revoke(id).await {
+                        Ok(_) => {}
+                        Err(e) if words(&e).contains("lease not found") => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
+        });
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "revoking leases (they end by themselves)");
+        }
+    }
+
+    /// Write `working` (changed from `snap`) with `events`: the transaction's compares and
+    /// operations, and the leases it grants and the ones it makes unused.
+    fn write_set(
+        &self,
+        snap: &Snapshot,
+        base: &Document,
+        holds: &[KeyValue],
+        working: &Document,
+        events: &[Event],
+        now: OffsetDateTime,
+    ) -> Result<(Vec<Compare>, Vec<TxnOp>, Vec<i64>, Vec<i64>), EtcdError> {
+        let keys = self.keys();
+        let mut compares = Vec::new();
+        let mut ops = Vec::new();
+        let mut granted = Vec::new();
+        let mut unused = Vec::new();
+        let put = |key: String, value: Vec<u8>, old: Option<&Vec<u8>>, compares: &mut Vec<Compare>, ops: &mut Vec<TxnOp>| {
+            if old == Some(&value) {
+                return;
+            }
+            match snap.revs.get(&key) {
+                Some(rev) => compares.push(Compare::mod_revision(key.clone(), CompareOp::Equal, *rev)),
+                None => compares.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0)),
+            }
+            ops.push(TxnOp::put(key, value, None));
+        };
+        // Instances, released, federations: put what changed, delete what went.
+        let old_inst: BTreeMap<&String, Vec<u8>> = base.instances.iter().map(|(k, v)| (k, enc(v))).collect();
+        for (name, e) in &working.instances {
+            put(keys.instance(name), enc(e), old_inst.get(name), &mut compares, &mut ops);
+        }
+        let old_rel: BTreeMap<&String, Vec<u8>> = base.released.iter().map(|(k, v)| (k, enc(v))).collect();
+        for (name, r) in &working.released {
+            put(keys.released(name), enc(r), old_rel.get(name), &mut compares, &mut ops);
+        }
+        let old_fed: BTreeMap<&String, Vec<u8>> = base.federations.iter().map(|(k, v)| (k, enc(v))).collect();
+        for (id, f) in &working.federations {
+            put(keys.federation(id), enc(f), old_fed.get(id), &mut compares, &mut ops);
+        }
+        let gone = base
+            .instances
+            .keys()
+            .filter(|k| !working.instances.contains_key(*k))
+            .map(|k| keys.instance(k))
+            .chain(base.released.keys().filter(|k| !working.released.contains_key(*k)).map(|k| keys.released(k)))
+            .chain(base.federations.keys().filter(|k| !working.federations.contains_key(*k)).map(|k| keys.federation(k)));
+        for key in gone {
+            if let Some(rev) = snap.revs.get(&key) {
+                compares.push(Compare::mod_revision(key.clone(), CompareOp::Equal, *rev));
+            }
+            ops.push(TxnOp::delete(key, None));
+        }
+        // Holds: one per live reservation, on a lease of its remaining time.
+        let prefix = keys.holds();
+        let held: HashMap<String, (i64, Option<HoldValue>)> = holds
+            .iter()
+            .filter_map(|kv| {
+                let name = kv.key_str().ok()?.strip_prefix(prefix.as_str())?.to_string();
+                Some((name, (kv.lease(), serde_json::from_slice(kv.value()).ok())))
+            })
+            .collect();
+        for e in working.instances.values() {
+            let want = (e.status == Status::Reserved)
+                .then_some(e.reservation.as_ref())
+                .flatten()
+                .filter(|r| r.taken.is_none() && r.expires_at > now)
+                .map(|r| HoldValue { expires_at: r.expires_at });
+            let have = held.get(&e.name);
+            match (&want, have) {
+                (Some(w), Some((_, Some(h)))) if w == h => {}
+                (Some(w), _) => {
+                    let ttl = ((w.expires_at - now).whole_milliseconds() as f64 / 1000.0).ceil().max(1.0) as i64;
+                    let lease = self.grant(ttl)?;
+                    granted.push(lease);
+                    let value = serde_json::to_vec(w).expect("hold");
+                    ops.push(TxnOp::put(keys.hold(&e.name), value, Some(PutOptions::new().with_lease(lease))));
+                    if let Some((old, _)) = have {
+                        if *old != 0 {
+                            unused.push(*old);
+                        }
+                    }
+                }
+                (None, Some((old, _))) => {
+                    ops.push(TxnOp::delete(keys.hold(&e.name), None));
+                    if *old != 0 {
+                        unused.push(*old);
+                    }
+                }
+                (None, None) => {}
+            }
+        }
+        for (name, (old, _)) in &held {
+            if !working.instances.contains_key(name) {
+                ops.push(TxnOp::delete(keys.hold(name), None));
+                if *old != 0 {
+                    unused.push(*old);
+                }
+            }
+        }
+        // The chain head, guarded: changes commit one after another.
+        compares.push(if snap.journal_rev > 0 {
+            Compare::mod_revision(keys.journal(), CompareOp::Equal, snap.journal_rev)
+        } else {
+            Compare::create_revision(keys.journal(), CompareOp::Equal, 0)
+        });
+        let head = JournalValue {
+            version: FORMAT_VERSION,
+            journal: working.journal.clone(),
+        };
+        ops.push(TxnOp::put(keys.journal(), serde_json::to_vec(&head).expect("journal"), None));
+        for ev in events {
+            ops.push(TxnOp::put(keys.event(ev.seq), audit::encode(ev), None));
+        }
+        Ok((compares, ops, granted, unused))
+    }
+}
+
+/// What a request on the store's runtime needs.
+struct Inner {
+    endpoints: Vec<String>,
+    options: ConnectOptions,
+    client: tokio::sync::Mutex<Option<Client>>,
+}
+
+/// The end of the key range of all keys starting with `prefix`.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// The stored form of an entry, a released record or a federation record.
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("registry values serialise")
+}
+
+impl Store for EtcdStore {
+    fn location(&self) -> String {
+        format!("etcd registry {}", self.config.url())
+    }
+
+    fn load(&self) -> Result<Document, RegistryError> {
+        let (snap, holds) = self.snapshot()?;
+        Ok(self.with_holds(snap.doc, &holds))
+    }
+
+    fn commit(&self, change: &mut Change<'_>, now: OffsetDateTime, actor: &Actor, client: &AuditClient) -> Result<(), RegistryError> {
+        for attempt in 0..ATTEMPTS {
+            let (snap, holds) = self.snapshot()?;
+            let base = self.with_holds(snap.doc.clone(), &holds);
+            let mut working = base.clone();
+            let drafts = change(&mut working)?;
+            if drafts.is_empty() {
+                return Ok(());
+            }
+            let head = journal_head(&snap.doc).unwrap_or(Head {
+                seq: 0,
+                hash: audit::GENESIS.into(),
+            });
+            let events = journal(&mut working, &head, &drafts, now, actor, client);
+            let (compares, ops, granted, unused) = self.write_set(&snap, &base, &holds, &working, &events, now)?;
+            if ops.len() > MAX_TXN_OPS || compares.len() > MAX_TXN_OPS {
+                self.revoke(granted);
+                return Err(EtcdError::TooLarge {
+                    endpoints: self.endpoints.clone(),
+                    ops: ops.len().max(compares.len()),
+                    limit: MAX_TXN_OPS,
+                }
+                .into());
+            }
+            let txn = Txn::new().when(compares).and_then(ops);
+            let outcome = self.request("writing the registry", move |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            });
+            match outcome {
+                Ok(resp) if resp.succeeded() => {
+                    self.revoke(unused);
+                    return Ok(());
+                }
+                Ok(_) => {
+                    // Another host committed first: read again and re-run the change.
+                    self.revoke(granted);
+                    *self.cache.lock().expect("etcd cache") = None;
+                    let jitter = u64::from(std::process::id() % 7 + attempt.min(10));
+                    std::thread::sleep(Duration::from_millis(jitter));
+                }
+                Err(e) => {
+                    self.revoke(granted);
+                    *self.cache.lock().expect("etcd cache") = None;
+                    return Err(e.into());
+                }
+            }
+        }
+        Err(EtcdError::Contention {
+            endpoints: self.endpoints.clone(),
+            attempts: ATTEMPTS,
+        }
+        .into())
+    }
+
+    fn events(&self) -> Result<Vec<Event>, RegistryError> {
+        let kvs = self.range(self.keys().events(), 0)?;
+        kvs.iter()
+            .map(|kv| serde_json::from_slice(kv.value()).map_err(|e| self.corrupt(kv.key(), e).into()))
+            .collect()
+    }
+
+    fn verify_events(&self) -> Result<Verified, RegistryError> {
+        // The journal first, then the log at that same revision.
+        let (rev, journal, _) = self.heads()?;
+        let head = match &journal {
+            Some(kv) => {
+                let v: JournalValue = serde_json::from_slice(kv.value()).map_err(|e| self.corrupt(kv.key(), e))?;
+                journal_head(&Document {
+                    journal: v.journal,
+                    ..Document::default()
+                })
+            }
+            None => None,
+        };
+        let kvs = self.range(self.keys().events(), rev)?;
+        let mut lines = Vec::new();
+        for kv in &kvs {
+            lines.extend_from_slice(kv.value());
+            lines.push(b'\n');
+        }
+        let name = PathBuf::from(format!("{}events", self.config.url()));
+        Ok(audit::verify_from(&lines[..], &name, head.as_ref())?)
+    }
+}

@@ -1,0 +1,1 @@
+//! The etcd registry through the real Terraform CLI (being written).
