@@ -73,6 +73,7 @@ fn document(pools: &Pools, n: usize) -> Document {
                 control_planes: 1,
                 workers: 2,
                 settings: Default::default(),
+                host: None,
             }),
             // As the provider writes them: every entry carries its workspace and run.
             owner: Some(homelab::registry::Workspace {

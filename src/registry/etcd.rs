@@ -35,6 +35,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -301,6 +302,8 @@ pub struct EtcdStore {
     inner: Mutex<Option<Arc<Inner>>>,
     cache: Mutex<Option<Snapshot>>,
     endpoints: String,
+    /// Set when a request found no member within its budget.
+    gave_up: AtomicBool,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -364,9 +367,15 @@ fn transient(e: &etcd_client::Error) -> bool {
                 || s.message().contains("requested lease not found")
                 || s.message().contains("required revision has been compacted")
         }
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        // A TLS handshake that fails fails again: not worth another try.
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => !tls_failure(&words(e).to_lowercase()),
         _ => false,
     }
+}
+
+/// Whether a client error's words say the TLS handshake failed.
+fn tls_failure(lower: &str) -> bool {
+    lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") || lower.contains("invalidcontenttype") || lower.contains("corrupt message")
 }
 
 /// The whole chain of a client error, in words.
@@ -394,6 +403,7 @@ impl EtcdStore {
             inner: Mutex::new(None),
             cache: Mutex::new(None),
             endpoints,
+            gave_up: AtomicBool::new(false),
         }
     }
 
@@ -446,7 +456,7 @@ impl EtcdStore {
                 };
             }
         }
-        if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") || lower.contains("invalidcontenttype") || lower.contains("corrupt message") {
+        if tls_failure(&lower) {
             return EtcdError::Tls { endpoints, why };
         }
         if transient(&e) {
@@ -509,8 +519,13 @@ impl EtcdStore {
     {
         let inner = self.inner()?;
         // Members fail over within an election (about a second); a request keeps trying for
-        // twice the configured timeout, then reports what the last try said.
-        let budget = self.config.timeout * 2;
+        // the configured timeout, then reports what the last try said.
+        // Once no member answered within that, later requests of this store try once.
+        let budget = if self.gave_up.load(Ordering::Relaxed) {
+            Duration::ZERO
+        } else {
+            self.config.timeout
+        };
         let result = self.block(async move {
             let deadline = tokio::time::Instant::now() + budget;
             let mut attempt: u64 = 0;
@@ -535,7 +550,16 @@ impl EtcdStore {
                 tokio::time::sleep(Duration::from_millis(50 + 25 * attempt.min(20))).await;
             }
         });
-        result.map_err(|e| self.error(what, e))
+        if result.is_ok() {
+            self.gave_up.store(false, Ordering::Relaxed);
+        }
+        result.map_err(|e| {
+            let e = self.error(what, e);
+            if matches!(e, EtcdError::Unreachable { .. }) {
+                self.gave_up.store(true, Ordering::Relaxed);
+            }
+            e
+        })
     }
 
     /// The journal's `mod_revision` and value, the holds, and the revision they were read at.

@@ -51,6 +51,7 @@ fn lab() -> LabRecord {
         control_planes: 1,
         workers: 2,
         settings: Default::default(),
+        host: None,
     }
 }
 

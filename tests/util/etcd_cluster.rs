@@ -175,7 +175,10 @@ impl Cluster {
     }
 
     fn start_in(root: PathBuf, tmp: Option<tempfile::TempDir>, opts: Options) -> Cluster {
-        assert!(opts.members >= 1, "an etcd cluster needs at least one member");
+        assert!(
+            opts.members >= 1,
+            "an etcd cluster needs at least one member"
+        );
         let tls = opts.tls.then(|| make_tls(&root.join("tls")));
         // Built before anything runs, so that a panic below drops it: members killed, folder gone.
         let mut cluster = Cluster {
@@ -223,7 +226,12 @@ impl Cluster {
         }
         if opts.auth {
             let password = random_alnum(24);
-            cluster.ctl_ok(&["user", "add", "root", &format!("--new-user-password={password}")]);
+            cluster.ctl_ok(&[
+                "user",
+                "add",
+                "root",
+                &format!("--new-user-password={password}"),
+            ]);
             // etcdctl 3.4 creates the root role and grants it to root when auth enable asks.
             cluster.ctl_ok(&["auth", "enable"]);
             cluster.root_password = Some(password);
@@ -269,10 +277,13 @@ impl Cluster {
         self.spawn_member(i, "existing");
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            match self.check_member(i) {
+            match self.check_member(i, true) {
                 Ok(()) => return,
                 Err(Unhealthy::Exited { why, .. }) => {
-                    panic!("etcd member m{i} did not restart: {why}\n{}", self.tail_block(i))
+                    panic!(
+                        "etcd member m{i} did not restart: {why}\n{}",
+                        self.tail_block(i)
+                    )
                 }
                 Err(Unhealthy::NotYet) if Instant::now() >= deadline => panic!(
                     "etcd member m{i} not healthy {START_TIMEOUT:?} after its restart\n{}",
@@ -496,53 +507,60 @@ impl Cluster {
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup the etcd log file"))
             .stderr(log);
-        let child = spawn_daemon(cmd)
-            .unwrap_or_else(|e| panic!("start {ETCD} (member {}): {e}", m.name));
+        let child =
+            spawn_daemon(cmd).unwrap_or_else(|e| panic!("start {ETCD} (member {}): {e}", m.name));
         m.child = Some(child);
         m.paused = false;
     }
 
     /// Waits until every live member is healthy and a leader exists. On failure: the message
     /// (with log tails) and whether a member failed to bind its port.
+    ///
+    /// In three steps, so that no health read is sent before there is a leader (etcd would
+    /// hold it for ReadIndex retries of 500 ms and more): every live member's process runs and
+    /// its client port accepts connections; a leader exists; every live member is healthy.
     fn wait_until_healthy(&self, deadline: Instant) -> Result<(), (String, bool)> {
-        let n = self.len();
-        for i in 0..n {
-            loop {
-                if !self.member(i, |m| m.live()) {
-                    break;
+        let live: Vec<usize> = {
+            let members = self.lock();
+            (0..members.len()).filter(|&i| members[i].live()).collect()
+        };
+        for health in [false, true] {
+            for &i in &live {
+                loop {
+                    match self.check_member(i, health) {
+                        Ok(()) => break,
+                        Err(Unhealthy::Exited { why, port_in_use }) => {
+                            return Err((
+                                format!("member m{i} {why}\n{}", self.all_tails()),
+                                port_in_use,
+                            ))
+                        }
+                        Err(Unhealthy::NotYet) if Instant::now() >= deadline => {
+                            let what = if health { "healthy" } else { "serving" };
+                            return Err((
+                                format!("member m{i} not {what} in time\n{}", self.all_tails()),
+                                false,
+                            ));
+                        }
+                        Err(Unhealthy::NotYet) => thread::sleep(Duration::from_millis(20)),
+                    }
                 }
-                match self.check_member(i) {
-                    Ok(()) => break,
-                    Err(Unhealthy::Exited { why, port_in_use }) => {
-                        return Err((
-                            format!("member m{i} {why}\n{}", self.all_tails()),
-                            port_in_use,
-                        ))
+            }
+            if !health {
+                while self.leader_once().is_none() {
+                    if Instant::now() >= deadline {
+                        return Err((format!("no leader in time\n{}", self.all_tails()), false));
                     }
-                    Err(Unhealthy::NotYet) if Instant::now() >= deadline => {
-                        return Err((
-                            format!("member m{i} not healthy in time\n{}", self.all_tails()),
-                            false,
-                        ))
-                    }
-                    Err(Unhealthy::NotYet) => thread::sleep(Duration::from_millis(50)),
+                    thread::sleep(Duration::from_millis(50));
                 }
             }
         }
-        loop {
-            if self.leader_once().is_some() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err((format!("no leader in time\n{}", self.all_tails()), false));
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
+        Ok(())
     }
 
-    /// Whether member `i` is running and healthy: its process is alive, its client port
-    /// accepts connections, and `etcdctl endpoint health` commits through it.
-    fn check_member(&self, i: usize) -> Result<(), Unhealthy> {
+    /// Whether member `i` is running and its client port accepts connections, and, with
+    /// `health`, whether `etcdctl endpoint health` commits a read through it.
+    fn check_member(&self, i: usize, health: bool) -> Result<(), Unhealthy> {
         let port = self.member(i, |m| {
             let Some(child) = m.child.as_mut() else {
                 return Err(Unhealthy::Exited {
@@ -572,9 +590,15 @@ impl Cluster {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
             return Err(Unhealthy::NotYet);
         }
-        let out = run(self
-            .ctl(&[self.endpoint(i)])
-            .args(["--dial-timeout=1s", "--command-timeout=2s", "endpoint", "health"]));
+        if !health {
+            return Ok(());
+        }
+        let out = run(self.ctl(&[self.endpoint(i)]).args([
+            "--dial-timeout=1s",
+            "--command-timeout=2s",
+            "endpoint",
+            "health",
+        ]));
         if out.status.success() {
             Ok(())
         } else {
@@ -693,8 +717,7 @@ pub fn shared() -> &'static Cluster {
         remove_stale_shared_dirs();
         let root = std::env::temp_dir().join(format!("{SHARED_PREFIX}{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
-        fs::create_dir_all(&root)
-            .unwrap_or_else(|e| panic!("create {}: {e}", root.display()));
+        fs::create_dir_all(&root).unwrap_or_else(|e| panic!("create {}: {e}", root.display()));
         let cluster = Cluster::start_in(root, None, Options::default());
         // SAFETY: registers a plain `extern "C" fn` that never unwinds.
         unsafe { libc::atexit(stop_shared_at_exit) };
@@ -788,7 +811,14 @@ fn spawn_with_pdeathsig(cmd: &mut Command) -> io::Result<Child> {
     // (prctl, getppid) and builds errors without allocating.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(io::Error::last_os_error());
             }
             // The parent died before the prctl: nobody would kill this child.
@@ -929,32 +959,38 @@ fn make_tls(dir: &Path) -> Tls {
         client_key: p("client-key.pem"),
         other_ca: p("other-ca.pem"),
     };
-    let openssl = |args: &[&str]| {
+    // `fixed`: the constant words of the command line; `files`: (option, path) pairs.
+    let openssl = |fixed: &str, subject: Option<&str>, files: &[(&str, &Path)]| {
         let mut cmd = Command::new("openssl");
-        cmd.args(args)
-            .arg("-config")
-            .arg(&cnf)
-            .stdin(Stdio::null())
+        cmd.args(fixed.split_whitespace());
+        if let Some(cn) = subject {
+            cmd.arg("-subj").arg(format!("/CN={cn}"));
+        }
+        for (option, path) in files {
+            cmd.arg(option).arg(path);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         cmd
     };
-    let s = |p: &PathBuf| p.display().to_string();
     let (ca_key, other_key) = (p("ca-key.pem"), p("other-ca-key.pem"));
     let (server_csr, client_csr) = (p("server.csr"), p("client.csr"));
-    let self_signed = |cn: &str, key: &PathBuf, cert: &PathBuf| {
-        openssl(&[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-sha256",
-            "-subj", &format!("/CN={cn}"), "-extensions", "ca", "-keyout", &s(key), "-out",
-            &s(cert),
-        ])
+    let self_signed = |cn: &str, key: &Path, cert: &Path| {
+        openssl(
+            "req -x509 -newkey rsa:2048 -nodes -days 3650 -sha256 -extensions ca",
+            Some(cn),
+            &[("-config", &cnf), ("-keyout", key), ("-out", cert)],
+        )
     };
-    let request = |cn: &str, key: &PathBuf, csr: &PathBuf| {
-        openssl(&[
-            "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", &format!("/CN={cn}"),
-            "-keyout", &s(key), "-out", &s(csr),
-        ])
+    let request = |cn: &str, key: &Path, csr: &Path| {
+        openssl(
+            "req -new -newkey rsa:2048 -nodes",
+            Some(cn),
+            &[("-config", &cnf), ("-keyout", key), ("-out", csr)],
+        )
     };
+    // The four key generations (the slow part) run at once.
     let keygens = [
         self_signed("homelab-test-ca", &ca_key, &tls.ca),
         self_signed("homelab-test-other-ca", &other_key, &tls.other_ca),
@@ -972,15 +1008,20 @@ fn make_tls(dir: &Path) -> Tls {
         (&server_csr, &tls.server_cert, "server"),
         (&client_csr, &tls.client_cert, "client"),
     ] {
-        let serial = format!("0x{}", random_hex(16));
-        // `x509 -req` takes the extensions from -extfile (-config is not read for them).
-        let out = Command::new("openssl")
-            .args(["x509", "-req", "-days", "3650", "-sha256", "-set_serial", &serial])
-            .args(["-in", &s(csr), "-CA", &s(&tls.ca), "-CAkey", &s(&ca_key)])
-            .args(["-extfile", &s(&cnf), "-extensions", ext, "-out", &s(cert)])
-            .stdin(Stdio::null())
-            .output();
-        check_openssl(out);
+        // `x509 -req` takes the extensions from -extfile (it reads no -config).
+        let mut cmd = openssl(
+            &format!("x509 -req -days 3650 -sha256 -extensions {ext}"),
+            None,
+            &[
+                ("-in", csr),
+                ("-CA", &tls.ca),
+                ("-CAkey", &ca_key),
+                ("-extfile", &cnf),
+                ("-out", cert),
+            ],
+        );
+        cmd.arg("-set_serial").arg(format!("0x{}", random_hex(16)));
+        check_openssl(cmd.output());
     }
     tls
 }

@@ -216,6 +216,7 @@ pub(super) fn lab_record() -> LabRecord {
         control_planes: 1,
         workers: 2,
         settings: Default::default(),
+        host: None,
     }
 }
 
