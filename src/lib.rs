@@ -19,11 +19,14 @@
 //! - [`schema`]: schema building blocks that make every attribute carry a description.
 //!
 //! Domain (never imports `tf_provider`):
-//! - [`settings`]: validated provider settings (pools, prefixes, TTL, backend choices).
+//! - [`settings`]: validated provider settings (pools, prefixes, TTL, backend choices, the
+//!   etcd store's block).
 //! - [`net`]: pure CIDR arithmetic and overlap checks.
 //! - [`registry`]: the instance registry (`<home>/instances.json`): its model, errors and the
 //!   `Store` trait, allocation, reservations, federation records, the file store (lock, atomic
-//!   write, generations) and its in-memory twin, and `registry check`/`repair`.
+//!   write, generations), the etcd store (one registry for several lab hosts: transactions
+//!   guarded by revision compares, reservations on leases), its in-memory twin, `registry
+//!   check`/`repair` and `registry migrate`.
 //! - [`audit`]: the append-only, hash-chained event log (`<home>/events.jsonl`).
 //! - [`backend`]: the `Backend` trait; `netns` (nodes and pods as namespaces) and `vagrant`
 //!   implementations; `backend::pods`, the pod address plan (each node's slice of the pod CIDR).

@@ -22,4 +22,14 @@ provider "homelab" {
 
   # How long a plan holds the networks it shows.
   reservation_ttl = "24h"
+
+  # A team's registry: several lab hosts sharing one address plan on etcd, instead of the
+  # registry file in `home` (which still holds this host's instance folders).
+  # etcd {
+  #   endpoints = ["https://10.0.0.5:2379", "https://10.0.0.6:2379", "https://10.0.0.7:2379"]
+  #   prefix    = "/homelab/"
+  #   ca_file   = "/etc/homelab/etcd-ca.pem"
+  #   cert_file = "/etc/homelab/client.pem"
+  #   key_file  = "/etc/homelab/client-key.pem"
+  # }
 }
