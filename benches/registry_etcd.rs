@@ -12,7 +12,8 @@
 //!   file store that fsyncs). Their data dirs are in the same temp folder as the file store's
 //!   registries, so both write to the same disk. Every member and worker is a child of this
 //!   process, killed by its PID on drop (also on a panic) and by `PR_SET_PDEATHSIG` when this
-//!   process dies; the temp folder is removed.
+//!   process dies; the temp folder (`registry-etcd-bench-<pid>-…`) is removed, and a run
+//!   removes the folders of earlier runs whose process was killed before it could.
 //! - Registries pre-filled with N allocated entries (the documents of `benches/registry.rs`):
 //!   the file store gets `instances.json` written directly; the etcd store gets one key per
 //!   entry in its documented layout (`<prefix>registry/instances/<name>`), put in transactions
@@ -46,7 +47,9 @@
 //! - throughput that grows with processes instead of serialising on a lock (here: at the most
 //!   processes at least 1.5x that of one, no level more than 10% below the one before).
 //!
-//! Run with `cargo bench --bench registry_etcd` (about 3 to 5 minutes on 2 cores). Knobs:
+//! Run with `cargo bench --bench registry_etcd` (about 2 minutes on 2 cores; other work on the
+//! machine disturbs every figure, p99s most: the load average is printed at the start and the
+//! end). Knobs:
 //! - `REGISTRY_BENCH_QUICK=1`: fewer iterations and 1.5 s per concurrency level (under a minute);
 //! - `REGISTRY_BENCH_DIR=/path`: where the temp folder goes (the file registries and the etcd
 //!   data dirs), e.g. another disk; `/dev/shm` shows CPU and protocol costs without the disk;
@@ -432,6 +435,33 @@ impl Drop for Workers {
     }
 }
 
+/// The temp folder's name: this prefix, the bench's PID, `-`, random letters.
+const HOME_PREFIX: &str = "registry-etcd-bench-";
+
+/// Remove the temp folders of earlier runs whose process is gone (killed by a signal, when no
+/// `Drop` ran; their members and workers died with them by `PR_SET_PDEATHSIG`).
+fn remove_stale_homes(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(HOME_PREFIX))
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks whether the process exists.
+        let gone = pid > 0
+            && unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 // --- etcd metrics (the members' /metrics, summed) ---
 
 #[derive(Clone, Copy, Default, Debug)]
@@ -730,11 +760,12 @@ fn main() {
         .unwrap_or_else(|| vec![1, 2, 4, 8, 16]);
     let run_started = Instant::now();
     let pools = large_pools();
-    let home = match std::env::var_os("REGISTRY_BENCH_DIR") {
-        Some(d) => tempfile::Builder::new().prefix("registry-etcd-bench-").tempdir_in(d),
-        None => tempfile::Builder::new().prefix("registry-etcd-bench-").tempdir(),
-    }
-    .expect("temp dir");
+    let parent = std::env::var_os("REGISTRY_BENCH_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    remove_stale_homes(&parent);
+    let home = tempfile::Builder::new()
+        .prefix(&format!("{HOME_PREFIX}{}-", std::process::id()))
+        .tempdir_in(&parent)
+        .expect("temp dir");
     let no_fsync = std::env::var_os("REGISTRY_ETCD_BENCH_NO_FSYNC").is_some();
     // Declared after `home`: dropped (members killed) before the folder is removed.
     let cluster = if no_fsync {

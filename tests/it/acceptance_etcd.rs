@@ -217,6 +217,12 @@ fn wrong_credentials_a_tls_mismatch_and_an_unreachable_cluster_are_refused_at_pl
     assert!(!all.contains("not-it"), "the password must never be shown: {all}");
     let right = workdir_on(&lab, &etcd_block(&auth.endpoints(), prefix, "    username = \"lab\"\n    password = \"s3cret-pw\"\n"), &instance("acme", "  workers = 0\n"));
     right.tf(&["plan"]).ok();
+    // The password never reaches a log, even at TRACE.
+    let mut traced = workdir_on(&lab, &etcd_block(&auth.endpoints(), prefix, "    username = \"lab\"\n    password = \"s3cret-pw\"\n"), &instance("hooli", "  workers = 0\n"));
+    traced.env.push(("TF_LOG".into(), "TRACE".into()));
+    let r = traced.tf(&["plan"]).ok();
+    assert!(r.all().contains("homelab"), "no TRACE output");
+    assert!(!r.all().contains("s3cret-pw"), "the password is in the TRACE log");
     // A prefix the user may not touch.
     let other = workdir_on(&lab, &etcd_block(&auth.endpoints(), "/elsewhere/", "    username = \"lab\"\n    password = \"s3cret-pw\"\n"), &instance("acme", "  workers = 0\n"));
     let all = other.tf(&["plan"]).failed().flat();

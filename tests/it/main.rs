@@ -28,6 +28,7 @@ mod acceptance_federation_fake_k8s;
 mod acceptance_audit;
 mod acceptance_reachability;
 mod acceptance_quickstart;
+mod acceptance_quickstart_etcd;
 mod acceptance_repair;
 mod acceptance_release;
 mod acceptance_etcd;
