@@ -23,19 +23,21 @@
 //! hosts write, and nothing is ever half-written: a transaction commits whole or not at all. No
 //! client-side lock exists; etcd's own serialisation is the only one.
 //!
-//! Reads are cheap when nothing changed: the store keeps the newest snapshot it read, and a read
-//! first asks (in one transaction) for the journal key and the holds; when the journal's
-//! `mod_revision` is the one kept, the kept entries are still exact (every change rewrites the
-//! journal) and only the holds are new.
+//! Reads are cheap: the store keeps the newest snapshot it read or wrote, and a read first asks,
+//! in one transaction, for the journal key, the holds, the entry keys written since the kept
+//! snapshot and how many entries of each kind there are. When the journal's `mod_revision` is the
+//! one kept, the kept entries are still exact (every change rewrites the journal); when it moved,
+//! the keys written since are put in, and a kind with fewer entries than kept has its keys listed
+//! to drop the deleted ones. The whole registry is read only by a store that holds nothing yet.
 //!
 //! The client is `etcd-client` (async, tonic); the store runs it on a small runtime of its own
 //! and waits for each request, so the [`Store`] trait stays synchronous and the store can be
 //! called from inside the provider's own runtime.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -262,10 +264,12 @@ pub enum EtcdError {
 /// What etcd allows in one transaction by default (`--max-txn-ops`).
 pub const MAX_TXN_OPS: usize = 128;
 /// Keys read per request when the whole registry is read.
-const PAGE: i64 = 500;
+const PAGE: i64 = 2000;
 /// How many times a change is tried again after losing to another writer, or after a
 /// member failed mid-request.
 const ATTEMPTS: u32 = 200;
+/// How long one try of a request may take before the next member is tried.
+const ATTEMPT: Duration = Duration::from_millis(1500);
 
 /// The newest snapshot read: the entries, with the `mod_revision` of each key, as of the
 /// journal's `mod_revision`.
@@ -277,6 +281,20 @@ struct Snapshot {
     doc: Document,
     /// `mod_revision` of every entry key (instances, released, federations).
     revs: HashMap<String, i64>,
+}
+
+/// What [`EtcdStore::heads`] read.
+struct Heads {
+    /// The revision of the read.
+    rev: i64,
+    /// The journal key.
+    journal: Option<KeyValue>,
+    /// The hold keys.
+    holds: Vec<KeyValue>,
+    /// Keys written since the kept snapshot (when one is kept).
+    changed: Option<Vec<KeyValue>>,
+    /// Entries of each kind (instances, released, federations), when a snapshot is kept.
+    counts: Vec<i64>,
 }
 
 /// The journal key's value.
@@ -300,7 +318,7 @@ pub struct EtcdStore {
     config: EtcdConfig,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     inner: Mutex<Option<Arc<Inner>>>,
-    cache: Mutex<Option<Snapshot>>,
+    cache: Mutex<Option<Arc<Snapshot>>>,
     endpoints: String,
     /// Set when a request found no member within its budget.
     gave_up: AtomicBool,
@@ -360,7 +378,13 @@ fn transient(e: &etcd_client::Error) -> bool {
         etcd_client::Error::GRpcStatus(s) => {
             matches!(
                 s.code(),
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Aborted | tonic::Code::Unknown
+                tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Aborted
+                    | tonic::Code::Unknown
+                    // The client's own timeout ("Timeout expired") or a connection that closed
+                    // under the request ("operation was canceled"): another member may answer.
+                    | tonic::Code::Cancelled
             ) || s.message().contains("leader changed")
                 || s.message().contains("no leader")
                 || s.message().contains("timed out")
@@ -465,13 +489,14 @@ impl EtcdStore {
         EtcdError::Request { endpoints, what, why }
     }
 
-    /// The connected client (connecting on first use).
-    async fn client(inner: &Inner) -> Result<Client, etcd_client::Error> {
-        let mut guard = inner.client.lock().await;
+    /// The client of member `at` (modulo the endpoints; connecting on first use): one client
+    /// per endpoint, so that a request that fails on one member is tried on the next.
+    async fn client(inner: &Inner, at: usize) -> Result<Client, etcd_client::Error> {
+        let mut guard = inner.clients[at % inner.endpoints.len()].lock().await;
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
         }
-        let c = Client::connect(&inner.endpoints, Some(inner.options.clone())).await?;
+        let c = Client::connect([inner.endpoints[at % inner.endpoints.len()].clone()], Some(inner.options.clone())).await?;
         *guard = Some(c.clone());
         Ok(c)
     }
@@ -504,7 +529,8 @@ impl EtcdStore {
         let inner = Arc::new(Inner {
             endpoints: self.config.endpoints.clone(),
             options,
-            client: tokio::sync::Mutex::new(None),
+            clients: self.config.endpoints.iter().map(|_| tokio::sync::Mutex::new(None)).collect(),
+            current: AtomicUsize::new(0),
         });
         *kept = Some(inner.clone());
         Ok(inner)
@@ -531,9 +557,21 @@ impl EtcdStore {
             let mut attempt: u64 = 0;
             loop {
                 attempt += 1;
-                let outcome = match EtcdStore::client(&inner).await {
-                    Ok(client) => f(client).await,
-                    Err(e) => Err(e),
+                // One try: on the member in use, for at most a part of the budget (a member that
+                // hangs, paused or cut off, must not eat all of it).
+                let at = inner.current.load(Ordering::Relaxed);
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let attempt_for = if left.is_zero() { ATTEMPT } else { ATTEMPT.min(left).max(Duration::from_millis(250)) };
+                let outcome = match tokio::time::timeout(attempt_for, async {
+                    match EtcdStore::client(&inner, at).await {
+                        Ok(client) => f(client).await,
+                        Err(e) => Err(e),
+                    }
+                })
+                .await
+                {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(etcd_client::Error::GRpcStatus(tonic::Status::cancelled("Timeout expired"))),
                 };
                 let e = match outcome {
                     Ok(v) => return Ok(v),
@@ -541,12 +579,16 @@ impl EtcdStore {
                 };
                 if words(&e).to_lowercase().contains("invalid auth token") && attempt < 3 {
                     // The token expired (etcd's simple tokens live 5 minutes): connect again.
-                    *inner.client.lock().await = None;
+                    for c in &inner.clients {
+                        *c.lock().await = None;
+                    }
                     continue;
                 }
                 if !transient(&e) || tokio::time::Instant::now() >= deadline {
                     return Err(e);
                 }
+                // The next member, from now on (unless another request moved on already).
+                let _ = inner.current.compare_exchange(at, at + 1, Ordering::Relaxed, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(50 + 25 * attempt.min(20))).await;
             }
         });
@@ -562,15 +604,25 @@ impl EtcdStore {
         })
     }
 
-    /// The journal's `mod_revision` and value, the holds, and the revision they were read at.
-    fn heads(&self) -> Result<(i64, Option<KeyValue>, Vec<KeyValue>), EtcdError> {
+    /// In one transaction (one revision): the journal key, the holds, and, when a snapshot
+    /// taken at journal revision `since` is kept, every entry key written since then and the
+    /// number of entries of each kind (to tell which were deleted).
+    fn heads(&self, since: Option<i64>) -> Result<Heads, EtcdError> {
         let keys = self.keys();
-        let (journal, holds) = (keys.journal(), keys.holds());
+        let (journal, holds, registry) = (keys.journal(), keys.holds(), keys.registry());
+        let kinds = [keys.instance(""), keys.released(""), keys.federation("")];
         let resp = self.request("reading the registry", move |mut c| {
-            let txn = Txn::new().and_then(vec![
+            let mut ops = vec![
                 TxnOp::get(journal.clone(), None),
                 TxnOp::get(holds.clone(), Some(GetOptions::new().with_prefix())),
-            ]);
+            ];
+            if let Some(rev) = since {
+                ops.push(TxnOp::get(registry.clone(), Some(GetOptions::new().with_prefix().with_min_mod_revision(rev + 1))));
+                for k in &kinds {
+                    ops.push(TxnOp::get(k.clone(), Some(GetOptions::new().with_prefix().with_count_only())));
+                }
+            }
+            let txn = Txn::new().and_then(ops);
             async move { c.txn(txn).await }
         })?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
@@ -580,7 +632,15 @@ impl EtcdStore {
         });
         let journal = gets.next().and_then(|g| g.kvs().first().cloned());
         let holds = gets.next().map(|g| g.kvs().to_vec()).unwrap_or_default();
-        Ok((rev, journal, holds))
+        let changed = since.and_then(|_| gets.next()).map(|g| g.kvs().to_vec());
+        let counts: Vec<i64> = gets.map(|g| g.count()).collect();
+        Ok(Heads {
+            rev,
+            journal,
+            holds,
+            changed,
+            counts,
+        })
     }
 
     /// Every key under `from` (a prefix) at `rev` (0: newest), page by page.
@@ -616,20 +676,25 @@ impl EtcdStore {
         }
     }
 
-    /// The snapshot of the registry (without holds applied), reusing the kept one when the
-    /// journal did not move; and the holds of that read.
-    fn snapshot(&self) -> Result<(Snapshot, Vec<KeyValue>), RegistryError> {
-        let (rev, journal, holds) = self.heads()?;
-        let journal_rev = journal.as_ref().map(|kv| kv.mod_revision()).unwrap_or(0);
-        if let Some(kept) = self.cache.lock().expect("etcd cache").as_ref() {
-            if kept.journal_rev == journal_rev && journal_rev > 0 {
-                return Ok((kept.clone(), holds));
+    /// The snapshot of the registry (without holds applied), and the holds of that read. The
+    /// kept snapshot is used when the journal did not move; when it moved, only the entries
+    /// written since are read (and, when some kind has fewer entries than kept, that kind's keys,
+    /// to drop the deleted ones); the whole registry is read only when nothing is kept.
+    fn snapshot(&self) -> Result<(Arc<Snapshot>, Vec<KeyValue>), RegistryError> {
+        let kept = self.cache.lock().expect("etcd cache").clone();
+        let since = kept.as_ref().map(|k| k.journal_rev).filter(|r| *r > 0);
+        let heads = self.heads(since)?;
+        let journal_rev = heads.journal.as_ref().map(|kv| kv.mod_revision()).unwrap_or(0);
+        let snap = match (kept, heads.changed) {
+            (Some(kept), _) if kept.journal_rev == journal_rev && journal_rev > 0 => return Ok((kept, heads.holds)),
+            (Some(kept), Some(changed)) if journal_rev > 0 => self.refresh(kept, &changed, &heads.counts, heads.rev)?,
+            _ => {
+                let kvs = self.range(self.keys().registry(), heads.rev)?;
+                self.parse(&kvs)?
             }
-        }
-        let kvs = self.range(self.keys().registry(), rev)?;
-        let snap = self.parse(&kvs)?;
+        };
         if snap.journal_rev != journal_rev {
-            // Cannot happen (both read at `rev`); read again rather than trust a mix.
+            // Cannot happen (all read at one revision); refuse rather than trust a mix.
             return Err(EtcdError::Request {
                 endpoints: self.endpoints.clone(),
                 what: "reading the registry",
@@ -637,9 +702,82 @@ impl EtcdStore {
             }
             .into());
         }
+        let snap = Arc::new(snap);
         *self.cache.lock().expect("etcd cache") = Some(snap.clone());
-        let holds = kvs.into_iter().filter(|kv| kv.key().starts_with(self.keys().holds().as_bytes())).collect();
-        Ok((snap, holds))
+        Ok((snap, heads.holds))
+    }
+
+    /// `kept` brought up to `rev`: the entry keys in `changed` (written since `kept`) put in,
+    /// and, for each kind whose count in `counts` is below what is then held, the keys listed at
+    /// `rev` to drop the ones deleted.
+    fn refresh(&self, kept: Arc<Snapshot>, changed: &[KeyValue], counts: &[i64], rev: i64) -> Result<Snapshot, EtcdError> {
+        let mut snap = Arc::unwrap_or_clone(kept);
+        let mut fresh = self.parse(changed)?;
+        // `parse` checked what it read; the journal is always among the changed keys.
+        snap.journal_rev = fresh.journal_rev;
+        snap.doc.journal = std::mem::take(&mut fresh.doc.journal);
+        snap.doc.instances.append(&mut fresh.doc.instances);
+        snap.doc.released.append(&mut fresh.doc.released);
+        snap.doc.federations.append(&mut fresh.doc.federations);
+        snap.revs.extend(fresh.revs);
+        let keys = self.keys();
+        let lens = [snap.doc.instances.len(), snap.doc.released.len(), snap.doc.federations.len()];
+        for (i, prefix) in [keys.instance(""), keys.released(""), keys.federation("")].into_iter().enumerate() {
+            let want = counts.get(i).copied().unwrap_or(-1);
+            if want == lens[i] as i64 {
+                continue;
+            }
+            let listed: std::collections::HashSet<Vec<u8>> = self.range_keys(prefix.clone(), rev)?.into_iter().collect();
+            let gone: Vec<String> = match i {
+                0 => snap.doc.instances.keys().filter(|n| !listed.contains(keys.instance(n).as_bytes())).cloned().collect(),
+                1 => snap.doc.released.keys().filter(|n| !listed.contains(keys.released(n).as_bytes())).cloned().collect(),
+                _ => snap.doc.federations.keys().filter(|n| !listed.contains(keys.federation(n).as_bytes())).cloned().collect(),
+            };
+            for name in gone {
+                let key = match i {
+                    0 => {
+                        snap.doc.instances.remove(&name);
+                        keys.instance(&name)
+                    }
+                    1 => {
+                        snap.doc.released.remove(&name);
+                        keys.released(&name)
+                    }
+                    _ => {
+                        snap.doc.federations.remove(&name);
+                        keys.federation(&name)
+                    }
+                };
+                snap.revs.remove(&key);
+            }
+        }
+        check_document(&snap.doc).map_err(|why| self.corrupt(keys.registry().as_bytes(), why))?;
+        Ok(snap)
+    }
+
+    /// The keys (only) under `from` at `rev`.
+    fn range_keys(&self, from: String, rev: i64) -> Result<Vec<Vec<u8>>, EtcdError> {
+        let end = prefix_end(&from);
+        let mut out = Vec::new();
+        let mut start = from.into_bytes();
+        loop {
+            let (s, e) = (start.clone(), end.clone());
+            let resp = self.request("reading the registry", move |mut c| {
+                let opts = GetOptions::new().with_range(e.clone()).with_limit(PAGE).with_revision(rev).with_keys_only();
+                let s = s.clone();
+                async move { c.get(s, Some(opts)).await }
+            })?;
+            let kvs = resp.kvs();
+            if let Some(last) = kvs.last() {
+                let mut next = last.key().to_vec();
+                next.push(0);
+                start = next;
+            }
+            out.extend(kvs.iter().map(|kv| kv.key().to_vec()));
+            if !resp.more() || kvs.is_empty() {
+                return Ok(out);
+            }
+        }
     }
 
     /// The document the keys `kvs` (the whole `registry/` range) hold.
@@ -718,27 +856,82 @@ impl EtcdStore {
         Ok(resp.id())
     }
 
-    /// Revoke leases (best effort: an unrevoked one ends by itself at its TTL).
+    /// Revoke leases, in the background (best effort: one left unrevoked, because the process
+    /// ended first, holds no key any more and ends by itself at its TTL).
     fn revoke(&self, leases: Vec<i64>) {
         if leases.is_empty() {
             return;
         }
-        let r = self.request("revoking leases", move |mut c| {
-            let leases = leases.clone();
-            async move {
-                for id in leases {
-                    match c.lease_revoke(id).await {
-                        Ok(_) => {}
-                        Err(e) if words(&e).contains("lease not found") => {}
-                        Err(e) => return Err(e),
+        let Ok(inner) = self.inner() else { return };
+        let guard = self.runtime.lock().expect("etcd runtime lock");
+        let Some(rt) = guard.as_ref() else { return };
+        rt.spawn(async move {
+            let at = inner.current.load(Ordering::Relaxed);
+            let Ok(mut c) = EtcdStore::client(&inner, at).await else { return };
+            for id in leases {
+                if let Err(e) = c.lease_revoke(id).await {
+                    if !words(&e).contains("lease not found") {
+                        tracing::debug!(error = %e, lease = id, "revoking a lease (it ends by itself)");
                     }
                 }
-                Ok(())
             }
         });
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "revoking leases (they end by themselves)");
+    }
+
+    /// Whether the newest of `events` is in the log, exactly (its seq's key holds its line): a
+    /// transaction re-sent after its answer was lost finds its own commit in the way. Events
+    /// carry their time, actor and process, so no other change writes the same line.
+    fn landed(&self, events: &[Event]) -> bool {
+        let Some(last) = events.last() else { return false };
+        let key = self.keys().event(last.seq);
+        let line = audit::encode(last);
+        match self.request("reading the registry", move |mut c| {
+            let key = key.clone();
+            async move { c.get(key, None).await }
+        }) {
+            Ok(resp) => resp.kvs().first().is_some_and(|kv| kv.value() == line.as_slice()),
+            Err(_) => false,
         }
+    }
+
+    /// Keep, as the snapshot at journal revision `rev`, `snap` with what the change just
+    /// committed (the entries of `working` that differ from `base`, and its journal): the next
+    /// read of this store then needs no range read.
+    fn keep_written(&self, snap: Arc<Snapshot>, base: &Document, working: &Document, rev: i64) {
+        let mut cache = self.cache.lock().expect("etcd cache");
+        *cache = None;
+        if rev == 0 {
+            return;
+        }
+        let mut next = Arc::unwrap_or_clone(snap);
+        let keys = self.keys();
+        for (name, e) in working.instances.iter().filter(|(k, e)| base.instances.get(*k) != Some(*e)) {
+            next.doc.instances.insert(name.clone(), e.clone());
+            next.revs.insert(keys.instance(name), rev);
+        }
+        for name in base.instances.keys().filter(|k| !working.instances.contains_key(*k)) {
+            next.doc.instances.remove(name);
+            next.revs.remove(&keys.instance(name));
+        }
+        for (name, r) in working.released.iter().filter(|(k, r)| base.released.get(*k) != Some(*r)) {
+            next.doc.released.insert(name.clone(), r.clone());
+            next.revs.insert(keys.released(name), rev);
+        }
+        for name in base.released.keys().filter(|k| !working.released.contains_key(*k)) {
+            next.doc.released.remove(name);
+            next.revs.remove(&keys.released(name));
+        }
+        for (id, f) in working.federations.iter().filter(|(k, f)| base.federations.get(*k) != Some(*f)) {
+            next.doc.federations.insert(id.clone(), f.clone());
+            next.revs.insert(keys.federation(id), rev);
+        }
+        for id in base.federations.keys().filter(|k| !working.federations.contains_key(*k)) {
+            next.doc.federations.remove(id);
+            next.revs.remove(&keys.federation(id));
+        }
+        next.doc.journal = working.journal.clone();
+        next.journal_rev = rev;
+        *cache = Some(Arc::new(next));
     }
 
     /// Write `working` (changed from `snap`) with `events`: the transaction's compares and
@@ -757,28 +950,23 @@ impl EtcdStore {
         let mut ops = Vec::new();
         let mut granted = Vec::new();
         let mut unused = Vec::new();
-        let put = |key: String, value: Vec<u8>, old: Option<&Vec<u8>>, compares: &mut Vec<Compare>, ops: &mut Vec<TxnOp>| {
-            if old == Some(&value) {
-                return;
-            }
+        let put = |key: String, value: Vec<u8>, compares: &mut Vec<Compare>, ops: &mut Vec<TxnOp>| {
             match snap.revs.get(&key) {
                 Some(rev) => compares.push(Compare::mod_revision(key.clone(), CompareOp::Equal, *rev)),
                 None => compares.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0)),
             }
             ops.push(TxnOp::put(key, value, None));
         };
-        // Instances, released, federations: put what changed, delete what went.
-        let old_inst: BTreeMap<&String, Vec<u8>> = base.instances.iter().map(|(k, v)| (k, enc(v))).collect();
-        for (name, e) in &working.instances {
-            put(keys.instance(name), enc(e), old_inst.get(name), &mut compares, &mut ops);
+        // Instances, released, federations: put what changed (compared as values; only those
+        // are serialised), delete what went.
+        for (name, e) in working.instances.iter().filter(|(k, e)| base.instances.get(*k) != Some(*e)) {
+            put(keys.instance(name), enc(e), &mut compares, &mut ops);
         }
-        let old_rel: BTreeMap<&String, Vec<u8>> = base.released.iter().map(|(k, v)| (k, enc(v))).collect();
-        for (name, r) in &working.released {
-            put(keys.released(name), enc(r), old_rel.get(name), &mut compares, &mut ops);
+        for (name, r) in working.released.iter().filter(|(k, r)| base.released.get(*k) != Some(*r)) {
+            put(keys.released(name), enc(r), &mut compares, &mut ops);
         }
-        let old_fed: BTreeMap<&String, Vec<u8>> = base.federations.iter().map(|(k, v)| (k, enc(v))).collect();
-        for (id, f) in &working.federations {
-            put(keys.federation(id), enc(f), old_fed.get(id), &mut compares, &mut ops);
+        for (id, f) in working.federations.iter().filter(|(k, f)| base.federations.get(*k) != Some(*f)) {
+            put(keys.federation(id), enc(f), &mut compares, &mut ops);
         }
         let gone = base
             .instances
@@ -858,11 +1046,22 @@ impl EtcdStore {
     }
 }
 
+/// A random pause before attempt `attempt + 1` of a change that lost to another writer: up to
+/// 1, 2, 4, … 64 ms.
+fn backoff(attempt: u32) -> Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let mix = (u64::from(nanos) ^ u64::from(std::process::id()).wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let cap_us = 1000u64 << attempt.min(6);
+    Duration::from_micros((mix >> 11) % cap_us)
+}
+
 /// What a request on the store's runtime needs.
 struct Inner {
     endpoints: Vec<String>,
     options: ConnectOptions,
-    client: tokio::sync::Mutex<Option<Client>>,
+    clients: Vec<tokio::sync::Mutex<Option<Client>>>,
+    /// The member requests go to (modulo the endpoints) until one fails there.
+    current: AtomicUsize,
 }
 
 /// The end of the key range of all keys starting with `prefix`.
@@ -889,7 +1088,7 @@ impl Store for EtcdStore {
 
     fn load(&self) -> Result<Document, RegistryError> {
         let (snap, holds) = self.snapshot()?;
-        Ok(self.with_holds(snap.doc, &holds))
+        Ok(self.with_holds(Arc::unwrap_or_clone(snap).doc, &holds))
     }
 
     fn commit(&self, change: &mut Change<'_>, now: OffsetDateTime, actor: &Actor, client: &AuditClient) -> Result<(), RegistryError> {
@@ -924,14 +1123,23 @@ impl Store for EtcdStore {
             match outcome {
                 Ok(resp) if resp.succeeded() => {
                     self.revoke(unused);
+                    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+                    self.keep_written(snap, &base, &working, rev);
+                    return Ok(());
+                }
+                Ok(_) | Err(_) if self.landed(&events) => {
+                    // A try whose answer was lost (a member died under it) committed, and the
+                    // next try lost to it: this change is in, with its leases.
+                    self.revoke(unused);
+                    *self.cache.lock().expect("etcd cache") = None;
                     return Ok(());
                 }
                 Ok(_) => {
-                    // Another host committed first: read again and re-run the change.
+                    // Another host committed first: read again (what changed) and run again,
+                    // after a random pause that grows with the attempts.
                     self.revoke(granted);
-                    *self.cache.lock().expect("etcd cache") = None;
-                    let jitter = u64::from(std::process::id() % 7 + attempt.min(10));
-                    std::thread::sleep(Duration::from_millis(jitter));
+                    drop(snap);
+                    std::thread::sleep(backoff(attempt));
                 }
                 Err(e) => {
                     self.revoke(granted);
@@ -956,7 +1164,8 @@ impl Store for EtcdStore {
 
     fn verify_events(&self) -> Result<Verified, RegistryError> {
         // The journal first, then the log at that same revision.
-        let (rev, journal, _) = self.heads()?;
+        let heads = self.heads(None)?;
+        let (rev, journal) = (heads.rev, heads.journal);
         let head = match &journal {
             Some(kv) => {
                 let v: JournalValue = serde_json::from_slice(kv.value()).map_err(|e| self.corrupt(kv.key(), e))?;

@@ -7,7 +7,7 @@
 //! fresh reader finds the document and its log telling one and the same history).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,13 +33,16 @@ const ITERATIONS: &str = "HOMELAB_TEST_ETCD_ITERATIONS";
 const HOME: &str = "HOMELAB_TEST_ETCD_HOME";
 const GO: &str = "HOMELAB_TEST_ETCD_GO";
 const STOP: &str = "HOMELAB_TEST_ETCD_STOP";
+const THINK: &str = "HOMELAB_TEST_ETCD_THINK_MS";
 
 /// The two lab hosts sharing the registry.
 const GROUPS: [&str; 2] = ["host-a", "host-b"];
 /// Names each worker owns (nobody else touches them: the expected state of each is exact).
 const NAMES_PER_WORKER: usize = 3;
-/// A worker's pause between two steps, in milliseconds (from, to).
-const THINK_MS: (u64, u64) = (20, 120);
+/// The pause of a provider of the sixteen between two steps, in milliseconds (from, to):
+/// providers plan and apply now and then, not in a tight loop (and sixteen writers racing
+/// for one journal key without a pause starve each other on two busy cores).
+const THINK_MS: (u64, u64) = (600, 1400);
 /// The reservations' time to live: nothing expires during a test.
 const TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -209,13 +212,20 @@ fn expected_under_faults(e: &RegistryError) -> bool {
 /// - `err <start> <end> <op> <name> <subnet> <pod> <service> <message>` for an error expected
 ///   under faults (the networks are the claimed ones, else `- - -`);
 /// - `bad <message>` for anything else (the parent fails);
+/// - `call <name>` when it starts the call of a step (after the read);
 /// - `ready` once connected, and at the end `done <steps> stopped|cap`.
+///
+/// Between two steps it pauses for `THINK` (`<from>-<to>` milliseconds, `0-0`: none).
 fn churn_etcd() {
     let endpoints = worker::input(ENDPOINTS);
     let prefix = worker::input(PREFIX);
     let group = worker::input(GROUP);
     let index: usize = worker::input(INDEX).parse().expect("INDEX");
     let iterations: u64 = worker::input(ITERATIONS).parse().expect("ITERATIONS");
+    let think: (u64, u64) = worker::input(THINK)
+        .split_once('-')
+        .map(|(a, b)| (a.parse().expect("THINK"), b.parse().expect("THINK")))
+        .expect("THINK is <from>-<to>");
     let home = PathBuf::from(worker::input(HOME));
     let (go, stop) = (PathBuf::from(worker::input(GO)), PathBuf::from(worker::input(STOP)));
     // This process is a provider of lab host `group`, in a Terraform workspace of its own
@@ -256,9 +266,9 @@ fn churn_etcd() {
         steps += 1;
         let name = &names[rng.below(names.len() as u64) as usize];
         step(&registry, name, &lab, &mut rng, &mut known);
-        // Think time: providers plan and apply now and then, not in a tight loop (and sixteen
-        // writers racing for one journal key without a pause starve each other on two cores).
-        std::thread::sleep(Duration::from_millis(THINK_MS.0 + rng.below(THINK_MS.1 - THINK_MS.0)));
+        if think.1 > 0 {
+            std::thread::sleep(Duration::from_millis(think.0 + rng.below(think.1 - think.0 + 1)));
+        }
     }
     report(&format!("done {steps} {}", if stopped { "stopped" } else { "cap" }));
 }
@@ -286,6 +296,9 @@ fn step(registry: &Registry, name: &str, lab: &LabRecord, rng: &mut Lcg, known: 
             report(&format!("bad read of {name} after its acknowledged change: expected {k:?}, read {current:?}"));
         }
     }
+    // From here until its `ack` or `err`, this process is inside a registry call (reads, maybe
+    // a lease grant, the transaction, its answer).
+    report(&format!("call {name}"));
     let ack = |op: &str, a: Option<&Allocation>| report(&format!("ack {start} {} {op} {name} {}", mono_ns(), words(a)));
     match current {
         Some(e) if e.status == Status::Allocated && rng.below(3) == 0 => {
@@ -374,19 +387,40 @@ struct Proc {
     reports: Vec<String>,
 }
 
-impl Proc {
-    fn spawn(group: &str, index: usize, endpoints: &str, prefix: &str, home: &Path, go: &Path, stop: &Path) -> Proc {
+/// What every worker of a test shares: the cluster's endpoints and the prefix, the folder of
+/// the two hosts' homes (`<dir>/host-a`, `<dir>/host-b`), the `go` and `stop` files, the
+/// think time.
+struct Fleet {
+    endpoints: String,
+    prefix: String,
+    dir: PathBuf,
+    think: (u64, u64),
+}
+
+impl Fleet {
+    fn go(&self) -> PathBuf {
+        self.dir.join("go")
+    }
+
+    fn stop(&self) -> PathBuf {
+        self.dir.join("stop")
+    }
+
+    /// Start worker `index` of lab host `group` (in its workspace folder under that host's home).
+    fn spawn(&self, group: &str, index: usize) -> Proc {
+        let home = self.dir.join(group);
         let dir = home.join(format!("w{index:02}"));
         std::fs::create_dir_all(&dir).unwrap();
         let mut c = worker::command(WORKER, "churn-etcd");
-        c.env(ENDPOINTS, endpoints)
-            .env(PREFIX, prefix)
+        c.env(ENDPOINTS, &self.endpoints)
+            .env(PREFIX, &self.prefix)
             .env(GROUP, group)
             .env(INDEX, index.to_string())
             .env(ITERATIONS, "1000000")
-            .env(HOME, home)
-            .env(GO, go)
-            .env(STOP, stop)
+            .env(THINK, format!("{}-{}", self.think.0, self.think.1))
+            .env(HOME, &home)
+            .env(GO, self.go())
+            .env(STOP, self.stop())
             .current_dir(&dir);
         let w = Worker::spawn(c);
         Proc {
@@ -397,6 +431,17 @@ impl Proc {
             worker: Some(w),
             reports: Vec::new(),
         }
+    }
+}
+
+impl Proc {
+    /// Wait (at most 60 s) for a report satisfying `want` (or `bad`), keeping every report.
+    fn wait_report(&mut self, want: impl Fn(&str) -> bool) {
+        let w = self.worker.as_mut().expect("running");
+        let mut seen = Vec::new();
+        w.wait_for(Duration::from_secs(60), |r| seen.push(r.to_string()), |r| want(r) || r.starts_with("bad "));
+        self.reports.extend(seen);
+        self.no_bad();
     }
 
     /// Take in what it reported so far; panics on a `bad` report.
@@ -419,9 +464,10 @@ impl Proc {
         self.reports.iter().filter_map(|r| parse_step(r))
     }
 
-    /// Whether it acknowledged a step that started at or after `since`.
-    fn acked_since(&self, since: u64) -> bool {
-        self.steps().any(|s| s.ok && s.start >= since)
+    /// How many changes (writes: not plans) it acknowledged in steps that started at or after
+    /// `since`.
+    fn acked_since(&self, since: u64) -> usize {
+        self.steps().filter(|s| s.ok && s.op != "plan" && s.start >= since).count()
     }
 
     /// SIGKILL it (no chance to finish its transaction) and keep its last reports.
@@ -441,22 +487,23 @@ impl Proc {
     }
 }
 
-/// Wait until every process acknowledged a step that started at or after `since` (CLOCK_MONOTONIC),
-/// at most `timeout`; panics naming the ones that did not (`what` says after what).
-fn wait_progress(procs: &mut [Proc], since: u64, timeout: Duration, what: &str, cluster: &Cluster) -> Duration {
+/// Wait until every process acknowledged `n` changes in steps that started at or after `since`
+/// (CLOCK_MONOTONIC), at most `timeout`; panics naming the ones that did not (`what` says after
+/// what).
+fn wait_progress(procs: &mut [Proc], n: usize, since: u64, timeout: Duration, what: &str, cluster: &Cluster) -> Duration {
     let started = Instant::now();
     loop {
         for p in procs.iter_mut() {
             p.pump();
         }
-        let behind: Vec<&str> = procs.iter().filter(|p| !p.acked_since(since)).map(|p| p.label.as_str()).collect();
+        let behind: Vec<&str> = procs.iter().filter(|p| p.acked_since(since) < n).map(|p| p.label.as_str()).collect();
         if behind.is_empty() {
             return started.elapsed();
         }
         if started.elapsed() > timeout {
             let last: Vec<String> = procs
                 .iter()
-                .filter(|p| !p.acked_since(since))
+                .filter(|p| p.acked_since(since) < n)
                 .map(|p| format!("{}: {:?}", p.label, p.reports.iter().rev().take(3).collect::<Vec<_>>()))
                 .collect();
             let tails: Vec<String> = (0..cluster.len()).map(|i| format!("m{i}:\n{}", cluster.log_tail(i))).collect();
@@ -559,17 +606,17 @@ fn assert_disjoint(doc: &Document, now: time::OffsetDateTime, when: &str) -> usi
     doc.instances.len()
 }
 
-/// The registry's raw keys (`etcdctl get --prefix --keys-only`): besides the journal, exactly
-/// one `instances/` key per entry, one `released/` key per released record, one `holds/` key
-/// per reservation (the live ones: all of them here) and one `events/` key per event.
-fn assert_raw_keys(cluster: &Cluster, prefix: &str, doc: &Document, when: &str) {
+/// Every key under `prefix` (`etcdctl get --prefix --keys-only`).
+fn raw_keys(cluster: &Cluster, prefix: &str, when: &str) -> BTreeSet<String> {
     let out = cluster.etcdctl().args(["get", prefix, "--prefix", "--keys-only"]).output().expect("run etcdctl");
     assert!(out.status.success(), "{when}: etcdctl: {}", String::from_utf8_lossy(&out.stderr));
-    let keys: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect();
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).map(String::from).collect()
+}
+
+/// The registry's raw keys are exactly the document's: besides the journal, one `instances/`
+/// key per entry, one `released/` key per released record, one `holds/` key per reservation
+/// (the live ones: all of them here) and one `events/` key per event.
+fn assert_raw_keys(keys: &BTreeSet<String>, prefix: &str, doc: &Document, when: &str) {
     let mut want: BTreeSet<String> = BTreeSet::new();
     want.insert(format!("{prefix}registry/journal"));
     for e in doc.instances.values() {
@@ -585,20 +632,33 @@ fn assert_raw_keys(cluster: &Cluster, prefix: &str, doc: &Document, when: &str) 
         want.insert(format!("{prefix}events/{seq:020}"));
     }
     let extra: Vec<_> = keys.difference(&want).collect();
-    let missing: Vec<_> = want.difference(&keys).collect();
+    let missing: Vec<_> = want.difference(keys).collect();
     assert!(extra.is_empty() && missing.is_empty(), "{when}: keys not in the document: {extra:?}; keys missing: {missing:?}");
 }
 
-/// The document and the event log at one revision: read the document, the log, the document
-/// again, until both documents end at the log's last event (writers may be committing).
-fn consistent_read(r: &Registry, when: &str) -> (Document, Vec<Event>) {
+/// What one reader sees of the registry, all of it as of one change.
+struct Seen {
+    doc: Document,
+    events: Vec<Event>,
+    keys: BTreeSet<String>,
+    verified: homelab::audit::Verified,
+}
+
+/// The document, the event log, the raw keys and the verified chain, all as of one change:
+/// read the document, the rest, and the document again, until both documents are at the same
+/// change (every change moves the journal) and the log and its verification end there
+/// (writers may still be committing a change they sent).
+fn consistent_read(r: &Registry, cluster: &Cluster, prefix: &str, when: &str) -> Seen {
+    let read = |what: &str, e: RegistryError| -> ! { panic!("{when}: {what} does not read: {e}") };
     for _ in 0..100 {
-        let before = r.snapshot().unwrap_or_else(|e| panic!("{when}: the registry does not read: {e}"));
-        let events = r.store().events().unwrap_or_else(|e| panic!("{when}: the event log does not read: {e}"));
-        let after = r.snapshot().unwrap_or_else(|e| panic!("{when}: the registry does not read: {e}"));
-        let last = events.last().map_or(0, |e| e.seq);
-        if before.journal.seq == after.journal.seq && after.journal.seq == last {
-            return (after, events);
+        let before = r.snapshot().unwrap_or_else(|e| read("the registry", e));
+        let events = r.store().events().unwrap_or_else(|e| read("the event log", e));
+        let keys = raw_keys(cluster, prefix, when);
+        let verified = r.verify_events().unwrap_or_else(|e| panic!("{when}: the hash chain does not verify: {e}"));
+        let after = r.snapshot().unwrap_or_else(|e| read("the registry", e));
+        let seq = after.journal.seq;
+        if before.journal.seq == seq && events.last().map_or(0, |e| e.seq) == seq && verified.events == seq {
+            return Seen { doc: after, events, keys, verified };
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -607,9 +667,8 @@ fn consistent_read(r: &Registry, when: &str) -> (Document, Vec<Event>) {
 
 /// Every check of "one consistent registry" on what `r` reads now (see the callers).
 fn assert_consistent(r: &Registry, cluster: &Cluster, prefix: &str, when: &str) -> (Document, Vec<Event>) {
-    let (doc, events) = consistent_read(r, when);
-    let verified = r.verify_events().unwrap_or_else(|e| panic!("{when}: the hash chain does not verify: {e}"));
-    assert!(verified.events >= doc.journal.seq, "{when}: {} events verified, the document is at {}", verified.events, doc.journal.seq);
+    let Seen { doc, events, keys, verified } = consistent_read(r, cluster, prefix, when);
+    assert_eq!((verified.head.seq, &verified.head.hash), (doc.journal.seq, &doc.journal.hash), "{when}: the verified chain ends elsewhere than the document");
     // The document's journal holds the newest change's events, exactly as the log has them.
     let newest = &doc.journal.events;
     assert!(!newest.is_empty() || doc.journal.seq == 0, "{when}: the journal names no change");
@@ -618,7 +677,7 @@ fn assert_consistent(r: &Registry, cluster: &Cluster, prefix: &str, when: &str) 
     let replayed = replay(&events).unwrap_or_else(|e| panic!("{when}: the event log does not replay: {e}"));
     assert_eq!(replayed, shape(&doc), "{when}: the document is not what its event log says");
     assert_disjoint(&doc, r.now(), when);
-    assert_raw_keys(cluster, prefix, &doc, when);
+    assert_raw_keys(&keys, prefix, &doc, when);
     (doc, events)
 }
 
@@ -664,33 +723,30 @@ fn match_acks<'e>(p: &Proc, events: &'e [Event]) -> Vec<&'e Event> {
 fn sixteen_processes_on_two_hosts_share_one_etcd_registry_with_disjoint_networks_through_leader_and_follower_kills_and_a_paused_leader() {
     let started = Instant::now();
     let cluster = Cluster::start(Options { members: 3, tls: false, auth: false });
-    let endpoints = cluster.endpoints().join(",");
-    let prefix = DEFAULT_PREFIX;
     let dir = tempfile::tempdir().unwrap();
-    let (go, stop) = (dir.path().join("go"), dir.path().join("stop"));
+    let fleet = Fleet {
+        endpoints: cluster.endpoints().join(","),
+        prefix: DEFAULT_PREFIX.into(),
+        dir: dir.path().into(),
+        think: THINK_MS,
+    };
     // Two lab hosts, each with its home; eight providers on each.
-    let mut procs: Vec<Proc> = GROUPS
-        .iter()
-        .flat_map(|g| (0..8).map(move |i| (*g, i)))
-        .map(|(g, i)| Proc::spawn(g, i, &endpoints, prefix, &dir.path().join(g), &go, &stop))
-        .collect();
+    let mut procs: Vec<Proc> = GROUPS.iter().flat_map(|g| (0..8).map(|i| fleet.spawn(g, i))).collect();
     for p in &mut procs {
-        let w = p.worker.as_mut().unwrap();
-        let mut seen = Vec::new();
-        w.wait_for(Duration::from_secs(60), |r| seen.push(r.to_string()), |r| r == "ready" || r.starts_with("bad "));
-        p.reports.extend(seen);
-        p.no_bad();
+        p.wait_report(|r| r == "ready");
     }
     println!("cluster and 16 workers up in {:?}", started.elapsed());
-    std::fs::write(&go, b"go").unwrap();
-    let progress = |procs: &mut [Proc], what: String, since: u64| {
-        let took = wait_progress(procs, since, Duration::from_secs(30), &what, &cluster);
-        println!("{what}: every worker acknowledged a change within {took:?} ({:?} into the run)", started.elapsed());
+    std::fs::write(fleet.go(), b"go").unwrap();
+    let progress = |procs: &mut [Proc], n: usize, what: String, since: u64| {
+        let took = wait_progress(procs, n, since, Duration::from_secs(30), &what, &cluster);
+        println!("{what}: every worker acknowledged {n} changes within {took:?} ({:?} into the run)", started.elapsed());
     };
-    progress(&mut procs, "start".into(), mono_ns());
-    // A member down or paused for at least this long: past the election timeout (raft picks it
-    // between 1 and 2 × ELECTION_MS), so a lost leader is replaced while it is away.
-    let away = Duration::from_millis(2 * ELECTION_MS + 200);
+    progress(&mut procs, 1, "start".into(), mono_ns());
+    // A member down or paused for at least this long, well past the election timeout (raft
+    // picks it between 1 and 2 × ELECTION_MS), so a lost leader is replaced while it is away;
+    // and until every client made two changes without it.
+    let away = Duration::from_millis(4 * ELECTION_MS);
+    const WITHOUT: usize = 2;
     let pace = |since: Instant| {
         if let Some(rest) = away.checked_sub(since.elapsed()) {
             std::thread::sleep(rest);
@@ -698,12 +754,19 @@ fn sixteen_processes_on_two_hosts_share_one_etcd_registry_with_disjoint_networks
     };
     // The leader, then a follower, SIGKILLed: while it is down every client goes on with the
     // other two (after an election, for the leader); then it restarts and rejoins.
+    let mut killed = None;
     for (role, pick_leader) in [("leader", true), ("follower", false)] {
         let leader = cluster.leader();
-        let victim = if pick_leader { leader } else { (leader + 1) % cluster.len() };
+        // The follower: not the member killed before (each member has its turn).
+        let victim = if pick_leader {
+            leader
+        } else {
+            (0..cluster.len()).find(|i| *i != leader && Some(*i) != killed).expect("a third member")
+        };
+        killed = Some(victim);
         let (t, at) = (mono_ns(), Instant::now());
         cluster.kill(victim);
-        progress(&mut procs, format!("{role} m{victim} SIGKILLed, still down"), t);
+        progress(&mut procs, WITHOUT, format!("{role} m{victim} SIGKILLed, still down"), t);
         pace(at);
         cluster.restart(victim);
     }
@@ -712,14 +775,14 @@ fn sixteen_processes_on_two_hosts_share_one_etcd_registry_with_disjoint_networks
     let paused = cluster.leader();
     let (t, at) = (mono_ns(), Instant::now());
     cluster.pause(paused);
-    progress(&mut procs, format!("leader m{paused} paused (SIGSTOP), still paused"), t);
+    progress(&mut procs, WITHOUT, format!("leader m{paused} paused (SIGSTOP), still paused"), t);
     pace(at);
     let paused_for = at.elapsed();
     let t = mono_ns();
     cluster.resume(paused);
     cluster.wait_healthy();
-    progress(&mut procs, format!("m{paused} resumed after {paused_for:?}, the restarted members back"), t);
-    std::fs::write(&stop, b"stop").unwrap();
+    progress(&mut procs, 1, format!("m{paused} resumed after {paused_for:?}"), t);
+    std::fs::write(fleet.stop(), b"stop").unwrap();
     for p in &mut procs {
         let (status, reports, stderr) = p.worker.take().unwrap().join(Duration::from_secs(30));
         p.reports.extend(reports);
@@ -730,7 +793,8 @@ fn sixteen_processes_on_two_hosts_share_one_etcd_registry_with_disjoint_networks
 
     // A fresh store on the same prefix: one consistent registry (the log replays to the
     // document without any overlap on the way, the chain verifies, the keys are the document's).
-    let r = reader(&endpoints, prefix);
+    let prefix = fleet.prefix.as_str();
+    let r = reader(&fleet.endpoints, prefix);
     let (doc, events) = assert_consistent(&r, &cluster, prefix, "after the run");
     let now = r.now();
     let holders = assert_disjoint(&doc, now, "after the run");
@@ -816,102 +880,105 @@ fn sixteen_processes_on_two_hosts_share_one_etcd_registry_with_disjoint_networks
 fn writers_killed_mid_transaction_never_leave_a_partial_change_visible() {
     let started = Instant::now();
     let cluster = Cluster::start(Options { members: 3, tls: false, auth: false });
-    let endpoints = cluster.endpoints().join(",");
-    let prefix = "/homelab-killed/";
     let dir = tempfile::tempdir().unwrap();
-    let (go, stop) = (dir.path().join("go"), dir.path().join("stop"));
-    std::fs::write(&go, b"go").unwrap();
+    // A fast stream: no pause between steps.
+    let fleet = Fleet {
+        endpoints: cluster.endpoints().join(","),
+        prefix: "/homelab-killed/".into(),
+        dir: dir.path().into(),
+        think: (0, 0),
+    };
+    let prefix = fleet.prefix.as_str();
+    std::fs::write(fleet.go(), b"go").unwrap();
     let mut rng = Lcg::seeded("kill timing");
     // Three writers at a time, racing each other (a commit may be on its first try or re-run
     // after losing to another); one of them killed at a random moment of its stream, a new
-    // process taking its place (the same names and workspace, a new run).
-    let slot = |i: usize| (GROUPS[i % 2], i);
-    let spawn = |i: usize| {
-        let (g, index) = slot(i);
-        Proc::spawn(g, index, &endpoints, prefix, &dir.path().join(g), &go, &stop)
-    };
-    let mut live: Vec<Proc> = (0..3).map(spawn).collect();
+    // process taking its place (same names and workspace, a new run). Slot i is worker i of
+    // host-a or host-b.
+    let slot = |i: usize| fleet.spawn(GROUPS[i % 2], i);
+    let mut live: Vec<Proc> = (0..3).map(slot).collect();
     let mut dead: Vec<Proc> = Vec::new();
-    let r = reader(&endpoints, prefix);
-    let mut in_flight = 0;
+    let (mut mid_call, mut answer_lost) = (0, 0);
     const KILLS: usize = 30;
     for round in 0..KILLS {
         let v = rng.below(live.len() as u64) as usize;
-        {
-            let p = &mut live[v];
-            let w = p.worker.as_mut().unwrap();
-            let mut seen = Vec::new();
-            w.wait_for(Duration::from_secs(30), |r| seen.push(r.to_string()), |r| r.starts_with("ack ") || r.starts_with("bad "));
-            p.reports.extend(seen);
-            p.no_bad();
-        }
-        // Somewhere inside one of its next calls (a call is a read, maybe a lease grant, and a
-        // transaction: a few milliseconds).
+        // Once it is in its stream (it acknowledged a change), somewhere inside one of its
+        // next steps (a step is a read, then a call: reads, maybe a lease grant, the
+        // transaction; a few milliseconds each).
+        live[v].wait_report(|r| r.starts_with("ack "));
         std::thread::sleep(Duration::from_micros(rng.below(8000)));
         let mut victim = live.remove(v);
         victim.kill();
-        // The others hold still while the document is read (a change already sent still
-        // commits whole: the reads wait for the document and the log to agree).
+        if victim.reports.last().is_some_and(|r| r.starts_with("call ")) {
+            mid_call += 1;
+        }
+        // The others hold still while the registry is read (a change they already sent still
+        // commits, whole: the reads wait until the document and the log agree).
         for p in &live {
             p.signal(libc::SIGSTOP);
         }
         let when = format!("round {round}, after killing {} (pid {})", victim.label, victim.pid);
-        // The invariant, for a fresh reader: the registry is exactly what its event log says —
-        // replaying the log (reserve, allocate, release, in order) gives the document's
-        // entries, statuses, networks and released records, and no two names overlap at any
-        // point of it; the chain verifies; the journal's events are the log's newest; every
-        // reservation has its hold key; no key exists that the document does not account for.
-        // So no change is ever visible in part: not an entry without its event, not an event
-        // without its entry, not a hold without its reservation or the reverse.
-        let (_, events) = assert_consistent(&reader(&endpoints, prefix), &cluster, prefix, &when);
+        // The invariant, for a fresh reader (a store of its own, nothing cached): the registry
+        // is exactly what its event log says. Replaying the log (reserve, allocate, release, in
+        // order) gives the document's entries, statuses, networks and released records, with
+        // no two names overlapping at any point; the chain verifies; the journal's events are
+        // the log's newest; every reservation has its hold key (on its lease); no key exists
+        // that the document does not account for. So no change is ever visible in part: no
+        // entry without its event, no event without its entry, no hold without its
+        // reservation or the reverse.
+        let (_, events) = assert_consistent(&reader(&fleet.endpoints, prefix), &cluster, prefix, &when);
         // The killed writer's acknowledged changes are all there, in order; at most one more of
-        // its changes is (the one it was killed answering), and nothing of it after that.
+        // its changes is (the one whose answer it was killed before reporting), and it is its
+        // last.
         let unmatched = match_acks(&victim, &events);
         assert!(unmatched.len() <= 1, "{when}: events of changes it never acknowledged: {unmatched:?}");
         if let Some(e) = unmatched.first() {
             let last = events.iter().rev().find(|x| x.actor.pid == victim.pid).unwrap();
             assert_eq!(e.seq, last.seq, "{when}: an unacknowledged change before acknowledged ones");
-            in_flight += 1;
+            answer_lost += 1;
         }
         for p in &live {
             p.signal(libc::SIGCONT);
         }
-        let (g, index) = (victim.group.clone(), victim.index);
+        live.insert(v, slot(victim.index));
         dead.push(victim);
-        live.insert(v, Proc::spawn(&g, index, &endpoints, prefix, &dir.path().join(&g), &go, &stop));
     }
     for mut p in live {
         p.kill();
         dead.push(p);
     }
+    let r = reader(&fleet.endpoints, prefix);
     let (doc, events) = assert_consistent(&r, &cluster, prefix, "after the last kill");
     for p in &dead {
         let unmatched = match_acks(p, &events);
         assert!(unmatched.len() <= 1, "{}: {unmatched:?}", p.label);
-        assert!(p.steps().all(|s| s.ok), "{}: failed calls without any fault: {:?}", p.label, p.steps().filter(|s| !s.ok).map(|s| s.line).collect::<Vec<_>>());
+        let failed: Vec<String> = p.steps().filter(|s| !s.ok).map(|s| s.line).collect();
+        assert!(failed.is_empty(), "{}: failed calls, without any etcd fault: {failed:?}", p.label);
     }
     let acked: usize = dead.iter().map(|p| p.steps().filter(|s| s.ok && s.op != "plan").count()).sum();
     assert!(acked >= KILLS, "only {acked} acknowledged writes over {KILLS} kills");
-    assert!(events.len() >= acked && events.len() <= acked + dead.len(), "{} events, {acked} acknowledged writes, {} processes", events.len(), dead.len());
-    // And the next writer just goes on.
-    let next = Proc::spawn("host-a", 99, &endpoints, prefix, &dir.path().join("host-a"), &go, &stop);
-    let mut next = next;
-    {
-        let w = next.worker.as_mut().unwrap();
-        let mut seen = Vec::new();
-        w.wait_for(Duration::from_secs(30), |r| seen.push(r.to_string()), |r| r.starts_with("ack ") || r.starts_with("bad "));
-        next.reports.extend(seen);
-    }
-    std::fs::write(&stop, b"stop").unwrap();
+    assert!(
+        events.len() >= acked && events.len() <= acked + dead.len(),
+        "{} events, {acked} acknowledged writes, {} processes",
+        events.len(),
+        dead.len()
+    );
+    // Kills did land inside calls, not only between them.
+    assert!(mid_call > 0, "no kill landed inside a call");
+    // And the next writer just goes on: its changes chain after the dead ones'.
+    let mut next = fleet.spawn("host-b", 99);
+    next.wait_report(|r| r.starts_with("ack "));
+    std::fs::write(fleet.stop(), b"stop").unwrap();
     let (status, reports, stderr) = next.worker.take().unwrap().join(Duration::from_secs(30));
     next.reports.extend(reports);
     next.no_bad();
     assert!(status.success(), "{stderr}");
-    let (after, _) = assert_consistent(&r, &cluster, prefix, "after the next writer");
+    let (after, events_after) = assert_consistent(&r, &cluster, prefix, "after the next writer");
     assert!(after.journal.seq > doc.journal.seq);
+    assert!(match_acks(&next, &events_after).is_empty());
     println!(
-        "{KILLS} writers killed: {in_flight} in the middle of a change that committed without its answer; \
-         {} events, {acked} acknowledged writes; {:?}",
+        "{KILLS} writers killed: {mid_call} inside a call, {answer_lost} after their change committed and before they \
+         reported it; {} events, {acked} acknowledged writes; {:?}",
         events.len(),
         started.elapsed()
     );
