@@ -12,7 +12,8 @@ use std::time::Duration;
 use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, KeyValue, TlsOptions};
 use secrecy::ExposeSecret;
 
-use super::{EtcdError, EtcdStore};
+use super::error::EtcdError;
+use super::EtcdStore;
 
 /// Keys read per request when a range is read.
 const PAGE: i64 = 2000;

@@ -36,9 +36,9 @@
 //!
 //! Rooms: `config` (how the cluster is reached), `error` (what can go wrong), `client` (the
 //! runtime, one client per member, failover and paged reads), `snapshot` (the read path and
-//! the kept snapshot); this file has the store, the write path and the [`Store`] contract. They
-//! import downward only: `config` and `error` at the bottom, `client` on them, `snapshot` on
-//! `client`, this file on all.
+//! the kept snapshot); this file has the store, the write path and the [`Store`] contract.
+//! `config` and `error` stand alone; `client` and `snapshot` add methods to the store defined
+//! here (`snapshot` reads through `client`'s requests), and this file writes through both.
 
 mod client;
 mod config;

@@ -12,7 +12,8 @@ use time::OffsetDateTime;
 use crate::registry::format::check_document;
 use crate::registry::{Document, Journal, RegistryError, Status, FORMAT_VERSION};
 
-use super::{EtcdError, EtcdStore};
+use super::error::EtcdError;
+use super::EtcdStore;
 
 /// The newest snapshot read: the entries, with the `mod_revision` of each key, as of the
 /// journal's `mod_revision`.
