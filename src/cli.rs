@@ -140,9 +140,10 @@ impl Args {
     /// The etcd store named by `url` with the TLS and user options (password from
     /// `$HOMELAB_ETCD_PASSWORD`, never from the command line).
     fn etcd(&self, url: &str) -> Result<EtcdConfig, CliError> {
+        let parsed = EtcdConfig::parse_url(url).map_err(usage)?;
         let raw = settings::RawEtcd {
-            endpoints: Some(EtcdConfig::parse_url(url).map_err(usage)?.endpoints),
-            prefix: Some(EtcdConfig::parse_url(url).map_err(usage)?.prefix),
+            endpoints: Some(parsed.endpoints),
+            prefix: Some(parsed.prefix),
             ca_file: self.option("etcd-ca").map(String::from),
             cert_file: self.option("etcd-cert").map(String::from),
             key_file: self.option("etcd-key").map(String::from),

@@ -253,13 +253,26 @@ impl EtcdStore {
 
     /// Every key under `from` (a prefix) at `rev` (0: newest), page by page.
     pub(super) fn range(&self, from: String, rev: i64) -> Result<Vec<KeyValue>, EtcdError> {
+        self.paged(from, rev, false)
+    }
+
+    /// The keys (only) under `from` at `rev`.
+    pub(super) fn range_keys(&self, from: String, rev: i64) -> Result<Vec<Vec<u8>>, EtcdError> {
+        Ok(self.paged(from, rev, true)?.into_iter().map(|kv| kv.key().to_vec()).collect())
+    }
+
+    /// The keys under `from` at `rev`, with their values unless `keys_only`, page by page.
+    fn paged(&self, from: String, rev: i64, keys_only: bool) -> Result<Vec<KeyValue>, EtcdError> {
         let end = prefix_end(&from);
         let mut out: Vec<KeyValue> = Vec::new();
         let mut start = from.into_bytes();
         loop {
             let (s, e) = (start.clone(), end.clone());
             let resp = self.request("reading the registry", move |mut c| {
-                let opts = GetOptions::new().with_range(e.clone()).with_limit(PAGE).with_revision(rev);
+                let mut opts = GetOptions::new().with_range(e.clone()).with_limit(PAGE).with_revision(rev);
+                if keys_only {
+                    opts = opts.with_keys_only();
+                }
                 let s = s.clone();
                 async move { c.get(s, Some(opts)).await }
             })?;
@@ -270,31 +283,6 @@ impl EtcdStore {
                 start = next;
             }
             out.extend_from_slice(kvs);
-            if !resp.more() || kvs.is_empty() {
-                return Ok(out);
-            }
-        }
-    }
-
-    /// The keys (only) under `from` at `rev`.
-    pub(super) fn range_keys(&self, from: String, rev: i64) -> Result<Vec<Vec<u8>>, EtcdError> {
-        let end = prefix_end(&from);
-        let mut out = Vec::new();
-        let mut start = from.into_bytes();
-        loop {
-            let (s, e) = (start.clone(), end.clone());
-            let resp = self.request("reading the registry", move |mut c| {
-                let opts = GetOptions::new().with_range(e.clone()).with_limit(PAGE).with_revision(rev).with_keys_only();
-                let s = s.clone();
-                async move { c.get(s, Some(opts)).await }
-            })?;
-            let kvs = resp.kvs();
-            if let Some(last) = kvs.last() {
-                let mut next = last.key().to_vec();
-                next.push(0);
-                start = next;
-            }
-            out.extend(kvs.iter().map(|kv| kv.key().to_vec()));
             if !resp.more() || kvs.is_empty() {
                 return Ok(out);
             }
